@@ -1,0 +1,124 @@
+//! The rows the dataflow maintains (contract §2). Each row type is both a dataflow record
+//! (its changes flow as `(row, time, ±1)`) and what HTTP and the sinks read.
+
+use crate::{Millis, Name};
+use serde::{Deserialize, Serialize};
+
+/// Stock of one (sku, location).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct StockRow {
+    /// The SKU.
+    pub sku: Name,
+    /// The location.
+    pub location: Name,
+    /// Movements applied as the contract states (counts supersede older movements).
+    pub on_hand: i64,
+    /// Sum of `qty` over `held` reservations.
+    pub reserved: i64,
+    /// `on_hand - reserved`.
+    pub available: i64,
+}
+
+/// The status of a reservation (contract §2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Status {
+    /// Live and backed by stock.
+    Held,
+    /// Live but not backed by stock.
+    Insufficient,
+    /// No terminal event and `as_of >= expires_at`.
+    Expired,
+    /// Cancelled.
+    Released,
+    /// Shipped.
+    Fulfilled,
+}
+
+impl Status {
+    /// The contract's lowercase name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Held => "held",
+            Status::Insufficient => "insufficient",
+            Status::Expired => "expired",
+            Status::Released => "released",
+            Status::Fulfilled => "fulfilled",
+        }
+    }
+
+    /// Whether the reservation still competes for stock.
+    pub fn is_live(self) -> bool {
+        matches!(self, Status::Held | Status::Insufficient)
+    }
+}
+
+/// One reservation.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ReservationRow {
+    /// The reservation.
+    pub reservation_id: Name,
+    /// The SKU.
+    pub sku: Name,
+    /// The location.
+    pub location: Name,
+    /// Units held (or asked for).
+    pub qty: i64,
+    /// The status at the row's time.
+    pub status: Status,
+    /// Expiry, epoch ms.
+    pub expires_at: Millis,
+}
+
+/// The figures of one tumbling window of one (sku, location).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct WindowFigures {
+    /// `sold` plus fulfilled quantities.
+    pub units_sold: i64,
+    /// `received` quantities.
+    pub units_received: i64,
+    /// Quantities of `reserved` events.
+    pub units_reserved: i64,
+    /// Count of `sold` plus fulfilled events.
+    pub orders: i64,
+}
+
+impl WindowFigures {
+    /// True when nothing contributes to the window any more.
+    pub fn is_zero(&self) -> bool {
+        *self == WindowFigures::default()
+    }
+
+    /// Adds `other` scaled by `sign` (+1 or -1).
+    pub fn add(&mut self, other: &WindowFigures, sign: i64) {
+        self.units_sold += sign * other.units_sold;
+        self.units_received += sign * other.units_received;
+        self.units_reserved += sign * other.units_reserved;
+        self.orders += sign * other.orders;
+    }
+}
+
+/// One tumbling window of one (sku, location).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct WindowRow {
+    /// The window size in ms (its name comes from the configuration, e.g. `1m`).
+    pub window_ms: Millis,
+    /// The window start, aligned to the epoch.
+    pub window_start: Millis,
+    /// The SKU.
+    pub sku: Name,
+    /// The location.
+    pub location: Name,
+    /// The figures.
+    pub figures: WindowFigures,
+}
+
+/// A change to one of the maintained collections, as the dataflow emits it.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Change {
+    /// A stock row.
+    Stock(StockRow),
+    /// A reservation row.
+    Reservation(ReservationRow),
+    /// A window row.
+    Window(WindowRow),
+}

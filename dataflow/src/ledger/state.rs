@@ -1,0 +1,679 @@
+//! The per-worker state machine behind the ledger operator: plain Rust, no timely.
+//!
+//! The operator hands it every complete pipeline time in order ([`LedgerState::process`]); it
+//! applies the time's events, fires the expiries and evictions due, and returns the changes of
+//! the maintained rows (`(Change, ±1)`), publishing the new values to the [`ViewStore`].
+//!
+//! Per (sku, location) the ledger keeps the latest count, the movements after it by business
+//! time (so that a late count can supersede them), folded into one sum once they are older than
+//! the retention horizon (no count may land before the horizon: such counts are rejected at
+//! ingest), and the live reservations in first-come-first-served order.
+
+use crate::clock::tick_ceil;
+use crate::views::{ReservationView, SkuStock, SkuWindows, ViewStore};
+use crate::{Diff, EngineConfig, Time};
+use hashbrown::{HashMap, HashSet};
+use parking_lot::RwLock;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use stockflow_types::event::{Event, EventKind};
+use stockflow_types::rows::{Change, ReservationRow, Status, StockRow, WindowFigures, WindowRow};
+use stockflow_types::{Millis, Name};
+
+/// Counters the operator exposes (for metrics and tests).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LedgerStats {
+    /// Events applied (after de-duplication).
+    pub applied: u64,
+    /// Events dropped as repeats of an `event_id`.
+    pub duplicates: u64,
+    /// `counted` events older than the retention horizon that reached the engine (ingest
+    /// rejects them; this counts any that bypassed it).
+    pub stale_counts: u64,
+}
+
+/// Remembers `(sku, event_id)` for at least `window` and at most twice that.
+struct Dedup {
+    window: u64,
+    generation: u64,
+    current: HashSet<u128>,
+    previous: HashSet<u128>,
+}
+
+impl Dedup {
+    fn new(window: u64) -> Self {
+        Dedup { window: window.max(1), generation: 0, current: HashSet::new(), previous: HashSet::new() }
+    }
+
+    fn rotate(&mut self, t: Time) {
+        let g = t / self.window;
+        if g == self.generation {
+            return;
+        }
+        if g == self.generation + 1 {
+            self.previous = std::mem::take(&mut self.current);
+        } else {
+            self.previous.clear();
+            self.current.clear();
+        }
+        self.generation = g;
+    }
+
+    /// True the first time an id is seen.
+    fn first_sighting(&mut self, sku: &str, event_id: &str) -> bool {
+        let mut h = xxhash_rust::xxh3::Xxh3::new();
+        h.update(sku.as_bytes());
+        h.update(&[0xff]); // never part of UTF-8: the pair is unambiguous
+        h.update(event_id.as_bytes());
+        let key = h.digest128();
+        !self.previous.contains(&key) && self.current.insert(key)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct CountRec {
+    ts: Millis,
+    event_id: String,
+    qty: i64,
+}
+
+/// One (sku, location).
+#[derive(Debug, Default)]
+struct Loc {
+    count: Option<CountRec>,
+    /// Movements after the count (or all, without one) by business time, not yet folded.
+    moves: BTreeMap<Millis, i64>,
+    moves_sum: i64,
+    /// Movements after the count that are older than the retention horizon.
+    folded: i64,
+    /// Live reservations in allocation order: (ts of `reserved`, reservation id) → qty.
+    live: BTreeMap<(Millis, Name), i64>,
+    /// The last published row: (on_hand, reserved).
+    published: Option<(i64, i64)>,
+}
+
+impl Loc {
+    fn superseded(&self, ts: Millis) -> bool {
+        self.count.as_ref().is_some_and(|c| ts <= c.ts)
+    }
+
+    fn add_movement(&mut self, ts: Millis, qty: i64, t: Time, retention: u64) {
+        if self.superseded(ts) {
+            return;
+        }
+        if ts.saturating_add(retention) < t {
+            self.folded += qty;
+        } else {
+            let e = self.moves.entry(ts).or_insert(0);
+            *e += qty;
+            if *e == 0 {
+                self.moves.remove(&ts);
+            }
+            self.moves_sum += qty;
+        }
+    }
+
+    fn apply_count(&mut self, rec: CountRec) {
+        if self.count.as_ref().is_some_and(|c| (c.ts, &c.event_id) >= (rec.ts, &rec.event_id)) {
+            return;
+        }
+        self.moves = self.moves.split_off(&(rec.ts + 1));
+        self.moves_sum = self.moves.values().sum();
+        // Every folded movement is older than the horizon, hence older than any admitted count.
+        self.folded = 0;
+        self.count = Some(rec);
+    }
+
+    fn fold(&mut self, t: Time, retention: u64) {
+        while let Some(entry) = self.moves.first_entry() {
+            if entry.key().saturating_add(retention) >= t {
+                break;
+            }
+            let q = entry.remove();
+            self.moves_sum -= q;
+            self.folded += q;
+        }
+    }
+
+    fn on_hand(&self) -> i64 {
+        self.count.as_ref().map_or(0, |c| c.qty) + self.folded + self.moves_sum
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Reserved {
+    ts: Millis,
+    event_id: String,
+    location: Name,
+    qty: i64,
+    expires_at: Millis,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Terminal {
+    ts: Millis,
+    event_id: String,
+    fulfilled: bool,
+}
+
+/// What a reservation currently contributes to its location and windows.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Applied {
+    /// In the live set of this location at (ts, qty).
+    live: Option<(Name, Millis, i64)>,
+    /// Shipped: a movement of -qty at the terminal event's ts.
+    shipped: Option<(Name, Millis, i64)>,
+    /// Window contribution of the `reserved` event (location, ts, qty).
+    reserved_window: Option<(Name, Millis, i64)>,
+}
+
+#[derive(Debug)]
+struct Res {
+    reserved: Option<Reserved>,
+    terminal: Option<Terminal>,
+    first_seen: Time,
+    ended_at: Option<Time>,
+    expiry_timer: Option<Time>,
+    applied: Applied,
+    published: Option<ReservationRow>,
+}
+
+/// One SKU: everything keyed below it lives on the worker that owns the SKU.
+#[derive(Debug)]
+struct Sku {
+    name: Name,
+    locs: BTreeMap<Name, Loc>,
+    res: HashMap<Name, Res>,
+    windows: Arc<RwLock<SkuWindows>>,
+    dirty: bool,
+    dirty_locs: BTreeSet<Name>,
+    dirty_res: BTreeSet<Name>,
+    window_deltas: BTreeMap<(Millis, Millis, Name), WindowFigures>,
+    evict_windows: bool,
+}
+
+#[derive(Debug)]
+enum Timer {
+    /// Re-evaluate a reservation (expiry, eviction of an ended one or of an orphan).
+    Reservation(Name),
+    /// Evict windows past retention.
+    Windows,
+}
+
+/// All SKUs owned by one worker.
+pub struct LedgerState {
+    cfg: Arc<EngineConfig>,
+    store: Arc<ViewStore>,
+    dedup: Dedup,
+    skus: HashMap<Name, Sku>,
+    timers: BTreeMap<Time, Vec<(Name, Timer)>>,
+    dirty: Vec<Name>,
+    stats: LedgerStats,
+}
+
+impl LedgerState {
+    /// Empty state publishing into `store`.
+    pub fn new(cfg: Arc<EngineConfig>, store: Arc<ViewStore>) -> Self {
+        let dedup = Dedup::new(cfg.dedup_window_ms);
+        LedgerState {
+            cfg,
+            store,
+            dedup,
+            skus: HashMap::new(),
+            timers: BTreeMap::new(),
+            dirty: Vec::new(),
+            stats: LedgerStats::default(),
+        }
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> LedgerStats {
+        self.stats
+    }
+
+    /// The earliest pipeline time at which a timer is due.
+    pub fn next_timer(&self) -> Option<Time> {
+        self.timers.keys().next().copied()
+    }
+
+    /// Applies pipeline time `t`: its events (in any order), then what falls due at `t`.
+    /// Appends the row changes to `out`.
+    pub fn process(&mut self, t: Time, events: &mut Vec<Event>, out: &mut Vec<(Change, Diff)>) {
+        self.dedup.rotate(t);
+        // One order for the events of a time, whatever order they arrived in, so that repeats
+        // of an event_id resolve the same way on every run.
+        events.sort_unstable();
+        for ev in events.drain(..) {
+            if !self.dedup.first_sighting(&ev.sku, &ev.event_id) {
+                self.stats.duplicates += 1;
+                continue;
+            }
+            self.stats.applied += 1;
+            self.apply(t, ev);
+        }
+        while let Some(entry) = self.timers.first_entry() {
+            if *entry.key() > t {
+                break;
+            }
+            for (sku, timer) in entry.remove() {
+                let Some(s) = self.skus.get_mut(&sku) else { continue };
+                match timer {
+                    Timer::Reservation(id) => {
+                        s.dirty_res.insert(id);
+                    }
+                    Timer::Windows => s.evict_windows = true,
+                }
+                if !s.dirty {
+                    s.dirty = true;
+                    self.dirty.push(sku);
+                }
+            }
+        }
+        for sku in std::mem::take(&mut self.dirty) {
+            self.settle(t, &sku, out);
+        }
+    }
+
+    fn sku_mut(&mut self, name: &str) -> &mut Sku {
+        if !self.skus.contains_key(name) {
+            let name: Name = name.into();
+            let windows = self.store.windows_of(&name);
+            let sku = Sku {
+                name: Arc::clone(&name),
+                locs: BTreeMap::new(),
+                res: HashMap::new(),
+                windows,
+                dirty: false,
+                dirty_locs: BTreeSet::new(),
+                dirty_res: BTreeSet::new(),
+                window_deltas: BTreeMap::new(),
+                evict_windows: false,
+            };
+            self.skus.insert(name, sku);
+        }
+        let s = self.skus.get_mut(name).expect("inserted above");
+        if !s.dirty {
+            s.dirty = true;
+            self.dirty.push(Arc::clone(&s.name));
+        }
+        s
+    }
+
+    fn apply(&mut self, t: Time, ev: Event) {
+        let retention = self.cfg.retention_ms;
+        let cfg = Arc::clone(&self.cfg);
+        let mut new_res_timer = None;
+        let stale_count = matches!(ev.kind, EventKind::Counted { .. }) && ev.ts.saturating_add(retention) < t;
+        if stale_count {
+            self.stats.stale_counts += 1;
+            return;
+        }
+        let s = self.sku_mut(&ev.sku);
+        match ev.kind {
+            EventKind::Received { location, qty } => {
+                let loc = s.touch_loc(&location);
+                s.locs.get_mut(&loc).expect("touched").add_movement(ev.ts, qty, t, retention);
+                let f = WindowFigures { units_received: qty, ..Default::default() };
+                s.add_window(&cfg, t, &loc, ev.ts, &f, 1);
+            }
+            EventKind::Adjusted { location, qty } => {
+                let loc = s.touch_loc(&location);
+                s.locs.get_mut(&loc).expect("touched").add_movement(ev.ts, qty, t, retention);
+            }
+            EventKind::Sold { location, qty } => {
+                let loc = s.touch_loc(&location);
+                s.locs.get_mut(&loc).expect("touched").add_movement(ev.ts, -qty, t, retention);
+                let f = WindowFigures { units_sold: qty, orders: 1, ..Default::default() };
+                s.add_window(&cfg, t, &loc, ev.ts, &f, 1);
+            }
+            EventKind::Counted { location, qty } => {
+                let loc = s.touch_loc(&location);
+                let rec = CountRec { ts: ev.ts, event_id: ev.event_id, qty };
+                s.locs.get_mut(&loc).expect("touched").apply_count(rec);
+            }
+            EventKind::Reserved { reservation_id, location, qty, expires_at } => {
+                let loc = s.touch_loc(&location);
+                let rec = Reserved { ts: ev.ts, event_id: ev.event_id, location: loc, qty, expires_at };
+                let (id, res, new) = s.res_entry(&reservation_id, t);
+                if res.reserved.as_ref().is_none_or(|r| rec < *r) {
+                    res.reserved = Some(rec);
+                }
+                if new {
+                    new_res_timer = Some(id);
+                }
+            }
+            EventKind::Released { reservation_id } => {
+                let term = Terminal { ts: ev.ts, event_id: ev.event_id, fulfilled: false };
+                new_res_timer = s.terminal(&reservation_id, t, term);
+            }
+            EventKind::Fulfilled { reservation_id } => {
+                let term = Terminal { ts: ev.ts, event_id: ev.event_id, fulfilled: true };
+                new_res_timer = s.terminal(&reservation_id, t, term);
+            }
+        }
+        if let Some(id) = new_res_timer {
+            // A reservation first seen now is forgotten at t + retention unless it is then
+            // live (an orphan terminal event whose `reserved` never came, for instance).
+            let sku = Arc::clone(&s.name);
+            self.timers.entry(t.saturating_add(retention)).or_default().push((sku, Timer::Reservation(id)));
+        }
+    }
+
+    /// Brings one dirty SKU up to date at `t` and emits its changed rows.
+    fn settle(&mut self, t: Time, sku_name: &Name, out: &mut Vec<(Change, Diff)>) {
+        let cfg = Arc::clone(&self.cfg);
+        let retention = cfg.retention_ms;
+        let store = Arc::clone(&self.store);
+        let Some(s) = self.skus.get_mut(sku_name) else { return };
+        s.dirty = false;
+        let mut timers: Vec<(Time, Timer)> = Vec::new();
+
+        // 1. Reservations: bring their contributions (live set, shipment, windows) up to date.
+        let dirty_res = std::mem::take(&mut s.dirty_res);
+        let mut emit_res: BTreeSet<Name> = BTreeSet::new();
+        for id in &dirty_res {
+            if let Some(timer) = s.update_contributions(&cfg, t, id) {
+                timers.push((timer, Timer::Reservation(Arc::clone(id))));
+            }
+            emit_res.insert(Arc::clone(id));
+        }
+
+        // 2. Locations: fold old movements, allocate live reservations first come first served.
+        let mut live_status: HashMap<Name, Status> = HashMap::new();
+        let mut stock_changed = false;
+        for loc_name in std::mem::take(&mut s.dirty_locs) {
+            let loc = s.locs.get_mut(&loc_name).expect("dirty locations exist");
+            loc.fold(t, retention);
+            let on_hand = loc.on_hand();
+            let mut held = 0i64;
+            for ((_, id), qty) in &loc.live {
+                let status = if held + qty <= on_hand {
+                    held += qty;
+                    Status::Held
+                } else {
+                    Status::Insufficient
+                };
+                live_status.insert(Arc::clone(id), status);
+                emit_res.insert(Arc::clone(id));
+            }
+            let now = (on_hand, held);
+            if loc.published != Some(now) {
+                let row = |(on_hand, reserved): (i64, i64)| StockRow {
+                    sku: Arc::clone(sku_name),
+                    location: Arc::clone(&loc_name),
+                    on_hand,
+                    reserved,
+                    available: on_hand - reserved,
+                };
+                if let Some(old) = loc.published {
+                    out.push((Change::Stock(row(old)), -1));
+                }
+                out.push((Change::Stock(row(now)), 1));
+                loc.published = Some(now);
+                stock_changed = true;
+            }
+        }
+        if stock_changed {
+            let locations = s
+                .locs
+                .iter()
+                .filter_map(|(name, l)| {
+                    l.published.map(|(on_hand, reserved)| StockRow {
+                        sku: Arc::clone(sku_name),
+                        location: Arc::clone(name),
+                        on_hand,
+                        reserved,
+                        available: on_hand - reserved,
+                    })
+                })
+                .collect();
+            store.publish_stock(sku_name, SkuStock { locations, changed_at: t });
+        }
+
+        // 3. Reservation rows: statuses, then evictions of those ended more than retention ago.
+        for id in emit_res {
+            let Some(res) = s.res.get_mut(&id) else { continue };
+            let row = res.reserved.as_ref().map(|r| ReservationRow {
+                reservation_id: Arc::clone(&id),
+                sku: Arc::clone(sku_name),
+                location: Arc::clone(&r.location),
+                qty: r.qty,
+                status: match &res.terminal {
+                    Some(term) if term.fulfilled => Status::Fulfilled,
+                    Some(_) => Status::Released,
+                    None if t >= r.expires_at => Status::Expired,
+                    None => *live_status.get(&id).expect("live reservations are allocated"),
+                },
+                expires_at: r.expires_at,
+            });
+            let forget = match (&row, res.ended_at) {
+                (None, _) => res.first_seen.saturating_add(retention) <= t,
+                (Some(_), Some(ended)) => ended.saturating_add(retention) <= t,
+                (Some(_), None) => false,
+            };
+            let row = if forget { None } else { row };
+            if row != res.published {
+                if let Some(old) = res.published.take() {
+                    out.push((Change::Reservation(old), -1));
+                }
+                match &row {
+                    Some(new) => {
+                        out.push((Change::Reservation(new.clone()), 1));
+                        store.publish_reservation(ReservationView { row: new.clone(), changed_at: t });
+                    }
+                    None => store.forget_reservation(&id),
+                }
+                res.published = row;
+            }
+            if forget {
+                s.res.remove(&id);
+            }
+        }
+
+        // 4. Windows: apply this time's contributions and evictions under one write lock.
+        if !s.window_deltas.is_empty() || s.evict_windows {
+            let mut w = s.windows.write();
+            for ((size, start, loc), delta) in std::mem::take(&mut s.window_deltas) {
+                let key = (size, start, loc);
+                let old = w.windows.get(&key).copied();
+                let mut new = old.unwrap_or_default();
+                new.add(&delta, 1);
+                if old == Some(new) {
+                    continue;
+                }
+                let row = |figures: WindowFigures| WindowRow {
+                    window_ms: size,
+                    window_start: start,
+                    sku: Arc::clone(sku_name),
+                    location: Arc::clone(&key.2),
+                    figures,
+                };
+                if let Some(old) = old {
+                    out.push((Change::Window(row(old)), -1));
+                } else {
+                    timers.push((start + size + retention, Timer::Windows));
+                }
+                if new.is_zero() {
+                    w.windows.remove(&key);
+                } else {
+                    out.push((Change::Window(row(new)), 1));
+                    w.windows.insert(key, new);
+                }
+            }
+            if std::mem::take(&mut s.evict_windows) {
+                w.windows.retain(|(size, start, loc), figures| {
+                    let keep = start + size + retention > t;
+                    if !keep {
+                        out.push((
+                            Change::Window(WindowRow {
+                                window_ms: *size,
+                                window_start: *start,
+                                sku: Arc::clone(sku_name),
+                                location: Arc::clone(loc),
+                                figures: *figures,
+                            }),
+                            -1,
+                        ));
+                    }
+                    keep
+                });
+            }
+            w.changed_at = t;
+        }
+
+        for (at, timer) in timers {
+            self.timers.entry(at).or_default().push((Arc::clone(sku_name), timer));
+        }
+    }
+}
+
+impl Sku {
+    /// Marks a location dirty, creating it on first sight, and returns its shared name.
+    fn touch_loc(&mut self, location: &str) -> Name {
+        let name = match self.locs.get_key_value(location) {
+            Some((name, _)) => Arc::clone(name),
+            None => {
+                let name: Name = location.into();
+                self.locs.insert(Arc::clone(&name), Loc::default());
+                name
+            }
+        };
+        self.dirty_locs.insert(Arc::clone(&name));
+        name
+    }
+
+    fn res_entry(&mut self, id: &str, t: Time) -> (Name, &mut Res, bool) {
+        let (name, new) = match self.res.get_key_value(id) {
+            Some((name, _)) => (Arc::clone(name), false),
+            None => {
+                let name: Name = id.into();
+                let res = Res {
+                    reserved: None,
+                    terminal: None,
+                    first_seen: t,
+                    ended_at: None,
+                    expiry_timer: None,
+                    applied: Applied::default(),
+                    published: None,
+                };
+                self.res.insert(Arc::clone(&name), res);
+                (name, true)
+            }
+        };
+        self.dirty_res.insert(Arc::clone(&name));
+        let res = self.res.get_mut(&name).expect("inserted above");
+        (name, res, new)
+    }
+
+    fn terminal(&mut self, id: &str, t: Time, term: Terminal) -> Option<Name> {
+        let (name, res, new) = self.res_entry(id, t);
+        if res.terminal.as_ref().is_none_or(|old| term < *old) {
+            res.terminal = Some(term);
+        }
+        new.then_some(name)
+    }
+
+    fn add_window(&mut self, cfg: &EngineConfig, t: Time, loc: &Name, ts: Millis, f: &WindowFigures, sign: i64) {
+        for w in &cfg.windows {
+            let start = ts - ts % w.size_ms;
+            if start + w.size_ms + cfg.retention_ms <= t {
+                continue; // evicted already: the window is final
+            }
+            self.window_deltas.entry((w.size_ms, start, Arc::clone(loc))).or_default().add(f, sign);
+        }
+    }
+
+    /// Re-derives what reservation `id` contributes at `t` and applies the difference.
+    /// Returns the time of a timer to set (its expiry, or its eviction once ended).
+    fn update_contributions(&mut self, cfg: &EngineConfig, t: Time, id: &Name) -> Option<Time> {
+        let retention = cfg.retention_ms;
+        let res = self.res.get_mut(id)?;
+        let mut want = Applied::default();
+        let mut live = false;
+        if let Some(r) = &res.reserved {
+            want.reserved_window = Some((Arc::clone(&r.location), r.ts, r.qty));
+            match &res.terminal {
+                Some(term) if term.fulfilled => {
+                    want.shipped = Some((Arc::clone(&r.location), term.ts, r.qty));
+                }
+                Some(_) => {}
+                None if t >= r.expires_at => {}
+                None => {
+                    want.live = Some((Arc::clone(&r.location), r.ts, r.qty));
+                    live = true;
+                }
+            }
+        }
+        let mut timer = None;
+        if let (true, Some((loc, _, _))) = (live, &want.live) {
+            // Its status is decided by allocation over the whole location.
+            self.dirty_locs.insert(Arc::clone(loc));
+            res.ended_at = None;
+            let expiry = tick_ceil(res.reserved.as_ref().expect("live").expires_at, cfg.tick_ms);
+            if res.expiry_timer != Some(expiry) {
+                res.expiry_timer = Some(expiry);
+                timer = Some(expiry);
+            }
+        } else if res.reserved.is_some() && res.ended_at.is_none() {
+            res.ended_at = Some(t);
+            timer = Some(t.saturating_add(retention));
+        }
+        let had = std::mem::replace(&mut res.applied, want.clone());
+        if had == want {
+            return timer;
+        }
+        if had.live != want.live {
+            for (entry, add) in [(&had.live, false), (&want.live, true)] {
+                if let Some((loc, ts, qty)) = entry {
+                    let l = self.locs.get_mut(loc).expect("reservations name known locations");
+                    if add {
+                        l.live.insert((*ts, Arc::clone(id)), *qty);
+                    } else {
+                        l.live.remove(&(*ts, Arc::clone(id)));
+                    }
+                    self.dirty_locs.insert(Arc::clone(loc));
+                }
+            }
+        }
+        if had.shipped != want.shipped {
+            for (entry, sign) in [(&had.shipped, -1i64), (&want.shipped, 1)] {
+                if let Some((loc, ts, qty)) = entry {
+                    let l = self.locs.get_mut(loc).expect("reservations name known locations");
+                    l.add_movement(*ts, -qty * sign, t, retention);
+                    self.dirty_locs.insert(Arc::clone(loc));
+                    let f = WindowFigures { units_sold: *qty, orders: 1, ..Default::default() };
+                    self.add_window(cfg, t, loc, *ts, &f, sign);
+                }
+            }
+        }
+        if had.reserved_window != want.reserved_window {
+            for (entry, sign) in [(&had.reserved_window, -1i64), (&want.reserved_window, 1)] {
+                if let Some((loc, ts, qty)) = entry {
+                    let f = WindowFigures { units_reserved: *qty, ..Default::default() };
+                    self.add_window(cfg, t, loc, *ts, &f, sign);
+                }
+            }
+        }
+        timer
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Dedup;
+
+    #[test]
+    fn dedup_remembers_at_least_one_window() {
+        let mut d = Dedup::new(100);
+        d.rotate(0);
+        assert!(d.first_sighting("s", "e"));
+        assert!(!d.first_sighting("s", "e"));
+        assert!(d.first_sighting("t", "e"), "ids are per SKU");
+        d.rotate(199); // next generation: still remembered
+        assert!(!d.first_sighting("s", "e"));
+        d.rotate(200); // two generations later: forgotten
+        assert!(d.first_sighting("s", "e"));
+        d.rotate(1000); // a jump clears everything
+        assert!(d.first_sighting("t", "e"));
+    }
+}

@@ -1,0 +1,192 @@
+//! The read side: what the dataflow publishes for HTTP lookups.
+//!
+//! Each SKU is owned by exactly one worker, which publishes the SKU's stock, reservations and
+//! windows after it has applied every event of a pipeline time `t` (and every expiry due at
+//! `t`), tagging them with `changed_at = t`. Each worker then records the last pipeline time it
+//! has completed. A reader takes `g`, the least completed time over the workers, **before**
+//! reading a value, and answers with `as_of = max(g, changed_at)`: the value reflects every event
+//! admitted at or before that time for its keys, and no other. Readers never touch a worker
+//! thread or a timely structure, so lookups scale with HTTP threads and never slow the dataflow.
+
+use crate::Time;
+use dashmap::DashMap;
+use parking_lot::RwLock;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use stockflow_types::config::WindowSpec;
+use stockflow_types::rows::{ReservationRow, StockRow, WindowFigures};
+use stockflow_types::{Millis, Name};
+
+/// Stock of every location of one SKU.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SkuStock {
+    /// One row per location ever seen, ordered by location.
+    pub locations: Vec<StockRow>,
+    /// The pipeline time of the last change.
+    pub changed_at: Time,
+}
+
+/// One reservation as published.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReservationView {
+    /// The row.
+    pub row: ReservationRow,
+    /// The pipeline time of the last change.
+    pub changed_at: Time,
+}
+
+/// Key of one window of a SKU: (window size ms, window start, location).
+pub type WindowKey = (Millis, Millis, Name);
+
+/// The windows of one SKU, written only by the owning worker.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SkuWindows {
+    /// Figures by window.
+    pub windows: BTreeMap<WindowKey, WindowFigures>,
+    /// The pipeline time of the last change.
+    pub changed_at: Time,
+}
+
+/// The top sellers of one window: `(-units_sold, sku)`, so iteration order is the ranking.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TopList {
+    /// Ranked entries, at most `top_k`.
+    pub ranked: BTreeSet<(i64, Name)>,
+    /// The pipeline time of the last change.
+    pub changed_at: Time,
+}
+
+/// Everything HTTP reads, shared between the worker threads (writers) and HTTP (readers).
+#[derive(Debug)]
+pub struct ViewStore {
+    windows_config: Vec<WindowSpec>,
+    top_k: usize,
+    ledger_completed: Vec<AtomicU64>,
+    top_completed: Vec<AtomicU64>,
+    stock: DashMap<Name, Arc<SkuStock>>,
+    reservations: DashMap<Name, Arc<ReservationView>>,
+    windows: DashMap<Name, Arc<RwLock<SkuWindows>>>,
+    top: DashMap<(Millis, Millis), Arc<TopList>>,
+}
+
+impl ViewStore {
+    /// An empty store for `workers` local worker threads.
+    pub fn new(workers: usize, windows_config: Vec<WindowSpec>, top_k: usize) -> Self {
+        ViewStore {
+            windows_config,
+            top_k,
+            ledger_completed: (0..workers).map(|_| AtomicU64::new(0)).collect(),
+            top_completed: (0..workers).map(|_| AtomicU64::new(0)).collect(),
+            stock: DashMap::new(),
+            reservations: DashMap::new(),
+            windows: DashMap::new(),
+            top: DashMap::new(),
+        }
+    }
+
+    /// The configured windows.
+    pub fn windows_config(&self) -> &[WindowSpec] {
+        &self.windows_config
+    }
+
+    /// Worker threads of this process that publish here.
+    pub fn local_workers(&self) -> usize {
+        self.ledger_completed.len()
+    }
+
+    /// The largest `limit` the top view can serve.
+    pub fn top_k(&self) -> usize {
+        self.top_k
+    }
+
+    /// The least pipeline time that every local worker has completed: read it before a value.
+    pub fn as_of(&self) -> Time {
+        min_of(&self.ledger_completed)
+    }
+
+    /// As [`ViewStore::as_of`], for the top-sellers view (which trails the ledger slightly).
+    pub fn top_as_of(&self) -> Time {
+        min_of(&self.top_completed)
+    }
+
+    /// Stock of a SKU, if ever seen.
+    pub fn stock(&self, sku: &str) -> Option<Arc<SkuStock>> {
+        self.stock.get(sku).map(|e| Arc::clone(e.value()))
+    }
+
+    /// A reservation, if seen and not yet forgotten (retention).
+    pub fn reservation(&self, id: &str) -> Option<Arc<ReservationView>> {
+        self.reservations.get(id).map(|e| Arc::clone(e.value()))
+    }
+
+    /// The windows of a SKU, if any.
+    pub fn windows(&self, sku: &str) -> Option<Arc<RwLock<SkuWindows>>> {
+        self.windows.get(sku).map(|e| Arc::clone(e.value()))
+    }
+
+    /// The ranking of one window, if anything sold in it.
+    pub fn top(&self, window_ms: Millis, start: Millis) -> Option<Arc<TopList>> {
+        self.top.get(&(window_ms, start)).map(|e| Arc::clone(e.value()))
+    }
+
+    /// The windows that currently have a ranking.
+    pub fn top_windows(&self) -> Vec<(Millis, Millis)> {
+        self.top.iter().map(|e| *e.key()).collect()
+    }
+
+    /// Number of SKUs with stock rows (for memory-per-key figures).
+    pub fn sku_count(&self) -> usize {
+        self.stock.len()
+    }
+
+    /// Number of (sku, location) rows.
+    pub fn location_count(&self) -> usize {
+        self.stock.iter().map(|e| e.value().locations.len()).sum()
+    }
+
+    /// Number of reservations held.
+    pub fn reservation_count(&self) -> usize {
+        self.reservations.len()
+    }
+
+    // ---- writers (the owning worker only) ----
+
+    pub(crate) fn set_ledger_completed(&self, local_worker: usize, t: Time) {
+        self.ledger_completed[local_worker].fetch_max(t, Ordering::Release);
+    }
+
+    pub(crate) fn set_top_completed(&self, local_worker: usize, t: Time) {
+        self.top_completed[local_worker].fetch_max(t, Ordering::Release);
+    }
+
+    pub(crate) fn publish_stock(&self, sku: &Name, stock: SkuStock) {
+        self.stock.insert(Arc::clone(sku), Arc::new(stock));
+    }
+
+    pub(crate) fn publish_reservation(&self, view: ReservationView) {
+        self.reservations.insert(Arc::clone(&view.row.reservation_id), Arc::new(view));
+    }
+
+    pub(crate) fn forget_reservation(&self, id: &str) {
+        self.reservations.remove(id);
+    }
+
+    pub(crate) fn windows_of(&self, sku: &Name) -> Arc<RwLock<SkuWindows>> {
+        Arc::clone(self.windows.entry(Arc::clone(sku)).or_default().value())
+    }
+
+    pub(crate) fn update_top(&self, key: (Millis, Millis), t: Time, f: impl FnOnce(&mut BTreeSet<(i64, Name)>)) {
+        let mut ranked = self.top.get(&key).map(|e| e.ranked.clone()).unwrap_or_default();
+        f(&mut ranked);
+        if ranked.is_empty() {
+            self.top.remove(&key);
+        } else {
+            self.top.insert(key, Arc::new(TopList { ranked, changed_at: t }));
+        }
+    }
+}
+
+fn min_of(v: &[AtomicU64]) -> Time {
+    v.iter().map(|a| a.load(Ordering::Acquire)).min().unwrap_or(0)
+}

@@ -83,7 +83,7 @@ impl Generator {
         let event_id = format!("g{}-{}", self.worker, self.made);
         let roll = self.rng.random_range(0..100u32);
         let (sku, kind) = match roll {
-            0..14 => (self.sku(), EventKind::Received { location: self.location(), qty: self.rng.random_range(10..100) }),
+            0..14 => (self.sku(), EventKind::Received { location: self.location(), qty: self.rng.random_range(5..16) }),
             14..17 => {
                 let q = self.rng.random_range(1..4);
                 (self.sku(), EventKind::Adjusted { location: self.location(), qty: if self.rng.random_bool(0.7) { -q } else { q } })

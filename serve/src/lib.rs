@@ -1,1 +1,187 @@
-//! placeholder
+//! HTTP lookups over the stockflow views (warp on tokio).
+//!
+//! Every answer is read from the [`ViewStore`] that the dataflow publishes into: handlers never
+//! wait for, lock or wake a dataflow worker, so reads scale with HTTP threads and cannot slow
+//! ingestion. Each answer carries the pipeline time `as_of` it is consistent as of.
+//!
+//! ```no_run
+//! # async fn demo(state: std::sync::Arc<stockflow_serve::ServeState>) {
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await.unwrap();
+//! stockflow_serve::serve(listener, state, std::future::pending()).await;
+//! # }
+//! ```
+
+pub mod api;
+pub mod problem;
+
+use metrics_exporter_prometheus::PrometheusHandle;
+use problem::Problem;
+use serde::Serialize;
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Instant;
+use stockflow_dataflow::clock::Clock;
+use stockflow_dataflow::views::ViewStore;
+use utoipa::OpenApi;
+use warp::http::{header, StatusCode};
+use warp::reply::Response;
+use warp::{Filter, Rejection};
+
+/// Latency buckets of the HTTP histogram, seconds: 50 µs to 1 s.
+pub const LATENCY_BUCKETS: [f64; 14] =
+    [0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0];
+
+/// What the handlers share.
+#[derive(Debug)]
+pub struct ServeState {
+    /// The views.
+    pub store: Arc<ViewStore>,
+    /// Renders `/metrics`.
+    pub metrics: Option<PrometheusHandle>,
+    /// For freshness and readiness.
+    pub clock: Arc<dyn Clock>,
+    /// `/readyz` fails when the pipeline is further behind the clock than this.
+    pub ready_max_lag_ms: u64,
+}
+
+fn json_response<T: Serialize>(status: StatusCode, content_type: &'static str, body: &T) -> Response {
+    let bytes = serde_json::to_vec(body).expect("response bodies serialize");
+    let mut r = Response::new(bytes.into());
+    *r.status_mut() = status;
+    r.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static(content_type));
+    r
+}
+
+fn problem_response(p: &Problem) -> Response {
+    json_response(StatusCode::from_u16(p.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), "application/problem+json", p)
+}
+
+fn answer<T: Serialize>(route: &'static str, started: Instant, result: Result<T, Problem>) -> Response {
+    let response = match result {
+        Ok(body) => json_response(StatusCode::OK, "application/json", &body),
+        Err(p) => problem_response(&p),
+    };
+    record(route, response.status(), started);
+    response
+}
+
+fn record(route: &'static str, status: StatusCode, started: Instant) {
+    metrics::counter!("stockflow_http_requests_total", "route" => route, "status" => status.as_str().to_owned()).increment(1);
+    metrics::histogram!("stockflow_http_request_duration_seconds", "route" => route).record(started.elapsed().as_secs_f64());
+}
+
+fn segment(raw: String) -> String {
+    percent_encoding::percent_decode_str(&raw).decode_utf8_lossy().into_owned()
+}
+
+/// All routes of contract §3.
+pub fn routes(state: Arc<ServeState>) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone + Send + Sync + 'static {
+    let st = move || {
+        let s = Arc::clone(&state);
+        warp::any().map(move || Arc::clone(&s))
+    };
+    let start = || warp::any().map(Instant::now);
+    let query = || warp::query::<HashMap<String, String>>().or(warp::any().map(HashMap::new)).unify();
+
+    let stock = warp::path!("v1" / "stock" / String)
+        .and(st())
+        .and(start())
+        .map(|sku: String, s: Arc<ServeState>, t0| answer("/v1/stock/{sku}", t0, api::stock(&s.store, &segment(sku))));
+    let location = warp::path!("v1" / "stock" / String / String).and(st()).and(start()).map(
+        |sku: String, loc: String, s: Arc<ServeState>, t0| {
+            answer("/v1/stock/{sku}/{location}", t0, api::location_stock(&s.store, &segment(sku), &segment(loc)))
+        },
+    );
+    let reservation = warp::path!("v1" / "reservations" / String).and(st()).and(start()).map(
+        |id: String, s: Arc<ServeState>, t0| answer("/v1/reservations/{reservation_id}", t0, api::reservation(&s.store, &segment(id))),
+    );
+    let analytics = warp::path!("v1" / "analytics" / "sku" / String).and(query()).and(st()).and(start()).map(
+        |sku: String, q: HashMap<String, String>, s: Arc<ServeState>, t0| {
+            answer("/v1/analytics/sku/{sku}", t0, api::analytics(&s.store, &segment(sku), &q))
+        },
+    );
+    let top = warp::path!("v1" / "analytics" / "top")
+        .and(query())
+        .and(st())
+        .and(start())
+        .map(|q: HashMap<String, String>, s: Arc<ServeState>, t0| answer("/v1/analytics/top", t0, api::top(&s.store, &q)));
+    let healthz = warp::path!("healthz").and(st()).and(start()).map(|s: Arc<ServeState>, t0| {
+        answer::<api::Health>("/healthz", t0, Ok(api::healthz(&s.store)))
+    });
+    let readyz = warp::path!("readyz").and(st()).and(start()).map(|s: Arc<ServeState>, t0| {
+        answer("/readyz", t0, api::readyz(&s.store, s.clock.now_ms(), s.ready_max_lag_ms))
+    });
+    let metrics_route = warp::path!("metrics").and(st()).and(start()).map(|s: Arc<ServeState>, t0| {
+        let body = render_metrics(&s);
+        let mut r = Response::new(body.into());
+        r.headers_mut()
+            .insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
+        record("/metrics", r.status(), t0);
+        r
+    });
+    let openapi = warp::path!("openapi.json").and(start()).map(|t0| {
+        let mut r = Response::new(api::ApiDoc::openapi().to_pretty_json().expect("the document serializes").into());
+        r.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
+        record("/openapi.json", r.status(), t0);
+        r
+    });
+
+    warp::get()
+        .and(
+            stock
+                .or(location)
+                .unify()
+                .or(reservation)
+                .unify()
+                .or(analytics)
+                .unify()
+                .or(top)
+                .unify()
+                .or(healthz)
+                .unify()
+                .or(readyz)
+                .unify()
+                .or(metrics_route)
+                .unify()
+                .or(openapi)
+                .unify(),
+        )
+        .recover(|rejection: Rejection| async move {
+            let p = if rejection.is_not_found() {
+                Problem::not_found("no such resource; see /openapi.json")
+            } else if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
+                Problem::new(StatusCode::METHOD_NOT_ALLOWED, "only GET is supported")
+            } else if rejection.find::<warp::reject::InvalidQuery>().is_some() {
+                Problem::bad_request("the query string is malformed")
+            } else {
+                Problem::bad_request(format!("the request was not understood: {rejection:?}"))
+            };
+            let r = problem_response(&p);
+            record("unmatched", r.status(), Instant::now());
+            Ok::<_, Infallible>(r)
+        })
+        .unify()
+}
+
+fn render_metrics(s: &ServeState) -> String {
+    let as_of = s.store.as_of();
+    let now = s.clock.now_ms();
+    metrics::gauge!("stockflow_pipeline_time_ms").set(as_of as f64);
+    metrics::gauge!("stockflow_freshness_seconds").set(now.saturating_sub(as_of) as f64 / 1000.0);
+    metrics::gauge!("stockflow_view_skus").set(s.store.sku_count() as f64);
+    metrics::gauge!("stockflow_view_reservations").set(s.store.reservation_count() as f64);
+    match &s.metrics {
+        Some(h) => {
+            h.run_upkeep();
+            h.render()
+        }
+        None => String::new(),
+    }
+}
+
+/// Serves the API on `listener` until `shutdown` completes.
+pub async fn serve(listener: tokio::net::TcpListener, state: Arc<ServeState>, shutdown: impl Future<Output = ()> + Send + 'static) {
+    warp::serve(routes(state)).incoming(listener).graceful(shutdown).run().await;
+}

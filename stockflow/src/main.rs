@@ -1,1 +1,76 @@
-fn main(){}
+//! `stockflow`: the thin binary that wires sources, the dataflow, HTTP and the sinks.
+
+mod config;
+mod run;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+/// Exact, real-time inventory: stock, reservations and sales analytics over HTTP.
+#[derive(Debug, Parser)]
+#[command(name = "stockflow", version)]
+struct Cli {
+    /// TOML configuration (default: the embedded configs/local.toml).
+    #[arg(long, global = true, value_name = "PATH")]
+    config: Option<PathBuf>,
+    /// Override any field: `--set section.field=value` (repeatable).
+    #[arg(long = "set", global = true, value_name = "KEY=VALUE")]
+    sets: Vec<String>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the pipeline and serve HTTP (the default).
+    Run(RunArgs),
+    /// Print the effective configuration.
+    Config,
+    /// Print the OpenAPI document.
+    Openapi,
+}
+
+#[derive(Debug, Default, clap::Args)]
+struct RunArgs {
+    /// Read JSON-lines events from PATH (`-` for stdin) instead of the generator.
+    #[arg(long, value_name = "PATH")]
+    input_file: Option<PathBuf>,
+    /// Listen address of the HTTP server, e.g. 127.0.0.1:8080.
+    #[arg(long, value_name = "ADDR")]
+    http: Option<String>,
+    /// Timely worker threads.
+    #[arg(long, value_name = "N")]
+    workers: Option<usize>,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let args = match cli.command {
+        None => RunArgs::default(),
+        Some(Command::Run(args)) => args,
+        Some(Command::Openapi) => {
+            use utoipa::OpenApi;
+            println!("{}", stockflow_serve::api::ApiDoc::openapi().to_pretty_json()?);
+            return Ok(());
+        }
+        Some(Command::Config) => {
+            let s = config::load(cli.config.as_deref(), &cli.sets)?;
+            println!("{}", serde_json::to_string_pretty(&s)?);
+            return Ok(());
+        }
+    };
+    let mut sets = cli.sets;
+    if let Some(path) = &args.input_file {
+        sets.push("source.kind=file".into());
+        sets.push(format!("source.input_file={}", path.display()));
+    }
+    if let Some(addr) = &args.http {
+        sets.push(format!("http.listen={addr}"));
+    }
+    if let Some(n) = args.workers {
+        sets.push(format!("pipeline.workers={n}"));
+    }
+    let settings = config::load(cli.config.as_deref(), &sets)?;
+    run::run(settings)
+}

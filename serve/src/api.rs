@@ -1,0 +1,323 @@
+//! The HTTP API of contract §3: response bodies, handlers and the OpenAPI document generated
+//! from them. Handlers are plain functions over the [`ViewStore`]: no I/O, no locks held across
+//! anything but a map read, no contact with the dataflow's threads.
+
+use crate::problem::Problem;
+use serde::Serialize;
+use std::collections::HashMap;
+use stockflow_dataflow::views::ViewStore;
+use stockflow_types::timefmt::{format_rfc3339, parse_param};
+use utoipa::{OpenApi, ToSchema};
+
+/// Stock of one SKU over all its locations.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct StockResponse {
+    /// The SKU.
+    pub sku: String,
+    /// Sum of `on_hand` over locations.
+    pub on_hand: i64,
+    /// Sum of units held by reservations.
+    pub reserved: i64,
+    /// `on_hand - reserved`.
+    pub available: i64,
+    /// Per location.
+    pub locations: Vec<LocationFigures>,
+    /// Pipeline time (epoch ms) the answer is consistent as of.
+    pub as_of: u64,
+}
+
+/// Stock figures of one location within a SKU answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LocationFigures {
+    /// The location.
+    pub location: String,
+    /// Units on hand.
+    pub on_hand: i64,
+    /// Units held by reservations.
+    pub reserved: i64,
+    /// `on_hand - reserved`.
+    pub available: i64,
+}
+
+/// Stock of one (sku, location).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LocationStockResponse {
+    /// The SKU.
+    pub sku: String,
+    /// The location.
+    pub location: String,
+    /// Units on hand.
+    pub on_hand: i64,
+    /// Units held by reservations.
+    pub reserved: i64,
+    /// `on_hand - reserved`.
+    pub available: i64,
+    /// Pipeline time (epoch ms) the answer is consistent as of.
+    pub as_of: u64,
+}
+
+/// One reservation.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ReservationResponse {
+    /// The reservation.
+    pub reservation_id: String,
+    /// The SKU.
+    pub sku: String,
+    /// The location.
+    pub location: String,
+    /// Units asked for.
+    pub qty: i64,
+    /// `held`, `insufficient`, `expired`, `released` or `fulfilled`.
+    pub status: String,
+    /// RFC 3339.
+    pub expires_at: String,
+    /// Pipeline time (epoch ms) the answer is consistent as of.
+    pub as_of: u64,
+}
+
+/// Windowed figures of one SKU.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AnalyticsResponse {
+    /// The SKU.
+    pub sku: String,
+    /// The window size, as configured (e.g. `1m`).
+    pub window: String,
+    /// One bucket per (location, window start), by start then location.
+    pub buckets: Vec<Bucket>,
+    /// Pipeline time (epoch ms) the answer is consistent as of.
+    pub as_of: u64,
+}
+
+/// One window of one location.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Bucket {
+    /// The location.
+    pub location: String,
+    /// Window start, RFC 3339.
+    pub start: String,
+    /// Window end (exclusive), RFC 3339.
+    pub end: String,
+    /// Sold plus fulfilled units.
+    pub units_sold: i64,
+    /// Received units.
+    pub units_received: i64,
+    /// Units of `reserved` events.
+    pub units_reserved: i64,
+    /// Count of sold plus fulfilled events.
+    pub orders: i64,
+}
+
+/// Best sellers of the latest window.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TopResponse {
+    /// The window size.
+    pub window: String,
+    /// Start of the window that contains `as_of`, RFC 3339.
+    pub start: String,
+    /// Its end (exclusive), RFC 3339.
+    pub end: String,
+    /// By units sold, then SKU.
+    pub items: Vec<TopItem>,
+    /// Pipeline time (epoch ms) the answer is consistent as of.
+    pub as_of: u64,
+}
+
+/// One ranked SKU.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TopItem {
+    /// The SKU.
+    pub sku: String,
+    /// Units sold in the window.
+    pub units_sold: i64,
+}
+
+/// Liveness and readiness.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Health {
+    /// `ok` or `ready`.
+    pub status: String,
+    /// Pipeline time (epoch ms).
+    pub as_of: u64,
+}
+
+/// The OpenAPI document, generated from the handlers' annotations.
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "stockflow", description = "Exact, real-time inventory: stock, reservations and sales analytics."),
+    paths(stock, location_stock, reservation, analytics, top, healthz, readyz),
+    components(schemas(StockResponse, LocationFigures, LocationStockResponse, ReservationResponse, AnalyticsResponse, Bucket, TopResponse, TopItem, Health, Problem))
+)]
+pub struct ApiDoc;
+
+fn never_seen(what: String) -> Problem {
+    Problem::not_found(format!("{what} has never been seen"))
+}
+
+/// Stock of a SKU.
+#[utoipa::path(get, path = "/v1/stock/{sku}",
+    params(("sku" = String, Path, description = "The SKU")),
+    responses((status = 200, body = StockResponse), (status = 404, body = Problem, content_type = "application/problem+json")))]
+pub fn stock(store: &ViewStore, sku: &str) -> Result<StockResponse, Problem> {
+    let g = store.as_of();
+    let s = store.stock(sku).ok_or_else(|| never_seen(format!("SKU {sku:?}")))?;
+    let (mut on_hand, mut reserved) = (0, 0);
+    let locations = s
+        .locations
+        .iter()
+        .map(|r| {
+            on_hand += r.on_hand;
+            reserved += r.reserved;
+            LocationFigures { location: r.location.to_string(), on_hand: r.on_hand, reserved: r.reserved, available: r.available }
+        })
+        .collect();
+    Ok(StockResponse { sku: sku.into(), on_hand, reserved, available: on_hand - reserved, locations, as_of: g.max(s.changed_at) })
+}
+
+/// Stock of a SKU at one location.
+#[utoipa::path(get, path = "/v1/stock/{sku}/{location}",
+    params(("sku" = String, Path, description = "The SKU"), ("location" = String, Path, description = "The location")),
+    responses((status = 200, body = LocationStockResponse), (status = 404, body = Problem, content_type = "application/problem+json")))]
+pub fn location_stock(store: &ViewStore, sku: &str, location: &str) -> Result<LocationStockResponse, Problem> {
+    let g = store.as_of();
+    let s = store.stock(sku).ok_or_else(|| never_seen(format!("SKU {sku:?}")))?;
+    let r = s
+        .locations
+        .iter()
+        .find(|r| &*r.location == location)
+        .ok_or_else(|| never_seen(format!("location {location:?} of SKU {sku:?}")))?;
+    Ok(LocationStockResponse {
+        sku: sku.into(),
+        location: location.into(),
+        on_hand: r.on_hand,
+        reserved: r.reserved,
+        available: r.available,
+        as_of: g.max(s.changed_at),
+    })
+}
+
+/// One reservation.
+#[utoipa::path(get, path = "/v1/reservations/{reservation_id}",
+    params(("reservation_id" = String, Path, description = "The reservation")),
+    responses((status = 200, body = ReservationResponse), (status = 404, description = "Never seen, or forgotten after the retention period", body = Problem, content_type = "application/problem+json")))]
+pub fn reservation(store: &ViewStore, id: &str) -> Result<ReservationResponse, Problem> {
+    let g = store.as_of();
+    let r = store.reservation(id).ok_or_else(|| never_seen(format!("reservation {id:?}")))?;
+    Ok(ReservationResponse {
+        reservation_id: id.into(),
+        sku: r.row.sku.to_string(),
+        location: r.row.location.to_string(),
+        qty: r.row.qty,
+        status: r.row.status.as_str().into(),
+        expires_at: format_rfc3339(r.row.expires_at),
+        as_of: g.max(r.changed_at),
+    })
+}
+
+fn window_param(store: &ViewStore, q: &HashMap<String, String>, default: usize) -> Result<(String, u64), Problem> {
+    let windows = store.windows_config();
+    match q.get("window") {
+        None => Ok((windows[default].name.clone(), windows[default].size_ms)),
+        Some(w) => windows.iter().find(|s| s.name == *w).map(|s| (s.name.clone(), s.size_ms)).ok_or_else(|| {
+            let names: Vec<&str> = windows.iter().map(|s| s.name.as_str()).collect();
+            Problem::bad_request(format!("query parameter `window` must be one of: {}", names.join(", ")))
+        }),
+    }
+}
+
+fn time_param(q: &HashMap<String, String>, name: &str) -> Result<Option<u64>, Problem> {
+    q.get(name)
+        .map(|v| {
+            parse_param(v).ok_or_else(|| {
+                Problem::bad_request(format!("query parameter `{name}` must be an RFC 3339 timestamp or epoch milliseconds"))
+            })
+        })
+        .transpose()
+}
+
+/// Windowed figures of a SKU.
+#[utoipa::path(get, path = "/v1/analytics/sku/{sku}",
+    params(("sku" = String, Path, description = "The SKU"),
+        ("window" = Option<String>, Query, description = "A configured window size (default: the first, `1m`)"),
+        ("from" = Option<String>, Query, description = "Earliest window start, RFC 3339 or epoch ms"),
+        ("to" = Option<String>, Query, description = "Window starts before this, RFC 3339 or epoch ms")),
+    responses((status = 200, body = AnalyticsResponse), (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json")))]
+pub fn analytics(store: &ViewStore, sku: &str, q: &HashMap<String, String>) -> Result<AnalyticsResponse, Problem> {
+    let (window, size) = window_param(store, q, 0)?;
+    let from = time_param(q, "from")?.unwrap_or(0);
+    let to = time_param(q, "to")?.unwrap_or(u64::MAX);
+    if from > to {
+        return Err(Problem::bad_request("query parameter `from` must not be after `to`"));
+    }
+    let g = store.as_of();
+    if store.stock(sku).is_none() {
+        return Err(never_seen(format!("SKU {sku:?}")));
+    }
+    let mut buckets = Vec::new();
+    let mut as_of = g;
+    if let Some(w) = store.windows(sku) {
+        let w = w.read();
+        as_of = as_of.max(w.changed_at);
+        for ((s, start, location), f) in w.windows.range((size, from, "".into())..) {
+            if *s != size || *start >= to {
+                break;
+            }
+            buckets.push(Bucket {
+                location: location.to_string(),
+                start: format_rfc3339(*start),
+                end: format_rfc3339(start + size),
+                units_sold: f.units_sold,
+                units_received: f.units_received,
+                units_reserved: f.units_reserved,
+                orders: f.orders,
+            });
+        }
+    }
+    Ok(AnalyticsResponse { sku: sku.into(), window, buckets, as_of })
+}
+
+/// Best sellers of the latest window.
+#[utoipa::path(get, path = "/v1/analytics/top",
+    params(("window" = Option<String>, Query, description = "A configured window size (default: the last, `1h`)"),
+        ("limit" = Option<usize>, Query, description = "How many SKUs (default 10, at most pipeline.top_k)")),
+    responses((status = 200, body = TopResponse), (status = 400, body = Problem, content_type = "application/problem+json")))]
+pub fn top(store: &ViewStore, q: &HashMap<String, String>) -> Result<TopResponse, Problem> {
+    let (window, size) = window_param(store, q, store.windows_config().len() - 1)?;
+    let max = store.top_k();
+    let limit = match q.get("limit") {
+        None => 10.min(max),
+        Some(l) => l.parse::<usize>().ok().filter(|l| (1..=max).contains(l)).ok_or_else(|| {
+            Problem::bad_request(format!("query parameter `limit` must be an integer from 1 to {max}"))
+        })?,
+    };
+    let g = store.top_as_of();
+    let start = g - g % size;
+    let entry = store.top(size, start);
+    let items = entry
+        .as_ref()
+        .map(|e| e.ranked.iter().take(limit).map(|(units, sku)| TopItem { sku: sku.to_string(), units_sold: -units }).collect())
+        .unwrap_or_default();
+    let as_of = entry.map_or(g, |e| g.max(e.changed_at));
+    Ok(TopResponse { window, start: format_rfc3339(start), end: format_rfc3339(start + size), items, as_of })
+}
+
+/// Liveness: the process answers.
+#[utoipa::path(get, path = "/healthz", responses((status = 200, body = Health)))]
+pub fn healthz(store: &ViewStore) -> Health {
+    Health { status: "ok".into(), as_of: store.as_of() }
+}
+
+/// Readiness: the pipeline has started and is no more than `max_lag_ms` behind the clock.
+#[utoipa::path(get, path = "/readyz",
+    responses((status = 200, body = Health), (status = 503, body = Problem, content_type = "application/problem+json")))]
+pub fn readyz(store: &ViewStore, now_ms: u64, max_lag_ms: u64) -> Result<Health, Problem> {
+    let as_of = store.as_of();
+    if as_of == 0 {
+        return Err(Problem::unavailable("the pipeline has not completed its first time yet"));
+    }
+    let lag = now_ms.saturating_sub(as_of);
+    if lag > max_lag_ms {
+        return Err(Problem::unavailable(format!("the pipeline is {lag} ms behind the clock (more than {max_lag_ms} ms)")));
+    }
+    Ok(Health { status: "ready".into(), as_of })
+}

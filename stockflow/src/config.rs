@@ -1,0 +1,74 @@
+//! Loading the configuration: defaults, then the TOML file (the embedded `configs/local.toml`
+//! unless `--config` names another), then `STOCKFLOW_<SECTION>__<FIELD>` environment variables,
+//! then `--set section.field=value` and the flag shortcuts. Unknown keys anywhere are an error.
+
+use anyhow::{bail, Context, Result};
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use std::path::Path;
+use stockflow_types::config::Settings;
+
+/// The embedded default configuration.
+pub const LOCAL_TOML: &str = include_str!("../../configs/local.toml");
+
+/// Builds the settings from every layer and validates them.
+pub fn load(file: Option<&Path>, sets: &[String]) -> Result<Settings> {
+    let mut fig = Figment::from(Serialized::defaults(Settings::default()));
+    fig = match file {
+        Some(path) => {
+            if !path.exists() {
+                bail!("configuration file {} does not exist", path.display());
+            }
+            fig.merge(Toml::file(path))
+        }
+        None => fig.merge(Toml::string(LOCAL_TOML)),
+    };
+    fig = fig.merge(Env::prefixed("STOCKFLOW_").split("__"));
+    for set in sets {
+        let (key, value) = set
+            .split_once('=')
+            .with_context(|| format!("--set {set:?}: expected section.field=value"))?;
+        // A TOML value if it parses as one (numbers, booleans, arrays, quoted strings), else a string.
+        let doc = format!("{key} = {value}");
+        let layer = if toml_value_ok(&doc) { doc } else { format!("{key} = {}", toml_quote(value)) };
+        fig = fig.merge(Toml::string(&layer));
+    }
+    let settings: Settings = fig.extract().context("reading the configuration")?;
+    settings.validate()?;
+    Ok(settings)
+}
+
+fn toml_value_ok(doc: &str) -> bool {
+    Figment::from(Toml::string(doc)).extract::<figment::value::Dict>().is_ok()
+}
+
+fn toml_quote(s: &str) -> String {
+    let escaped: String = s.chars().flat_map(|c| match c {
+        '"' => vec!['\\', '"'],
+        '\\' => vec!['\\', '\\'],
+        c => vec![c],
+    }).collect();
+    format!("\"{escaped}\"")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_default_is_the_documented_default() {
+        let s = load(None, &[]).unwrap();
+        assert_eq!(s, Settings::default(), "configs/local.toml and the code's defaults disagree");
+    }
+
+    #[test]
+    fn sets_override_and_unknown_keys_fail() {
+        let s = load(None, &["pipeline.workers=2".into(), "http.listen=127.0.0.1:9".into()]).unwrap();
+        assert_eq!(s.pipeline.workers, 2);
+        assert_eq!(s.http.listen, "127.0.0.1:9");
+        let err = format!("{:#}", load(None, &["pipeline.wrokers=2".into()]).unwrap_err());
+        assert!(err.contains("wrokers"), "{err}");
+        let err = format!("{:#}", load(None, &["pipeline.workers=0".into()]).unwrap_err());
+        assert!(err.contains("pipeline.workers"), "{err}");
+    }
+}

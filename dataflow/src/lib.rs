@@ -86,8 +86,14 @@ impl EngineConfig {
             retention_ms: 1 << 40,
             dedup_window_ms: 1 << 40,
             windows: vec![
-                WindowSpec { name: "w50".into(), size_ms: 50 * tick_ms },
-                WindowSpec { name: "w200".into(), size_ms: 200 * tick_ms },
+                WindowSpec {
+                    name: "w50".into(),
+                    size_ms: 50 * tick_ms,
+                },
+                WindowSpec {
+                    name: "w200".into(),
+                    size_ms: 200 * tick_ms,
+                },
             ],
             top_k: 5,
         }
@@ -105,23 +111,40 @@ pub struct Engine {
 impl Engine {
     /// Builds the dataflow on `worker`. `attach` may add sinks to the collection of row changes
     /// and returns the stream the probe should wait for (return its argument if nothing).
-    pub fn build<F>(worker: &mut Worker, cfg: Arc<EngineConfig>, store: Arc<ViewStore>, attach: F) -> Engine
+    pub fn build<F>(
+        worker: &mut Worker,
+        cfg: Arc<EngineConfig>,
+        store: Arc<ViewStore>,
+        attach: F,
+    ) -> Engine
     where
-        F: for<'s> FnOnce(VecCollection<'s, Time, Change, Diff>) -> VecCollection<'s, Time, Change, Diff>,
+        F: for<'s> FnOnce(
+            VecCollection<'s, Time, Change, Diff>,
+        ) -> VecCollection<'s, Time, Change, Diff>,
     {
         let local_worker = worker.index() % store_workers(&store);
         let stats = Rc::new(RefCell::new(LedgerStats::default()));
         let stats2 = Rc::clone(&stats);
         let (input, probe) = worker.dataflow::<Time, _, _>(move |scope| {
             let (input, events) = scope.new_input::<Vec<Event>>();
-            let changes = ledger::ledger(events, Arc::clone(&cfg), Arc::clone(&store), local_worker, stats2);
+            let changes = ledger::ledger(
+                events,
+                Arc::clone(&cfg),
+                Arc::clone(&store),
+                local_worker,
+                stats2,
+            );
             let probe = ProbeHandle::new();
             let ranked = topk::top_sellers(changes.clone(), cfg.top_k);
             topk::publish(ranked, Arc::clone(&store), local_worker, cfg.tick_ms).probe_with(&probe);
             attach(changes).inner.probe_with(&probe);
             (input, probe)
         });
-        Engine { input, probe, stats }
+        Engine {
+            input,
+            probe,
+            stats,
+        }
     }
 
     /// Admits one event at the input's current time.
@@ -144,6 +167,16 @@ impl Engine {
     /// Whether some view has not yet absorbed every time before `t`.
     pub fn pending(&self, t: Time) -> bool {
         self.probe.less_than(&t)
+    }
+
+    /// Stops the dataflow without draining it. (Closing the input would let the frontier run to
+    /// the end of time and fire every pending expiry and eviction first.) Call it on every
+    /// worker when the process stops.
+    pub fn shutdown(self, worker: &mut Worker) {
+        drop(self);
+        for id in worker.installed_dataflows() {
+            worker.drop_dataflow(id);
+        }
     }
 
     /// The ledger's counters on this worker.

@@ -13,10 +13,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use stockflow_types::rows::Change;
 use stockflow_types::{Millis, Name};
+use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::Capability;
-use timely::container::CapacityContainerBuilder;
 use timely::dataflow::StreamVec;
 
 const BUCKETS: u64 = 16;
@@ -25,7 +25,10 @@ const BUCKETS: u64 = 16;
 type Ranked = ((Millis, Millis), (i64, Name));
 
 /// The `k` best-selling SKUs of every window, as `((window_ms, start), (-units, sku))`.
-pub fn top_sellers<'s>(changes: VecCollection<'s, Time, Change, Diff>, k: usize) -> VecCollection<'s, Time, Ranked, Diff> {
+pub fn top_sellers<'s>(
+    changes: VecCollection<'s, Time, Change, Diff>,
+    k: usize,
+) -> VecCollection<'s, Time, Ranked, Diff> {
     let best = move |input: &[(&(i64, Name), Diff)], output: &mut Vec<((i64, Name), Diff)>| {
         for (entry, _) in input.iter().take(k) {
             output.push(((*entry).clone(), 1));
@@ -38,15 +41,28 @@ pub fn top_sellers<'s>(changes: VecCollection<'s, Time, Change, Diff>, k: usize)
             }
             _ => None,
         })
-        .map(|(window, start, sku)| ((window, start, crate::ledger::sku_hash(&sku) % BUCKETS), sku))
-        .reduce_named("UnitsSoldBySkuBucket", move |_key, input: &[(&Name, Diff)], output: &mut Vec<((i64, Name), Diff)>| {
-            let mut ranked: Vec<(i64, Name)> =
-                input.iter().filter(|(_, units)| *units > 0).map(|(sku, units)| (-units, Arc::clone(sku))).collect();
-            ranked.sort_unstable();
-            output.extend(ranked.into_iter().take(k).map(|r| (r, 1)));
+        .map(|(window, start, sku)| {
+            (
+                (window, start, crate::ledger::sku_hash(&sku) % BUCKETS),
+                sku,
+            )
         })
+        .reduce_named(
+            "UnitsSoldBySkuBucket",
+            move |_key, input: &[(&Name, Diff)], output: &mut Vec<((i64, Name), Diff)>| {
+                let mut ranked: Vec<(i64, Name)> = input
+                    .iter()
+                    .filter(|(_, units)| *units > 0)
+                    .map(|(sku, units)| (-units, Arc::clone(sku)))
+                    .collect();
+                ranked.sort_unstable();
+                output.extend(ranked.into_iter().take(k).map(|r| (r, 1)));
+            },
+        )
         .map(|((window, start, _bucket), ranked)| ((window, start), ranked))
-        .reduce_named("TopSellersByWindow", move |_key, input, output| best(input, output))
+        .reduce_named("TopSellersByWindow", move |_key, input, output| {
+            best(input, output)
+        })
 }
 
 /// Publishes the rankings into `store` as each time completes. Returns a stream to probe.
@@ -56,44 +72,55 @@ pub fn publish<'s>(
     local_worker: usize,
     tick: u64,
 ) -> StreamVec<'s, Time, ()> {
-    ranked.inner.unary_frontier::<CapacityContainerBuilder<Vec<()>>, _, _, _>(Pipeline, "PublishTopSellers", move |initial, _info| {
-        drop(initial);
-        let mut pending: BTreeMap<Time, (Capability<Time>, Vec<(Ranked, Diff)>)> = BTreeMap::new();
-        move |(input, frontier), _output| {
-            input.for_each_stamp(|cap, data| {
-                for batch in data {
-                    for (r, t, diff) in batch.drain(..) {
-                        let entry = pending.entry(t).or_insert_with(|| (cap.delayed(&t, 0), Vec::new()));
-                        entry.1.push((r, diff));
-                    }
-                }
-            });
-            while let Some(entry) = pending.first_entry() {
-                let t = *entry.key();
-                if frontier.less_equal(&t) {
-                    break;
-                }
-                let (_cap, updates) = entry.remove();
-                let mut by_key: BTreeMap<(Millis, Millis), Vec<((i64, Name), Diff)>> = BTreeMap::new();
-                for ((key, entry), diff) in updates {
-                    by_key.entry(key).or_default().push((entry, diff));
-                }
-                for (key, updates) in by_key {
-                    store.update_top(key, t, |ranked| {
-                        // Retractions first, so that a re-ranked SKU is not removed after its re-insertion.
-                        let (minus, plus): (Vec<_>, Vec<_>) = updates.into_iter().partition(|(_, d)| *d < 0);
-                        for (entry, _) in minus {
-                            ranked.remove(&entry);
-                        }
-                        for (entry, _) in plus {
-                            ranked.insert(entry);
+    ranked
+        .inner
+        .unary_frontier::<CapacityContainerBuilder<Vec<()>>, _, _, _>(
+            Pipeline,
+            "PublishTopSellers",
+            move |initial, _info| {
+                drop(initial);
+                let mut pending: BTreeMap<Time, (Capability<Time>, Vec<(Ranked, Diff)>)> =
+                    BTreeMap::new();
+                move |(input, frontier), _output| {
+                    input.for_each_stamp(|cap, data| {
+                        for batch in data {
+                            for (r, t, diff) in batch.drain(..) {
+                                let entry = pending
+                                    .entry(t)
+                                    .or_insert_with(|| (cap.delayed(&t, 0), Vec::new()));
+                                entry.1.push((r, diff));
+                            }
                         }
                     });
+                    while let Some(entry) = pending.first_entry() {
+                        let t = *entry.key();
+                        if frontier.less_equal(&t) {
+                            break;
+                        }
+                        let (_cap, updates) = entry.remove();
+                        let mut by_key: BTreeMap<(Millis, Millis), Vec<((i64, Name), Diff)>> =
+                            BTreeMap::new();
+                        for ((key, entry), diff) in updates {
+                            by_key.entry(key).or_default().push((entry, diff));
+                        }
+                        for (key, updates) in by_key {
+                            store.update_top(key, t, |ranked| {
+                                // Retractions first, so that a re-ranked SKU is not removed after its re-insertion.
+                                let (minus, plus): (Vec<_>, Vec<_>) =
+                                    updates.into_iter().partition(|(_, d)| *d < 0);
+                                for (entry, _) in minus {
+                                    ranked.remove(&entry);
+                                }
+                                for (entry, _) in plus {
+                                    ranked.insert(entry);
+                                }
+                            });
+                        }
+                    }
+                    if let Some(f) = frontier.frontier().first() {
+                        store.set_top_completed(local_worker, f.saturating_sub(tick));
+                    }
                 }
-            }
-            if let Some(f) = frontier.frontier().first() {
-                store.set_top_completed(local_worker, f.saturating_sub(tick));
-            }
-        }
-    })
+            },
+        )
 }

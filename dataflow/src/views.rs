@@ -127,7 +127,9 @@ impl ViewStore {
 
     /// The ranking of one window, if anything sold in it.
     pub fn top(&self, window_ms: Millis, start: Millis) -> Option<Arc<TopList>> {
-        self.top.get(&(window_ms, start)).map(|e| Arc::clone(e.value()))
+        self.top
+            .get(&(window_ms, start))
+            .map(|e| Arc::clone(e.value()))
     }
 
     /// The windows that currently have a ranking.
@@ -165,7 +167,8 @@ impl ViewStore {
     }
 
     pub(crate) fn publish_reservation(&self, view: ReservationView) {
-        self.reservations.insert(Arc::clone(&view.row.reservation_id), Arc::new(view));
+        self.reservations
+            .insert(Arc::clone(&view.row.reservation_id), Arc::new(view));
     }
 
     pub(crate) fn forget_reservation(&self, id: &str) {
@@ -176,17 +179,35 @@ impl ViewStore {
         Arc::clone(self.windows.entry(Arc::clone(sku)).or_default().value())
     }
 
-    pub(crate) fn update_top(&self, key: (Millis, Millis), t: Time, f: impl FnOnce(&mut BTreeSet<(i64, Name)>)) {
-        let mut ranked = self.top.get(&key).map(|e| e.ranked.clone()).unwrap_or_default();
+    pub(crate) fn update_top(
+        &self,
+        key: (Millis, Millis),
+        t: Time,
+        f: impl FnOnce(&mut BTreeSet<(i64, Name)>),
+    ) {
+        let mut ranked = self
+            .top
+            .get(&key)
+            .map(|e| e.ranked.clone())
+            .unwrap_or_default();
         f(&mut ranked);
         if ranked.is_empty() {
             self.top.remove(&key);
         } else {
-            self.top.insert(key, Arc::new(TopList { ranked, changed_at: t }));
+            self.top.insert(
+                key,
+                Arc::new(TopList {
+                    ranked,
+                    changed_at: t,
+                }),
+            );
         }
     }
 }
 
 fn min_of(v: &[AtomicU64]) -> Time {
-    v.iter().map(|a| a.load(Ordering::Acquire)).min().unwrap_or(0)
+    v.iter()
+        .map(|a| a.load(Ordering::Acquire))
+        .min()
+        .unwrap_or(0)
 }

@@ -60,23 +60,46 @@ fn effective(all: &[Admitted], t: Time, cfg: &EngineConfig) -> Vec<Admitted> {
 }
 
 /// (reserved: (ts, event_id, location, qty, expires_at), terminal: (ts, event_id, fulfilled)).
-type ResFacts = (Option<(u64, String, String, i64, u64)>, Option<(u64, String, bool)>, String);
+type ResFacts = (
+    Option<(u64, String, String, i64, u64)>,
+    Option<(u64, String, bool)>,
+    String,
+);
 
 fn reservation_facts(evs: &[Admitted]) -> BTreeMap<String, ResFacts> {
     let mut m: BTreeMap<String, ResFacts> = BTreeMap::new();
     for a in evs {
         let e = &a.ev;
         match &e.kind {
-            EventKind::Reserved { reservation_id, location, qty, expires_at } => {
-                let f = m.entry(reservation_id.clone()).or_insert((None, None, e.sku.clone()));
-                let cand = (e.ts, e.event_id.clone(), location.clone(), *qty, *expires_at);
+            EventKind::Reserved {
+                reservation_id,
+                location,
+                qty,
+                expires_at,
+            } => {
+                let f = m
+                    .entry(reservation_id.clone())
+                    .or_insert((None, None, e.sku.clone()));
+                let cand = (
+                    e.ts,
+                    e.event_id.clone(),
+                    location.clone(),
+                    *qty,
+                    *expires_at,
+                );
                 if f.0.as_ref().is_none_or(|old| cand < *old) {
                     f.0 = Some(cand);
                 }
             }
             EventKind::Released { reservation_id } | EventKind::Fulfilled { reservation_id } => {
-                let f = m.entry(reservation_id.clone()).or_insert((None, None, e.sku.clone()));
-                let cand = (e.ts, e.event_id.clone(), matches!(e.kind, EventKind::Fulfilled { .. }));
+                let f = m
+                    .entry(reservation_id.clone())
+                    .or_insert((None, None, e.sku.clone()));
+                let cand = (
+                    e.ts,
+                    e.event_id.clone(),
+                    matches!(e.kind, EventKind::Fulfilled { .. }),
+                );
                 if f.1.as_ref().is_none_or(|old| cand < *old) {
                     f.1 = Some(cand);
                 }
@@ -110,7 +133,10 @@ fn reference(all: &[Admitted], t: Time, cfg: &EngineConfig) -> Views {
     let mut add_window = |loc: &str, sku: &str, ts: u64, f: WindowFigures| {
         for w in &cfg.windows {
             let start = ts - ts % w.size_ms;
-            windows.entry((w.size_ms, start, sku.to_string(), loc.to_string())).or_default().add(&f, 1);
+            windows
+                .entry((w.size_ms, start, sku.to_string(), loc.to_string()))
+                .or_default()
+                .add(&f, 1);
         }
     };
     for a in &evs {
@@ -119,15 +145,34 @@ fn reference(all: &[Admitted], t: Time, cfg: &EngineConfig) -> Views {
         match &e.kind {
             EventKind::Received { location, qty } => {
                 moves.push((key(location), e.ts, *qty));
-                add_window(location, &e.sku, e.ts, WindowFigures { units_received: *qty, ..Default::default() });
+                add_window(
+                    location,
+                    &e.sku,
+                    e.ts,
+                    WindowFigures {
+                        units_received: *qty,
+                        ..Default::default()
+                    },
+                );
             }
             EventKind::Adjusted { location, qty } => moves.push((key(location), e.ts, *qty)),
             EventKind::Sold { location, qty } => {
                 moves.push((key(location), e.ts, -qty));
-                add_window(location, &e.sku, e.ts, WindowFigures { units_sold: *qty, orders: 1, ..Default::default() });
+                add_window(
+                    location,
+                    &e.sku,
+                    e.ts,
+                    WindowFigures {
+                        units_sold: *qty,
+                        orders: 1,
+                        ..Default::default()
+                    },
+                );
             }
             EventKind::Counted { location, qty } => {
-                let c = counts.entry(key(location)).or_insert((e.ts, e.event_id.clone(), *qty));
+                let c = counts
+                    .entry(key(location))
+                    .or_insert((e.ts, e.event_id.clone(), *qty));
                 if (e.ts, &e.event_id) > (c.0, &c.1) {
                     *c = (e.ts, e.event_id.clone(), *qty);
                 }
@@ -147,10 +192,27 @@ fn reference(all: &[Admitted], t: Time, cfg: &EngineConfig) -> Views {
     }
     for (sku, (r, term, _)) in facts.iter().map(|(_, f)| (&f.2, f)) {
         if let Some((ts, _, loc, qty, _)) = r {
-            add_window(loc, sku, *ts, WindowFigures { units_reserved: *qty, ..Default::default() });
+            add_window(
+                loc,
+                sku,
+                *ts,
+                WindowFigures {
+                    units_reserved: *qty,
+                    ..Default::default()
+                },
+            );
             if let Some((tts, _, true)) = term {
                 moves.push(((sku.clone(), loc.clone()), *tts, -qty));
-                add_window(loc, sku, *tts, WindowFigures { units_sold: *qty, orders: 1, ..Default::default() });
+                add_window(
+                    loc,
+                    sku,
+                    *tts,
+                    WindowFigures {
+                        units_sold: *qty,
+                        orders: 1,
+                        ..Default::default()
+                    },
+                );
             }
         }
     }
@@ -159,7 +221,11 @@ fn reference(all: &[Admitted], t: Time, cfg: &EngineConfig) -> Views {
     for (key, (on_hand, reserved)) in v.stock.iter_mut() {
         let count = counts.get(key);
         *on_hand = count.map_or(0, |c| c.2)
-            + moves.iter().filter(|(k, ts, _)| k == key && count.is_none_or(|c| *ts > c.0)).map(|m| m.2).sum::<i64>();
+            + moves
+                .iter()
+                .filter(|(k, ts, _)| k == key && count.is_none_or(|c| *ts > c.0))
+                .map(|m| m.2)
+                .sum::<i64>();
         let mut live: Vec<(u64, String, i64)> = facts
             .iter()
             .filter(|(_, f)| status_without_allocation(f, t) == Some(Status::Held))
@@ -219,11 +285,18 @@ fn reference(all: &[Admitted], t: Time, cfg: &EngineConfig) -> Views {
     // Top sellers.
     let mut sold: BTreeMap<(u64, u64), BTreeMap<String, i64>> = BTreeMap::new();
     for ((size, start, sku, _), f) in &windows {
-        *sold.entry((*size, *start)).or_default().entry(sku.clone()).or_default() += f.units_sold;
+        *sold
+            .entry((*size, *start))
+            .or_default()
+            .entry(sku.clone())
+            .or_default() += f.units_sold;
     }
     for (key, by_sku) in sold {
-        let mut ranked: Vec<(i64, String)> =
-            by_sku.into_iter().filter(|(_, u)| *u > 0).map(|(s, u)| (-u, s)).collect();
+        let mut ranked: Vec<(i64, String)> = by_sku
+            .into_iter()
+            .filter(|(_, u)| *u > 0)
+            .map(|(s, u)| (-u, s))
+            .collect();
         ranked.sort();
         ranked.truncate(cfg.top_k);
         if !ranked.is_empty() {
@@ -255,12 +328,16 @@ fn observed(store: &ViewStore, reference: &Views) -> Views {
         if let Some(stock) = store.stock(sku) {
             for r in &stock.locations {
                 assert_eq!(r.available, r.on_hand - r.reserved);
-                v.stock.insert((sku.to_string(), r.location.to_string()), (r.on_hand, r.reserved));
+                v.stock.insert(
+                    (sku.to_string(), r.location.to_string()),
+                    (r.on_hand, r.reserved),
+                );
             }
         }
         if let Some(w) = store.windows(sku) {
             for ((size, start, loc), f) in &w.read().windows {
-                v.windows.insert((*size, *start, sku.to_string(), loc.to_string()), *f);
+                v.windows
+                    .insert((*size, *start, sku.to_string(), loc.to_string()), *f);
             }
         }
     }
@@ -274,10 +351,24 @@ fn observed(store: &ViewStore, reference: &Views) -> Views {
     starts.extend(store.top_windows());
     for (size, start) in starts {
         if let Some(top) = store.top(size, start) {
-            v.top.insert((size, start), top.ranked.iter().map(|(u, s)| (*u, s.to_string())).collect());
+            v.top.insert(
+                (size, start),
+                top.ranked
+                    .iter()
+                    .map(|(u, s)| (*u, s.to_string()))
+                    .collect(),
+            );
         }
     }
-    assert_eq!(store.sku_count(), reference.stock.keys().map(|k| &k.0).collect::<BTreeSet<_>>().len());
+    assert_eq!(
+        store.sku_count(),
+        reference
+            .stock
+            .keys()
+            .map(|k| &k.0)
+            .collect::<BTreeSet<_>>()
+            .len()
+    );
     assert_eq!(store.reservation_count(), reference.reservations.len());
     v
 }
@@ -311,7 +402,12 @@ fn rows_of(v: &Views) -> BTreeMap<Change, i64> {
 }
 
 /// Runs `events` through the dataflow on `workers` threads, comparing at every tick up to `end`.
-fn check(events: Vec<Admitted>, cfg: EngineConfig, workers: usize, end: Time) -> Result<(), String> {
+fn check(
+    events: Vec<Admitted>,
+    cfg: EngineConfig,
+    workers: usize,
+    end: Time,
+) -> Result<(), String> {
     let cfg = Arc::new(cfg);
     let store = Arc::new(ViewStore::new(workers, cfg.windows.clone(), cfg.top_k));
     let captured: Arc<Mutex<Vec<(Change, Time, i64)>>> = Arc::default();
@@ -338,7 +434,8 @@ fn check(events: Vec<Admitted>, cfg: EngineConfig, workers: usize, end: Time) ->
             b.wait();
             if worker.index() == 0 && f.lock().unwrap().is_none() {
                 let want = reference(&e, t, &k);
-                let got = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| observed(&s, &want)));
+                let got =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| observed(&s, &want)));
                 let mut accumulated: BTreeMap<Change, i64> = BTreeMap::new();
                 for (ch, at, r) in c.lock().unwrap().iter() {
                     if *at <= t {
@@ -349,7 +446,9 @@ fn check(events: Vec<Admitted>, cfg: EngineConfig, workers: usize, end: Time) ->
                 match got {
                     Err(_) => *f.lock().unwrap() = Some(format!("views inconsistent at t={t}")),
                     Ok(got) if got != want => {
-                        *f.lock().unwrap() = Some(format!("views differ at t={t}:\n got {got:?}\nwant {want:?}"))
+                        *f.lock().unwrap() = Some(format!(
+                            "views differ at t={t}:\n got {got:?}\nwant {want:?}"
+                        ))
                     }
                     Ok(_) if accumulated != rows_of(&want) => {
                         *f.lock().unwrap() = Some(format!(
@@ -381,10 +480,33 @@ fn check(events: Vec<Admitted>, cfg: EngineConfig, workers: usize, end: Time) ->
 
 #[derive(Clone, Debug)]
 enum Gen {
-    Stock { kind: u8, sku: usize, loc: usize, qty: i64, ts: u64, at: u64 },
-    Reserve { res: usize, loc: usize, qty: i64, ts: u64, expires: u64, offset: u64 },
-    End { res: usize, fulfil: bool, ts: u64, offset: u64 },
-    Repeat { which: usize, later: u64, conflicting: bool },
+    Stock {
+        kind: u8,
+        sku: usize,
+        loc: usize,
+        qty: i64,
+        ts: u64,
+        at: u64,
+    },
+    Reserve {
+        res: usize,
+        loc: usize,
+        qty: i64,
+        ts: u64,
+        expires: u64,
+        offset: u64,
+    },
+    End {
+        res: usize,
+        fulfil: bool,
+        ts: u64,
+        offset: u64,
+    },
+    Repeat {
+        which: usize,
+        later: u64,
+        conflicting: bool,
+    },
 }
 
 fn gen_event(max_at: u64, max_ts: u64) -> impl Strategy<Value = Gen> {
@@ -405,31 +527,85 @@ fn materialize(gens: Vec<Gen>, bases: Vec<u64>) -> Vec<Admitted> {
         let id = format!("e{n}");
         let res_sku = |res: usize| SKUS[res % SKUS.len()].to_string();
         let a = match g {
-            Gen::Stock { kind, sku, loc, qty, ts, at } => {
+            Gen::Stock {
+                kind,
+                sku,
+                loc,
+                qty,
+                ts,
+                at,
+            } => {
                 let location = LOCS[loc].to_string();
                 let kind = match kind {
                     0 => EventKind::Received { location, qty },
-                    1 => EventKind::Adjusted { location, qty: if qty % 2 == 0 { qty } else { -qty } },
-                    2 => EventKind::Counted { location, qty: qty * 2 },
+                    1 => EventKind::Adjusted {
+                        location,
+                        qty: if qty % 2 == 0 { qty } else { -qty },
+                    },
+                    2 => EventKind::Counted {
+                        location,
+                        qty: qty * 2,
+                    },
                     _ => EventKind::Sold { location, qty },
                 };
-                Admitted { at, ev: Event { event_id: id, sku: SKUS[sku].into(), ts, kind } }
+                Admitted {
+                    at,
+                    ev: Event {
+                        event_id: id,
+                        sku: SKUS[sku].into(),
+                        ts,
+                        kind,
+                    },
+                }
             }
-            Gen::Reserve { res, loc, qty, ts, expires, offset } => Admitted {
+            Gen::Reserve {
+                res,
+                loc,
+                qty,
+                ts,
+                expires,
+                offset,
+            } => Admitted {
                 at: bases[res] + offset,
                 ev: Event {
                     event_id: id,
                     sku: res_sku(res),
                     ts,
-                    kind: EventKind::Reserved { reservation_id: format!("r{res}"), location: LOCS[loc].into(), qty, expires_at: expires },
+                    kind: EventKind::Reserved {
+                        reservation_id: format!("r{res}"),
+                        location: LOCS[loc].into(),
+                        qty,
+                        expires_at: expires,
+                    },
                 },
             },
-            Gen::End { res, fulfil, ts, offset } => {
+            Gen::End {
+                res,
+                fulfil,
+                ts,
+                offset,
+            } => {
                 let reservation_id = format!("r{res}");
-                let kind = if fulfil { EventKind::Fulfilled { reservation_id } } else { EventKind::Released { reservation_id } };
-                Admitted { at: bases[res] + offset, ev: Event { event_id: id, sku: res_sku(res), ts, kind } }
+                let kind = if fulfil {
+                    EventKind::Fulfilled { reservation_id }
+                } else {
+                    EventKind::Released { reservation_id }
+                };
+                Admitted {
+                    at: bases[res] + offset,
+                    ev: Event {
+                        event_id: id,
+                        sku: res_sku(res),
+                        ts,
+                        kind,
+                    },
+                }
             }
-            Gen::Repeat { which, later, conflicting } => {
+            Gen::Repeat {
+                which,
+                later,
+                conflicting,
+            } => {
                 if out.is_empty() {
                     continue;
                 }
@@ -461,8 +637,14 @@ fn small_windows(retention_ms: u64) -> EngineConfig {
         retention_ms,
         dedup_window_ms: 1 << 40,
         windows: vec![
-            WindowSpec { name: "50ms".into(), size_ms: 50 },
-            WindowSpec { name: "100ms".into(), size_ms: 100 },
+            WindowSpec {
+                name: "50ms".into(),
+                size_ms: 50,
+            },
+            WindowSpec {
+                name: "100ms".into(),
+                size_ms: 100,
+            },
         ],
         top_k: 2,
     }
@@ -487,21 +669,97 @@ proptest! {
 /// A hand-written story that touches each rule once, as documentation of the semantics.
 #[test]
 fn story_of_one_sku() {
-    let ev = |id: &str, ts: u64, kind: EventKind| Event { event_id: id.into(), sku: "S".into(), ts, kind };
-    let res = |id: &str, qty: i64, exp: u64| EventKind::Reserved { reservation_id: id.into(), location: "x".into(), qty, expires_at: exp };
+    let ev = |id: &str, ts: u64, kind: EventKind| Event {
+        event_id: id.into(),
+        sku: "S".into(),
+        ts,
+        kind,
+    };
+    let res = |id: &str, qty: i64, exp: u64| EventKind::Reserved {
+        reservation_id: id.into(),
+        location: "x".into(),
+        qty,
+        expires_at: exp,
+    };
     let events = vec![
-        Admitted { at: 10, ev: ev("1", 5, EventKind::Received { location: "x".into(), qty: 10 }) },
-        Admitted { at: 10, ev: ev("2", 6, res("r1", 6, 100)) },
-        Admitted { at: 20, ev: ev("3", 7, res("r2", 6, 1000)) }, // insufficient: 6 + 6 > 10
-        Admitted { at: 20, ev: ev("4", 9, res("r3", 4, 1000)) }, // held: 6 + 4 fits
-        Admitted { at: 30, ev: ev("5", 50, EventKind::Fulfilled { reservation_id: "r4".into() }) }, // before its reservation
-        Admitted { at: 40, ev: ev("6", 3, EventKind::Counted { location: "x".into(), qty: 0 }) }, // supersedes only what is older than ts 3
-        Admitted { at: 50, ev: ev("7", 8, res("r4", 2, 1000)) },
-        Admitted { at: 50, ev: ev("1", 5, EventKind::Received { location: "x".into(), qty: 10 }) }, // a repeat
-        Admitted { at: 60, ev: ev("8", 40, EventKind::Released { reservation_id: "r4".into() }) }, // earlier terminal wins
+        Admitted {
+            at: 10,
+            ev: ev(
+                "1",
+                5,
+                EventKind::Received {
+                    location: "x".into(),
+                    qty: 10,
+                },
+            ),
+        },
+        Admitted {
+            at: 10,
+            ev: ev("2", 6, res("r1", 6, 100)),
+        },
+        Admitted {
+            at: 20,
+            ev: ev("3", 7, res("r2", 6, 1000)),
+        }, // insufficient: 6 + 6 > 10
+        Admitted {
+            at: 20,
+            ev: ev("4", 9, res("r3", 4, 1000)),
+        }, // held: 6 + 4 fits
+        Admitted {
+            at: 30,
+            ev: ev(
+                "5",
+                50,
+                EventKind::Fulfilled {
+                    reservation_id: "r4".into(),
+                },
+            ),
+        }, // before its reservation
+        Admitted {
+            at: 40,
+            ev: ev(
+                "6",
+                3,
+                EventKind::Counted {
+                    location: "x".into(),
+                    qty: 0,
+                },
+            ),
+        }, // supersedes only what is older than ts 3
+        Admitted {
+            at: 50,
+            ev: ev("7", 8, res("r4", 2, 1000)),
+        },
+        Admitted {
+            at: 50,
+            ev: ev(
+                "1",
+                5,
+                EventKind::Received {
+                    location: "x".into(),
+                    qty: 10,
+                },
+            ),
+        }, // a repeat
+        Admitted {
+            at: 60,
+            ev: ev(
+                "8",
+                40,
+                EventKind::Released {
+                    reservation_id: "r4".into(),
+                },
+            ),
+        }, // earlier terminal wins
     ];
-    assert_eq!(check(events.clone(), small_windows(1 << 40), 1, 200), Ok(()));
-    assert_eq!(check(events.clone(), small_windows(1 << 40), 2, 200), Ok(()));
+    assert_eq!(
+        check(events.clone(), small_windows(1 << 40), 1, 200),
+        Ok(())
+    );
+    assert_eq!(
+        check(events.clone(), small_windows(1 << 40), 2, 200),
+        Ok(())
+    );
     let cfg = small_windows(1 << 40);
     let at = |t| reference(&events, t, &cfg);
     // r1 expires at pipeline time 100: from then r2 fits.

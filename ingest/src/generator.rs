@@ -47,21 +47,33 @@ pub struct Generator {
 
 impl Generator {
     /// A generator for `worker` of `peers`; `clock` gives epoch ms (business time and pacing).
-    pub fn new(cfg: &GeneratorConfig, worker: usize, peers: usize, clock: Arc<dyn Fn() -> u64 + Send + Sync>) -> Self {
+    pub fn new(
+        cfg: &GeneratorConfig,
+        worker: usize,
+        peers: usize,
+        clock: Arc<dyn Fn() -> u64 + Send + Sync>,
+    ) -> Self {
         let peers_u = peers.max(1) as u64;
         let share = |total: u64| total / peers_u + u64::from((worker as u64) < total % peers_u);
-        let zipf = (cfg.zipf > 0.0).then(|| Zipf::new(cfg.skus as f64, cfg.zipf).expect("validated zipf parameters"));
+        let zipf = (cfg.zipf > 0.0)
+            .then(|| Zipf::new(cfg.skus as f64, cfg.zipf).expect("validated zipf parameters"));
         let started_ms = clock();
         Generator {
             cfg: cfg.clone(),
             worker,
-            rng: SmallRng::seed_from_u64(cfg.seed ^ (worker as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)),
+            rng: SmallRng::seed_from_u64(
+                cfg.seed ^ (worker as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+            ),
             zipf,
             clock,
             open: VecDeque::new(),
             made: 0,
             reservations: 0,
-            limit: if cfg.limit == 0 { u64::MAX } else { share(cfg.limit) },
+            limit: if cfg.limit == 0 {
+                u64::MAX
+            } else {
+                share(cfg.limit)
+            },
             rate: share(cfg.rate),
             started_ms,
             last: None,
@@ -83,17 +95,46 @@ impl Generator {
         let event_id = format!("g{}-{}", self.worker, self.made);
         let roll = self.rng.random_range(0..100u32);
         let (sku, kind) = match roll {
-            0..14 => (self.sku(), EventKind::Received { location: self.location(), qty: self.rng.random_range(5..16) }),
+            0..14 => (
+                self.sku(),
+                EventKind::Received {
+                    location: self.location(),
+                    qty: self.rng.random_range(5..16),
+                },
+            ),
             14..17 => {
                 let q = self.rng.random_range(1..4);
-                (self.sku(), EventKind::Adjusted { location: self.location(), qty: if self.rng.random_bool(0.7) { -q } else { q } })
+                (
+                    self.sku(),
+                    EventKind::Adjusted {
+                        location: self.location(),
+                        qty: if self.rng.random_bool(0.7) { -q } else { q },
+                    },
+                )
             }
-            17..18 => (self.sku(), EventKind::Counted { location: self.location(), qty: self.rng.random_range(50..200) }),
-            18..48 => (self.sku(), EventKind::Sold { location: self.location(), qty: self.rng.random_range(1..4) }),
+            17..18 => (
+                self.sku(),
+                EventKind::Counted {
+                    location: self.location(),
+                    qty: self.rng.random_range(50..200),
+                },
+            ),
+            18..48 => (
+                self.sku(),
+                EventKind::Sold {
+                    location: self.location(),
+                    qty: self.rng.random_range(1..4),
+                },
+            ),
             48..70 => self.end_or_reserve(now, roll),
             _ => self.reserve(now),
         };
-        Event { event_id, sku, ts: now, kind }
+        Event {
+            event_id,
+            sku,
+            ts: now,
+            kind,
+        }
     }
 
     fn location(&mut self) -> String {
@@ -188,7 +229,10 @@ mod tests {
     use stockflow_types::event::decode;
 
     fn cfg() -> GeneratorConfig {
-        GeneratorConfig { rate: 0, ..GeneratorConfig::default() }
+        GeneratorConfig {
+            rate: 0,
+            ..GeneratorConfig::default()
+        }
     }
 
     #[test]
@@ -204,7 +248,16 @@ mod tests {
 
     #[test]
     fn produces_the_whole_mix_with_repeats_and_bad_records() {
-        let mut g = Generator::new(&GeneratorConfig { bad_ratio: 0.02, duplicate_ratio: 0.02, ..cfg() }, 1, 2, Arc::new(|| 5_000));
+        let mut g = Generator::new(
+            &GeneratorConfig {
+                bad_ratio: 0.02,
+                duplicate_ratio: 0.02,
+                ..cfg()
+            },
+            1,
+            2,
+            Arc::new(|| 5_000),
+        );
         let mut types = std::collections::BTreeMap::new();
         let (mut bad, mut ids) = (0, std::collections::HashSet::new());
         let mut repeats = 0;
@@ -227,8 +280,17 @@ mod tests {
     fn paces_to_the_rate_and_stops_at_the_limit() {
         let now = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let n2 = Arc::clone(&now);
-        let c = GeneratorConfig { rate: 1000, limit: 3000, ..cfg() };
-        let mut g = Generator::new(&c, 0, 1, Arc::new(move || n2.load(std::sync::atomic::Ordering::SeqCst)));
+        let c = GeneratorConfig {
+            rate: 1000,
+            limit: 3000,
+            ..cfg()
+        };
+        let mut g = Generator::new(
+            &c,
+            0,
+            1,
+            Arc::new(move || n2.load(std::sync::atomic::Ordering::SeqCst)),
+        );
         let mut out = Vec::new();
         g.poll(10_000, &mut out);
         assert_eq!(out.len(), 1);

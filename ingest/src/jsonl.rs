@@ -28,9 +28,15 @@ impl JsonLinesSource {
         let reader: Box<dyn Read + Send> = if name == "-" {
             Box::new(std::io::stdin())
         } else {
-            Box::new(std::fs::File::open(path).map_err(|source| OpenError { path: path.into(), source })?)
+            Box::new(std::fs::File::open(path).map_err(|source| OpenError {
+                path: path.into(),
+                source,
+            })?)
         };
-        Ok(Self::from_reader(if name == "-" { "stdin".into() } else { name }, reader))
+        Ok(Self::from_reader(
+            if name == "-" { "stdin".into() } else { name },
+            reader,
+        ))
     }
 
     /// Reads lines from any reader; `name` goes into record positions.
@@ -98,14 +104,26 @@ mod tests {
     #[test]
     fn reads_every_line_with_its_number() {
         let text = "{\"a\":1}\r\n\n  \nnot json\n{\"b\":2}";
-        let mut src = JsonLinesSource::from_reader("t".into(), Box::new(std::io::Cursor::new(text.as_bytes().to_vec())));
+        let mut src = JsonLinesSource::from_reader(
+            "t".into(),
+            Box::new(std::io::Cursor::new(text.as_bytes().to_vec())),
+        );
         let mut out = Vec::new();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
         while src.poll(100, &mut out) != Polled::Done {
-            assert!(std::time::Instant::now() < deadline, "reader never finished");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "reader never finished"
+            );
             std::thread::yield_now();
         }
-        let lines: Vec<(i64, &[u8])> = out.iter().map(|r| (r.position.offset, r.value.as_slice())).collect();
-        assert_eq!(lines, vec![(1, &b"{\"a\":1}"[..]), (4, b"not json"), (5, b"{\"b\":2}")]);
+        let lines: Vec<(i64, &[u8])> = out
+            .iter()
+            .map(|r| (r.position.offset, r.value.as_slice()))
+            .collect();
+        assert_eq!(
+            lines,
+            vec![(1, &b"{\"a\":1}"[..]), (4, b"not json"), (5, b"{\"b\":2}")]
+        );
     }
 }

@@ -35,7 +35,11 @@ pub struct Position {
 impl Position {
     /// A position.
     pub fn new(source: impl Into<String>, partition: i32, offset: i64) -> Self {
-        Position { source: source.into(), partition, offset }
+        Position {
+            source: source.into(),
+            partition,
+            offset,
+        }
     }
 }
 
@@ -53,7 +57,11 @@ pub struct RawRecord {
 impl RawRecord {
     /// A record.
     pub fn new(key: Option<Vec<u8>>, value: Vec<u8>, position: Position) -> Self {
-        RawRecord { key, value, position }
+        RawRecord {
+            key,
+            value,
+            position,
+        }
     }
 }
 

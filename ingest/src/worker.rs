@@ -28,7 +28,13 @@ pub struct WorkerOptions {
 impl WorkerOptions {
     /// Defaults for a tick and a retention.
     pub fn new(tick_ms: u64, retention_ms: u64) -> Self {
-        WorkerOptions { tick_ms, retention_ms, max_batch: 4096, max_lag_ms: 1000, park: Duration::from_millis(1) }
+        WorkerOptions {
+            tick_ms,
+            retention_ms,
+            max_batch: 4096,
+            max_lag_ms: 1000,
+            park: Duration::from_millis(1),
+        }
     }
 }
 
@@ -72,7 +78,10 @@ pub fn run_worker(
                         engine.send(ev);
                     }
                     Err(rej) => {
-                        let i = RejectReason::ALL.iter().position(|r| *r == rej.reason).expect("listed");
+                        let i = RejectReason::ALL
+                            .iter()
+                            .position(|r| *r == rej.reason)
+                            .expect("listed");
                         rejected[i] += 1;
                         dead_letters.send(DeadLetter {
                             reason: rej.reason.code(),
@@ -88,13 +97,17 @@ pub fn run_worker(
             }
         }
         if had_sources && sources.is_empty() {
-            tracing::info!(worker = worker.index(), "all sources of this worker are exhausted; still serving");
+            tracing::info!(
+                worker = worker.index(),
+                "all sources of this worker are exhausted; still serving"
+            );
             had_sources = false;
         }
         report(&mut ingested, &mut rejected);
         let duplicates = engine.stats().duplicates;
         if duplicates > reported_duplicates {
-            metrics::counter!("stockflow_events_duplicate_total").increment(duplicates - reported_duplicates);
+            metrics::counter!("stockflow_events_duplicate_total")
+                .increment(duplicates - reported_duplicates);
             reported_duplicates = duplicates;
         }
         if busy {
@@ -106,15 +119,20 @@ pub fn run_worker(
 }
 
 fn report(ingested: &mut [u64; 2], rejected: &mut [u64]) {
-    for (stream, n) in [Stream::Inventory, Stream::Orders].into_iter().zip(ingested.iter_mut()) {
+    for (stream, n) in [Stream::Inventory, Stream::Orders]
+        .into_iter()
+        .zip(ingested.iter_mut())
+    {
         if *n > 0 {
-            metrics::counter!("stockflow_events_ingested_total", "stream" => stream.as_str()).increment(*n);
+            metrics::counter!("stockflow_events_ingested_total", "stream" => stream.as_str())
+                .increment(*n);
             *n = 0;
         }
     }
     for (reason, n) in RejectReason::ALL.into_iter().zip(rejected.iter_mut()) {
         if *n > 0 {
-            metrics::counter!("stockflow_events_rejected_total", "reason" => reason.code()).increment(*n);
+            metrics::counter!("stockflow_events_rejected_total", "reason" => reason.code())
+                .increment(*n);
             *n = 0;
         }
     }

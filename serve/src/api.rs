@@ -143,9 +143,23 @@ pub struct Health {
 /// The OpenAPI document, generated from the handlers' annotations.
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "stockflow", description = "Exact, real-time inventory: stock, reservations and sales analytics."),
+    info(
+        title = "stockflow",
+        description = "Exact, real-time inventory: stock, reservations and sales analytics."
+    ),
     paths(stock, location_stock, reservation, analytics, top, healthz, readyz),
-    components(schemas(StockResponse, LocationFigures, LocationStockResponse, ReservationResponse, AnalyticsResponse, Bucket, TopResponse, TopItem, Health, Problem))
+    components(schemas(
+        StockResponse,
+        LocationFigures,
+        LocationStockResponse,
+        ReservationResponse,
+        AnalyticsResponse,
+        Bucket,
+        TopResponse,
+        TopItem,
+        Health,
+        Problem
+    ))
 )]
 pub struct ApiDoc;
 
@@ -159,7 +173,9 @@ fn never_seen(what: String) -> Problem {
     responses((status = 200, body = StockResponse), (status = 404, body = Problem, content_type = "application/problem+json")))]
 pub fn stock(store: &ViewStore, sku: &str) -> Result<StockResponse, Problem> {
     let g = store.as_of();
-    let s = store.stock(sku).ok_or_else(|| never_seen(format!("SKU {sku:?}")))?;
+    let s = store
+        .stock(sku)
+        .ok_or_else(|| never_seen(format!("SKU {sku:?}")))?;
     let (mut on_hand, mut reserved) = (0, 0);
     let locations = s
         .locations
@@ -167,19 +183,37 @@ pub fn stock(store: &ViewStore, sku: &str) -> Result<StockResponse, Problem> {
         .map(|r| {
             on_hand += r.on_hand;
             reserved += r.reserved;
-            LocationFigures { location: r.location.to_string(), on_hand: r.on_hand, reserved: r.reserved, available: r.available }
+            LocationFigures {
+                location: r.location.to_string(),
+                on_hand: r.on_hand,
+                reserved: r.reserved,
+                available: r.available,
+            }
         })
         .collect();
-    Ok(StockResponse { sku: sku.into(), on_hand, reserved, available: on_hand - reserved, locations, as_of: g.max(s.changed_at) })
+    Ok(StockResponse {
+        sku: sku.into(),
+        on_hand,
+        reserved,
+        available: on_hand - reserved,
+        locations,
+        as_of: g.max(s.changed_at),
+    })
 }
 
 /// Stock of a SKU at one location.
 #[utoipa::path(get, path = "/v1/stock/{sku}/{location}",
     params(("sku" = String, Path, description = "The SKU"), ("location" = String, Path, description = "The location")),
     responses((status = 200, body = LocationStockResponse), (status = 404, body = Problem, content_type = "application/problem+json")))]
-pub fn location_stock(store: &ViewStore, sku: &str, location: &str) -> Result<LocationStockResponse, Problem> {
+pub fn location_stock(
+    store: &ViewStore,
+    sku: &str,
+    location: &str,
+) -> Result<LocationStockResponse, Problem> {
     let g = store.as_of();
-    let s = store.stock(sku).ok_or_else(|| never_seen(format!("SKU {sku:?}")))?;
+    let s = store
+        .stock(sku)
+        .ok_or_else(|| never_seen(format!("SKU {sku:?}")))?;
     let r = s
         .locations
         .iter()
@@ -201,7 +235,9 @@ pub fn location_stock(store: &ViewStore, sku: &str, location: &str) -> Result<Lo
     responses((status = 200, body = ReservationResponse), (status = 404, description = "Never seen, or forgotten after the retention period", body = Problem, content_type = "application/problem+json")))]
 pub fn reservation(store: &ViewStore, id: &str) -> Result<ReservationResponse, Problem> {
     let g = store.as_of();
-    let r = store.reservation(id).ok_or_else(|| never_seen(format!("reservation {id:?}")))?;
+    let r = store
+        .reservation(id)
+        .ok_or_else(|| never_seen(format!("reservation {id:?}")))?;
     Ok(ReservationResponse {
         reservation_id: id.into(),
         sku: r.row.sku.to_string(),
@@ -213,14 +249,25 @@ pub fn reservation(store: &ViewStore, id: &str) -> Result<ReservationResponse, P
     })
 }
 
-fn window_param(store: &ViewStore, q: &HashMap<String, String>, default: usize) -> Result<(String, u64), Problem> {
+fn window_param(
+    store: &ViewStore,
+    q: &HashMap<String, String>,
+    default: usize,
+) -> Result<(String, u64), Problem> {
     let windows = store.windows_config();
     match q.get("window") {
         None => Ok((windows[default].name.clone(), windows[default].size_ms)),
-        Some(w) => windows.iter().find(|s| s.name == *w).map(|s| (s.name.clone(), s.size_ms)).ok_or_else(|| {
-            let names: Vec<&str> = windows.iter().map(|s| s.name.as_str()).collect();
-            Problem::bad_request(format!("query parameter `window` must be one of: {}", names.join(", ")))
-        }),
+        Some(w) => windows
+            .iter()
+            .find(|s| s.name == *w)
+            .map(|s| (s.name.clone(), s.size_ms))
+            .ok_or_else(|| {
+                let names: Vec<&str> = windows.iter().map(|s| s.name.as_str()).collect();
+                Problem::bad_request(format!(
+                    "query parameter `window` must be one of: {}",
+                    names.join(", ")
+                ))
+            }),
     }
 }
 
@@ -228,7 +275,9 @@ fn time_param(q: &HashMap<String, String>, name: &str) -> Result<Option<u64>, Pr
     q.get(name)
         .map(|v| {
             parse_param(v).ok_or_else(|| {
-                Problem::bad_request(format!("query parameter `{name}` must be an RFC 3339 timestamp or epoch milliseconds"))
+                Problem::bad_request(format!(
+                    "query parameter `{name}` must be an RFC 3339 timestamp or epoch milliseconds"
+                ))
             })
         })
         .transpose()
@@ -242,12 +291,18 @@ fn time_param(q: &HashMap<String, String>, name: &str) -> Result<Option<u64>, Pr
         ("to" = Option<String>, Query, description = "Window starts before this, RFC 3339 or epoch ms")),
     responses((status = 200, body = AnalyticsResponse), (status = 400, body = Problem, content_type = "application/problem+json"),
         (status = 404, body = Problem, content_type = "application/problem+json")))]
-pub fn analytics(store: &ViewStore, sku: &str, q: &HashMap<String, String>) -> Result<AnalyticsResponse, Problem> {
+pub fn analytics(
+    store: &ViewStore,
+    sku: &str,
+    q: &HashMap<String, String>,
+) -> Result<AnalyticsResponse, Problem> {
     let (window, size) = window_param(store, q, 0)?;
     let from = time_param(q, "from")?.unwrap_or(0);
     let to = time_param(q, "to")?.unwrap_or(u64::MAX);
     if from > to {
-        return Err(Problem::bad_request("query parameter `from` must not be after `to`"));
+        return Err(Problem::bad_request(
+            "query parameter `from` must not be after `to`",
+        ));
     }
     let g = store.as_of();
     if store.stock(sku).is_none() {
@@ -273,7 +328,12 @@ pub fn analytics(store: &ViewStore, sku: &str, q: &HashMap<String, String>) -> R
             });
         }
     }
-    Ok(AnalyticsResponse { sku: sku.into(), window, buckets, as_of })
+    Ok(AnalyticsResponse {
+        sku: sku.into(),
+        window,
+        buckets,
+        as_of,
+    })
 }
 
 /// Best sellers of the latest window.
@@ -286,25 +346,49 @@ pub fn top(store: &ViewStore, q: &HashMap<String, String>) -> Result<TopResponse
     let max = store.top_k();
     let limit = match q.get("limit") {
         None => 10.min(max),
-        Some(l) => l.parse::<usize>().ok().filter(|l| (1..=max).contains(l)).ok_or_else(|| {
-            Problem::bad_request(format!("query parameter `limit` must be an integer from 1 to {max}"))
-        })?,
+        Some(l) => l
+            .parse::<usize>()
+            .ok()
+            .filter(|l| (1..=max).contains(l))
+            .ok_or_else(|| {
+                Problem::bad_request(format!(
+                    "query parameter `limit` must be an integer from 1 to {max}"
+                ))
+            })?,
     };
     let g = store.top_as_of();
     let start = g - g % size;
     let entry = store.top(size, start);
     let items = entry
         .as_ref()
-        .map(|e| e.ranked.iter().take(limit).map(|(units, sku)| TopItem { sku: sku.to_string(), units_sold: -units }).collect())
+        .map(|e| {
+            e.ranked
+                .iter()
+                .take(limit)
+                .map(|(units, sku)| TopItem {
+                    sku: sku.to_string(),
+                    units_sold: -units,
+                })
+                .collect()
+        })
         .unwrap_or_default();
     let as_of = entry.map_or(g, |e| g.max(e.changed_at));
-    Ok(TopResponse { window, start: format_rfc3339(start), end: format_rfc3339(start + size), items, as_of })
+    Ok(TopResponse {
+        window,
+        start: format_rfc3339(start),
+        end: format_rfc3339(start + size),
+        items,
+        as_of,
+    })
 }
 
 /// Liveness: the process answers.
 #[utoipa::path(get, path = "/healthz", responses((status = 200, body = Health)))]
 pub fn healthz(store: &ViewStore) -> Health {
-    Health { status: "ok".into(), as_of: store.as_of() }
+    Health {
+        status: "ok".into(),
+        as_of: store.as_of(),
+    }
 }
 
 /// Readiness: the pipeline has started and is no more than `max_lag_ms` behind the clock.
@@ -313,11 +397,18 @@ pub fn healthz(store: &ViewStore) -> Health {
 pub fn readyz(store: &ViewStore, now_ms: u64, max_lag_ms: u64) -> Result<Health, Problem> {
     let as_of = store.as_of();
     if as_of == 0 {
-        return Err(Problem::unavailable("the pipeline has not completed its first time yet"));
+        return Err(Problem::unavailable(
+            "the pipeline has not completed its first time yet",
+        ));
     }
     let lag = now_ms.saturating_sub(as_of);
     if lag > max_lag_ms {
-        return Err(Problem::unavailable(format!("the pipeline is {lag} ms behind the clock (more than {max_lag_ms} ms)")));
+        return Err(Problem::unavailable(format!(
+            "the pipeline is {lag} ms behind the clock (more than {max_lag_ms} ms)"
+        )));
     }
-    Ok(Health { status: "ready".into(), as_of })
+    Ok(Health {
+        status: "ready".into(),
+        as_of,
+    })
 }

@@ -30,8 +30,9 @@ use warp::reply::Response;
 use warp::{Filter, Rejection};
 
 /// Latency buckets of the HTTP histogram, seconds: 50 µs to 1 s.
-pub const LATENCY_BUCKETS: [f64; 14] =
-    [0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0];
+pub const LATENCY_BUCKETS: [f64; 14] = [
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+];
 
 /// What the handlers share.
 #[derive(Debug)]
@@ -46,19 +47,34 @@ pub struct ServeState {
     pub ready_max_lag_ms: u64,
 }
 
-fn json_response<T: Serialize>(status: StatusCode, content_type: &'static str, body: &T) -> Response {
+fn json_response<T: Serialize>(
+    status: StatusCode,
+    content_type: &'static str,
+    body: &T,
+) -> Response {
     let bytes = serde_json::to_vec(body).expect("response bodies serialize");
     let mut r = Response::new(bytes.into());
     *r.status_mut() = status;
-    r.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static(content_type));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(content_type),
+    );
     r
 }
 
 fn problem_response(p: &Problem) -> Response {
-    json_response(StatusCode::from_u16(p.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), "application/problem+json", p)
+    json_response(
+        StatusCode::from_u16(p.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        "application/problem+json",
+        p,
+    )
 }
 
-fn answer<T: Serialize>(route: &'static str, started: Instant, result: Result<T, Problem>) -> Response {
+fn answer<T: Serialize>(
+    route: &'static str,
+    started: Instant,
+    result: Result<T, Problem>,
+) -> Response {
     let response = match result {
         Ok(body) => json_response(StatusCode::OK, "application/json", &body),
         Err(p) => problem_response(&p),
@@ -69,61 +85,118 @@ fn answer<T: Serialize>(route: &'static str, started: Instant, result: Result<T,
 
 fn record(route: &'static str, status: StatusCode, started: Instant) {
     metrics::counter!("stockflow_http_requests_total", "route" => route, "status" => status.as_str().to_owned()).increment(1);
-    metrics::histogram!("stockflow_http_request_duration_seconds", "route" => route).record(started.elapsed().as_secs_f64());
+    metrics::histogram!("stockflow_http_request_duration_seconds", "route" => route)
+        .record(started.elapsed().as_secs_f64());
 }
 
 fn segment(raw: String) -> String {
-    percent_encoding::percent_decode_str(&raw).decode_utf8_lossy().into_owned()
+    percent_encoding::percent_decode_str(&raw)
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 /// All routes of contract §3.
-pub fn routes(state: Arc<ServeState>) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone + Send + Sync + 'static {
+pub fn routes(
+    state: Arc<ServeState>,
+) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone + Send + Sync + 'static {
     let st = move || {
         let s = Arc::clone(&state);
         warp::any().map(move || Arc::clone(&s))
     };
     let start = || warp::any().map(Instant::now);
-    let query = || warp::query::<HashMap<String, String>>().or(warp::any().map(HashMap::new)).unify();
+    let query = || {
+        warp::query::<HashMap<String, String>>()
+            .or(warp::any().map(HashMap::new))
+            .unify()
+    };
 
     let stock = warp::path!("v1" / "stock" / String)
         .and(st())
         .and(start())
-        .map(|sku: String, s: Arc<ServeState>, t0| answer("/v1/stock/{sku}", t0, api::stock(&s.store, &segment(sku))));
-    let location = warp::path!("v1" / "stock" / String / String).and(st()).and(start()).map(
-        |sku: String, loc: String, s: Arc<ServeState>, t0| {
-            answer("/v1/stock/{sku}/{location}", t0, api::location_stock(&s.store, &segment(sku), &segment(loc)))
-        },
-    );
-    let reservation = warp::path!("v1" / "reservations" / String).and(st()).and(start()).map(
-        |id: String, s: Arc<ServeState>, t0| answer("/v1/reservations/{reservation_id}", t0, api::reservation(&s.store, &segment(id))),
-    );
-    let analytics = warp::path!("v1" / "analytics" / "sku" / String).and(query()).and(st()).and(start()).map(
-        |sku: String, q: HashMap<String, String>, s: Arc<ServeState>, t0| {
-            answer("/v1/analytics/sku/{sku}", t0, api::analytics(&s.store, &segment(sku), &q))
-        },
-    );
+        .map(|sku: String, s: Arc<ServeState>, t0| {
+            answer("/v1/stock/{sku}", t0, api::stock(&s.store, &segment(sku)))
+        });
+    let location = warp::path!("v1" / "stock" / String / String)
+        .and(st())
+        .and(start())
+        .map(|sku: String, loc: String, s: Arc<ServeState>, t0| {
+            answer(
+                "/v1/stock/{sku}/{location}",
+                t0,
+                api::location_stock(&s.store, &segment(sku), &segment(loc)),
+            )
+        });
+    let reservation = warp::path!("v1" / "reservations" / String)
+        .and(st())
+        .and(start())
+        .map(|id: String, s: Arc<ServeState>, t0| {
+            answer(
+                "/v1/reservations/{reservation_id}",
+                t0,
+                api::reservation(&s.store, &segment(id)),
+            )
+        });
+    let analytics = warp::path!("v1" / "analytics" / "sku" / String)
+        .and(query())
+        .and(st())
+        .and(start())
+        .map(
+            |sku: String, q: HashMap<String, String>, s: Arc<ServeState>, t0| {
+                answer(
+                    "/v1/analytics/sku/{sku}",
+                    t0,
+                    api::analytics(&s.store, &segment(sku), &q),
+                )
+            },
+        );
     let top = warp::path!("v1" / "analytics" / "top")
         .and(query())
         .and(st())
         .and(start())
-        .map(|q: HashMap<String, String>, s: Arc<ServeState>, t0| answer("/v1/analytics/top", t0, api::top(&s.store, &q)));
-    let healthz = warp::path!("healthz").and(st()).and(start()).map(|s: Arc<ServeState>, t0| {
-        answer::<api::Health>("/healthz", t0, Ok(api::healthz(&s.store)))
-    });
-    let readyz = warp::path!("readyz").and(st()).and(start()).map(|s: Arc<ServeState>, t0| {
-        answer("/readyz", t0, api::readyz(&s.store, s.clock.now_ms(), s.ready_max_lag_ms))
-    });
-    let metrics_route = warp::path!("metrics").and(st()).and(start()).map(|s: Arc<ServeState>, t0| {
-        let body = render_metrics(&s);
-        let mut r = Response::new(body.into());
-        r.headers_mut()
-            .insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
-        record("/metrics", r.status(), t0);
-        r
-    });
+        .map(|q: HashMap<String, String>, s: Arc<ServeState>, t0| {
+            answer("/v1/analytics/top", t0, api::top(&s.store, &q))
+        });
+    let healthz = warp::path!("healthz")
+        .and(st())
+        .and(start())
+        .map(|s: Arc<ServeState>, t0| {
+            answer::<api::Health>("/healthz", t0, Ok(api::healthz(&s.store)))
+        });
+    let readyz = warp::path!("readyz")
+        .and(st())
+        .and(start())
+        .map(|s: Arc<ServeState>, t0| {
+            answer(
+                "/readyz",
+                t0,
+                api::readyz(&s.store, s.clock.now_ms(), s.ready_max_lag_ms),
+            )
+        });
+    let metrics_route =
+        warp::path!("metrics")
+            .and(st())
+            .and(start())
+            .map(|s: Arc<ServeState>, t0| {
+                let body = render_metrics(&s);
+                let mut r = Response::new(body.into());
+                r.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                );
+                record("/metrics", r.status(), t0);
+                r
+            });
     let openapi = warp::path!("openapi.json").and(start()).map(|t0| {
-        let mut r = Response::new(api::ApiDoc::openapi().to_pretty_json().expect("the document serializes").into());
-        r.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
+        let mut r = Response::new(
+            api::ApiDoc::openapi()
+                .to_pretty_json()
+                .expect("the document serializes")
+                .into(),
+        );
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            header::HeaderValue::from_static("application/json"),
+        );
         record("/openapi.json", r.status(), t0);
         r
     });
@@ -182,6 +255,14 @@ fn render_metrics(s: &ServeState) -> String {
 }
 
 /// Serves the API on `listener` until `shutdown` completes.
-pub async fn serve(listener: tokio::net::TcpListener, state: Arc<ServeState>, shutdown: impl Future<Output = ()> + Send + 'static) {
-    warp::serve(routes(state)).incoming(listener).graceful(shutdown).run().await;
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: Arc<ServeState>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
+    warp::serve(routes(state))
+        .incoming(listener)
+        .graceful(shutdown)
+        .run()
+        .await;
 }

@@ -84,14 +84,20 @@ impl DeadLetterFile {
             .create(true)
             .append(true)
             .open(path)
-            .map_err(|source| OpenError { path: path.into(), source })?;
+            .map_err(|source| OpenError {
+                path: path.into(),
+                source,
+            })?;
         let (tx, rx) = bounded(4096);
         let name = path.display().to_string();
         let thread = std::thread::Builder::new()
             .name("dead-letters".into())
             .spawn(move || write_loop(rx, BufWriter::new(file), &name))
             .expect("spawning a thread");
-        Ok(DeadLetterFile { tx: Some(DeadLetterSender(tx)), thread: Some(thread) })
+        Ok(DeadLetterFile {
+            tx: Some(DeadLetterSender(tx)),
+            thread: Some(thread),
+        })
     }
 
     /// A sender for workers.
@@ -125,11 +131,18 @@ fn write_loop(rx: Receiver<DeadLetter>, mut out: BufWriter<File>, name: &str) {
             source: &dl.source,
             partition: dl.partition,
             offset: dl.offset,
-            key: dl.key.as_ref().map(|k| String::from_utf8_lossy(k).into_owned()),
+            key: dl
+                .key
+                .as_ref()
+                .map(|k| String::from_utf8_lossy(k).into_owned()),
             value,
-            value_base64: value.is_none().then(|| base64::engine::general_purpose::STANDARD.encode(&dl.value)),
+            value_base64: value
+                .is_none()
+                .then(|| base64::engine::general_purpose::STANDARD.encode(&dl.value)),
         };
-        let written = serde_json::to_writer(&mut out, &line).map_err(std::io::Error::from).and_then(|_| out.write_all(b"\n"));
+        let written = serde_json::to_writer(&mut out, &line)
+            .map_err(std::io::Error::from)
+            .and_then(|_| out.write_all(b"\n"));
         if let Err(e) = written {
             tracing::error!(file = name, error = %e, reason = dl.reason, offset = dl.offset, "writing a dead letter failed");
         }
@@ -156,12 +169,31 @@ mod tests {
         let _ = std::fs::remove_file(&path);
         let f = DeadLetterFile::create(&path).unwrap();
         let s = f.sender();
-        s.send(DeadLetter { reason: "invalid_json", detail: "d".into(), source: "src".into(), partition: 1, offset: 2, key: Some(b"k".to_vec()), value: b"{x".to_vec() });
-        s.send(DeadLetter { reason: "invalid_json", detail: "d".into(), source: "src".into(), partition: 1, offset: 3, key: None, value: vec![0xff, 0x00] });
+        s.send(DeadLetter {
+            reason: "invalid_json",
+            detail: "d".into(),
+            source: "src".into(),
+            partition: 1,
+            offset: 2,
+            key: Some(b"k".to_vec()),
+            value: b"{x".to_vec(),
+        });
+        s.send(DeadLetter {
+            reason: "invalid_json",
+            detail: "d".into(),
+            source: "src".into(),
+            partition: 1,
+            offset: 3,
+            key: None,
+            value: vec![0xff, 0x00],
+        });
         drop(s);
         f.close();
         let text = std::fs::read_to_string(&path).unwrap();
-        let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
         assert_eq!(lines[0]["value"], "{x");
         assert_eq!(lines[0]["key"], "k");
         assert_eq!(lines[1]["value_base64"], "/wA=");

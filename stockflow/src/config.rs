@@ -30,7 +30,11 @@ pub fn load(file: Option<&Path>, sets: &[String]) -> Result<Settings> {
             .with_context(|| format!("--set {set:?}: expected section.field=value"))?;
         // A TOML value if it parses as one (numbers, booleans, arrays, quoted strings), else a string.
         let doc = format!("{key} = {value}");
-        let layer = if toml_value_ok(&doc) { doc } else { format!("{key} = {}", toml_quote(value)) };
+        let layer = if toml_value_ok(&doc) {
+            doc
+        } else {
+            format!("{key} = {}", toml_quote(value))
+        };
         fig = fig.merge(Toml::string(&layer));
     }
     let settings: Settings = fig.extract().context("reading the configuration")?;
@@ -39,15 +43,20 @@ pub fn load(file: Option<&Path>, sets: &[String]) -> Result<Settings> {
 }
 
 fn toml_value_ok(doc: &str) -> bool {
-    Figment::from(Toml::string(doc)).extract::<figment::value::Dict>().is_ok()
+    Figment::from(Toml::string(doc))
+        .extract::<figment::value::Dict>()
+        .is_ok()
 }
 
 fn toml_quote(s: &str) -> String {
-    let escaped: String = s.chars().flat_map(|c| match c {
-        '"' => vec!['\\', '"'],
-        '\\' => vec!['\\', '\\'],
-        c => vec![c],
-    }).collect();
+    let escaped: String = s
+        .chars()
+        .flat_map(|c| match c {
+            '"' => vec!['\\', '"'],
+            '\\' => vec!['\\', '\\'],
+            c => vec![c],
+        })
+        .collect();
     format!("\"{escaped}\"")
 }
 
@@ -58,17 +67,34 @@ mod tests {
     #[test]
     fn embedded_default_is_the_documented_default() {
         let s = load(None, &[]).unwrap();
-        assert_eq!(s, Settings::default(), "configs/local.toml and the code's defaults disagree");
+        assert_eq!(
+            s,
+            Settings::default(),
+            "configs/local.toml and the code's defaults disagree"
+        );
     }
 
     #[test]
     fn sets_override_and_unknown_keys_fail() {
-        let s = load(None, &["pipeline.workers=2".into(), "http.listen=127.0.0.1:9".into()]).unwrap();
+        let s = load(
+            None,
+            &[
+                "pipeline.workers=2".into(),
+                "http.listen=127.0.0.1:9".into(),
+            ],
+        )
+        .unwrap();
         assert_eq!(s.pipeline.workers, 2);
         assert_eq!(s.http.listen, "127.0.0.1:9");
-        let err = format!("{:#}", load(None, &["pipeline.wrokers=2".into()]).unwrap_err());
+        let err = format!(
+            "{:#}",
+            load(None, &["pipeline.wrokers=2".into()]).unwrap_err()
+        );
         assert!(err.contains("wrokers"), "{err}");
-        let err = format!("{:#}", load(None, &["pipeline.workers=0".into()]).unwrap_err());
+        let err = format!(
+            "{:#}",
+            load(None, &["pipeline.workers=0".into()]).unwrap_err()
+        );
         assert!(err.contains("pipeline.workers"), "{err}");
     }
 }

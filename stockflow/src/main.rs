@@ -51,7 +51,10 @@ fn main() -> Result<()> {
         Some(Command::Run(args)) => args,
         Some(Command::Openapi) => {
             use utoipa::OpenApi;
-            println!("{}", stockflow_serve::api::ApiDoc::openapi().to_pretty_json()?);
+            println!(
+                "{}",
+                stockflow_serve::api::ApiDoc::openapi().to_pretty_json()?
+            );
             return Ok(());
         }
         Some(Command::Config) => {

@@ -18,13 +18,18 @@ use stockflow_types::config::{Settings, SourceKind};
 pub fn run(settings: Settings) -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "stockflow=info,stockflow_ingest=info,stockflow_sinks=info,stockflow_serve=info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                "stockflow=info,stockflow_ingest=info,stockflow_sinks=info,stockflow_serve=info"
+                    .into()
+            }),
         )
         .with_writer(std::io::stderr)
         .init();
     let metrics = PrometheusBuilder::new()
-        .set_buckets_for_metric(Matcher::Full("stockflow_http_request_duration_seconds".into()), &stockflow_serve::LATENCY_BUCKETS)?
+        .set_buckets_for_metric(
+            Matcher::Full("stockflow_http_request_duration_seconds".into()),
+            &stockflow_serve::LATENCY_BUCKETS,
+        )?
         .install_recorder()
         .context("installing the metrics recorder")?;
 
@@ -36,17 +41,31 @@ pub fn run(settings: Settings) -> Result<()> {
     let shutdown = Arc::new(AtomicBool::new(false));
 
     // The file source is read by worker 0; the generator runs a share on every worker.
-    let file_source: Arc<Mutex<Option<JsonLinesSource>>> = Arc::new(Mutex::new(match settings.source.kind {
-        SourceKind::File => {
-            let path = settings.source.input_file.as_deref().expect("validated: file needs input_file");
-            Some(JsonLinesSource::open(path)?)
-        }
-        SourceKind::Generator => None,
-    }));
+    let file_source: Arc<Mutex<Option<JsonLinesSource>>> =
+        Arc::new(Mutex::new(match settings.source.kind {
+            SourceKind::File => {
+                let path = settings
+                    .source
+                    .input_file
+                    .as_deref()
+                    .expect("validated: file needs input_file");
+                Some(JsonLinesSource::open(path)?)
+            }
+            SourceKind::Generator => None,
+        }));
 
-    let timely_config = if workers > 1 { timely::Config::process(workers) } else { timely::Config::thread() };
+    let timely_config = if workers > 1 {
+        timely::Config::process(workers)
+    } else {
+        timely::Config::thread()
+    };
     let guards = {
-        let (cfg, store, clock, shutdown) = (Arc::clone(&cfg), Arc::clone(&store), Arc::clone(&clock), Arc::clone(&shutdown));
+        let (cfg, store, clock, shutdown) = (
+            Arc::clone(&cfg),
+            Arc::clone(&store),
+            Arc::clone(&clock),
+            Arc::clone(&shutdown),
+        );
         let dlq = dead_letters.sender();
         let settings = settings.clone();
         timely::execute(timely_config, move |worker| {
@@ -55,7 +74,12 @@ pub fn run(settings: Settings) -> Result<()> {
             match settings.source.kind {
                 SourceKind::Generator => {
                     let c = Arc::clone(&clock);
-                    sources.push(Box::new(Generator::new(&settings.generator, worker.index(), worker.peers(), Arc::new(move || c.now_ms()))));
+                    sources.push(Box::new(Generator::new(
+                        &settings.generator,
+                        worker.index(),
+                        worker.peers(),
+                        Arc::new(move || c.now_ms()),
+                    )));
                 }
                 SourceKind::File => {
                     if let Some(src) = file_source.lock().expect("not poisoned").take() {
@@ -64,7 +88,16 @@ pub fn run(settings: Settings) -> Result<()> {
                 }
             }
             let opts = WorkerOptions::new(cfg.tick_ms, cfg.retention_ms);
-            run_worker(worker, &mut engine, sources, clock.as_ref(), &dlq, &shutdown, &opts);
+            run_worker(
+                worker,
+                &mut engine,
+                sources,
+                clock.as_ref(),
+                &dlq,
+                &shutdown,
+                &opts,
+            );
+            engine.shutdown(worker);
         })
         .map_err(|e| anyhow::anyhow!("starting timely workers: {e}"))?
     };
@@ -75,7 +108,12 @@ pub fn run(settings: Settings) -> Result<()> {
         .enable_all()
         .build()
         .context("starting the HTTP runtime")?;
-    let state = Arc::new(ServeState { store, metrics: Some(metrics), clock, ready_max_lag_ms: 5_000 });
+    let state = Arc::new(ServeState {
+        store,
+        metrics: Some(metrics),
+        clock,
+        ready_max_lag_ms: 5_000,
+    });
     let served = runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind(&settings.http.listen)
             .await
@@ -98,7 +136,8 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("installing SIGTERM handler");
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing SIGTERM handler");
         tokio::select! { _ = ctrl_c => {}, _ = term.recv() => {} }
     }
     #[cfg(not(unix))]

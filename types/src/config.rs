@@ -207,7 +207,10 @@ fn default_http_threads() -> usize {
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        HttpConfig { listen: default_listen(), threads: default_http_threads() }
+        HttpConfig {
+            listen: default_listen(),
+            threads: default_http_threads(),
+        }
     }
 }
 
@@ -226,7 +229,9 @@ fn default_dead_letter_path() -> PathBuf {
 
 impl Default for DeadLetterConfig {
     fn default() -> Self {
-        DeadLetterConfig { path: default_dead_letter_path() }
+        DeadLetterConfig {
+            path: default_dead_letter_path(),
+        }
     }
 }
 
@@ -241,7 +246,10 @@ pub struct ConfigError {
 }
 
 fn bad(field: &'static str, problem: impl Into<String>) -> ConfigError {
-    ConfigError { field, problem: problem.into() }
+    ConfigError {
+        field,
+        problem: problem.into(),
+    }
 }
 
 /// A window size with its canonical name.
@@ -262,35 +270,53 @@ impl Settings {
         }
         let tick = p.tick.as_millis();
         if tick == 0 || u128::from(p.tick.subsec_nanos() % 1_000_000) != 0 {
-            return Err(bad("pipeline.tick", "must be a whole number of milliseconds, at least 1ms"));
+            return Err(bad(
+                "pipeline.tick",
+                "must be a whole number of milliseconds, at least 1ms",
+            ));
         }
         let windows = self.window_specs()?;
         let largest = windows.iter().map(|w| w.size_ms).max().unwrap_or(0);
-        for (field, d) in [("pipeline.retention", p.retention), ("pipeline.dedup_window", p.dedup_window)] {
+        for (field, d) in [
+            ("pipeline.retention", p.retention),
+            ("pipeline.dedup_window", p.dedup_window),
+        ] {
             if d.as_millis() % tick != 0 || d.is_zero() {
                 return Err(bad(field, "must be a positive multiple of pipeline.tick"));
             }
         }
         if p.retention.as_millis() < u128::from(largest) {
-            return Err(bad("pipeline.retention", "must be at least the largest window"));
+            return Err(bad(
+                "pipeline.retention",
+                "must be at least the largest window",
+            ));
         }
         if p.top_k == 0 || p.top_k > 10_000 {
             return Err(bad("pipeline.top_k", "must be between 1 and 10000"));
         }
         let g = &self.generator;
         if g.skus == 0 || g.locations == 0 {
-            return Err(bad("generator.skus", "skus and locations must be at least 1"));
+            return Err(bad(
+                "generator.skus",
+                "skus and locations must be at least 1",
+            ));
         }
         if !(0.0..=10.0).contains(&g.zipf) {
             return Err(bad("generator.zipf", "must be between 0 and 10"));
         }
-        for (field, r) in [("generator.duplicate_ratio", g.duplicate_ratio), ("generator.bad_ratio", g.bad_ratio)] {
+        for (field, r) in [
+            ("generator.duplicate_ratio", g.duplicate_ratio),
+            ("generator.bad_ratio", g.bad_ratio),
+        ] {
             if !(0.0..=1.0).contains(&r) {
                 return Err(bad(field, "must be between 0 and 1"));
             }
         }
         if self.source.kind == SourceKind::File && self.source.input_file.is_none() {
-            return Err(bad("source.input_file", "is required when source.kind = \"file\""));
+            return Err(bad(
+                "source.input_file",
+                "is required when source.kind = \"file\"",
+            ));
         }
         if self.http.threads == 0 {
             return Err(bad("http.threads", "must be at least 1"));
@@ -307,13 +333,19 @@ impl Settings {
                 .map_err(|e| bad("pipeline.windows", format!("{w:?} is not a duration: {e}")))?;
             let ms = d.as_millis();
             if ms == 0 || ms % tick != 0 || d.subsec_nanos() % 1_000_000 != 0 {
-                return Err(bad("pipeline.windows", format!("{w:?} must be a positive multiple of the tick")));
+                return Err(bad(
+                    "pipeline.windows",
+                    format!("{w:?} must be a positive multiple of the tick"),
+                ));
             }
             let name = humantime::format_duration(d).to_string();
             if out.iter().any(|o| o.size_ms as u128 == ms) {
                 return Err(bad("pipeline.windows", format!("{w:?} is listed twice")));
             }
-            out.push(WindowSpec { name, size_ms: ms as u64 });
+            out.push(WindowSpec {
+                name,
+                size_ms: ms as u64,
+            });
         }
         if out.is_empty() {
             return Err(bad("pipeline.windows", "at least one window is required"));
@@ -331,7 +363,13 @@ mod tests {
         let s = Settings::default();
         s.validate().unwrap();
         let w = s.window_specs().unwrap();
-        assert_eq!(w[0], WindowSpec { name: "1m".into(), size_ms: 60_000 });
+        assert_eq!(
+            w[0],
+            WindowSpec {
+                name: "1m".into(),
+                size_ms: 60_000
+            }
+        );
         assert_eq!(w[1].name, "1h");
     }
 

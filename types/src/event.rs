@@ -182,7 +182,10 @@ pub struct Rejection {
 impl Rejection {
     /// Builds a rejection.
     pub fn new(reason: RejectReason, detail: impl Into<String>) -> Self {
-        Rejection { reason, detail: detail.into() }
+        Rejection {
+            reason,
+            detail: detail.into(),
+        }
     }
 }
 
@@ -228,7 +231,10 @@ fn required<'a>(field: &str, v: Option<&'a RawValue>) -> Result<&'a RawValue, Re
 fn id_field(field: &str, v: Option<&RawValue>) -> Result<String, Rejection> {
     let raw = required(field, v)?;
     let s: String = serde_json::from_str(raw.get()).map_err(|_| {
-        Rejection::new(RejectReason::WrongType, format!("field `{field}` must be a string"))
+        Rejection::new(
+            RejectReason::WrongType,
+            format!("field `{field}` must be a string"),
+        )
     })?;
     if s.is_empty() {
         return Err(Rejection::new(
@@ -260,7 +266,10 @@ fn int_field(field: &str, v: Option<&RawValue>) -> Result<i64, Rejection> {
             } else {
                 RejectReason::WrongType
             };
-            Err(Rejection::new(reason, format!("field `{field}` must be an integer")))
+            Err(Rejection::new(
+                reason,
+                format!("field `{field}` must be an integer"),
+            ))
         }
     }
 }
@@ -270,7 +279,10 @@ fn time_field(field: &str, v: Option<&RawValue>) -> Result<Millis, Rejection> {
     let text = raw.get();
     if text.starts_with('"') {
         let s: String = serde_json::from_str(text).map_err(|_| {
-            Rejection::new(RejectReason::WrongType, format!("field `{field}` is not a valid string"))
+            Rejection::new(
+                RejectReason::WrongType,
+                format!("field `{field}` is not a valid string"),
+            )
         })?;
         return parse_rfc3339(&s).ok_or_else(|| {
             Rejection::new(
@@ -300,7 +312,10 @@ fn check_qty(field: &str, qty: i64, ok: bool, rule: &str) -> Result<i64, Rejecti
     if ok {
         Ok(qty)
     } else {
-        Err(Rejection::new(RejectReason::OutOfRange, format!("field `{field}` must be {rule}")))
+        Err(Rejection::new(
+            RejectReason::OutOfRange,
+            format!("field `{field}` must be {rule}"),
+        ))
     }
 }
 
@@ -308,7 +323,10 @@ fn check_qty(field: &str, qty: i64, ok: bool, rule: &str) -> Result<i64, Rejecti
 /// lets fields be added).
 pub fn decode(bytes: &[u8]) -> Result<Event, Rejection> {
     let raw: RawEvent<'_> = serde_json::from_slice(bytes).map_err(|e| {
-        Rejection::new(RejectReason::InvalidJson, format!("not a JSON event object: {e}"))
+        Rejection::new(
+            RejectReason::InvalidJson,
+            format!("not a JSON event object: {e}"),
+        )
     })?;
     let type_name = id_field("type", raw.kind)?;
     let event_id = id_field("event_id", raw.event_id)?;
@@ -365,7 +383,12 @@ pub fn decode(bytes: &[u8]) -> Result<Event, Rejection> {
             ))
         }
     };
-    Ok(Event { event_id, sku, ts, kind })
+    Ok(Event {
+        event_id,
+        sku,
+        ts,
+        kind,
+    })
 }
 
 /// Decodes a message read from a topic that carries `expected` types only.
@@ -388,7 +411,8 @@ pub fn decode_from(bytes: &[u8], expected: Stream) -> Result<Event, Rejection> {
 /// Encodes an event as the contract's JSON (epoch-millisecond timestamps).
 pub fn encode(ev: &Event) -> String {
     use serde_json::json;
-    let mut v = json!({"event_id": ev.event_id, "type": ev.kind.type_name(), "sku": ev.sku, "ts": ev.ts});
+    let mut v =
+        json!({"event_id": ev.event_id, "type": ev.kind.type_name(), "sku": ev.sku, "ts": ev.ts});
     let m = v.as_object_mut().expect("object literal");
     match &ev.kind {
         EventKind::Received { location, qty }
@@ -398,7 +422,12 @@ pub fn encode(ev: &Event) -> String {
             m.insert("location".into(), json!(location));
             m.insert("qty".into(), json!(qty));
         }
-        EventKind::Reserved { reservation_id, location, qty, expires_at } => {
+        EventKind::Reserved {
+            reservation_id,
+            location,
+            qty,
+            expires_at,
+        } => {
             m.insert("reservation_id".into(), json!(reservation_id));
             m.insert("location".into(), json!(location));
             m.insert("qty".into(), json!(qty));
@@ -430,25 +459,74 @@ mod tests {
     fn names_every_problem() {
         assert_eq!(reason("{"), "invalid_json");
         assert_eq!(reason("[1]"), "invalid_json");
-        assert_eq!(reason(r#"{"type":"sold","sku":"S","ts":1,"location":"L","qty":1}"#), "missing_field");
-        assert_eq!(reason(r#"{"event_id":"e","type":"sold","sku":"S","ts":1,"location":"L","qty":null}"#), "missing_field");
-        assert_eq!(reason(r#"{"event_id":"e","type":"sold","sku":"S","ts":1,"location":"L","qty":"2"}"#), "wrong_type");
-        assert_eq!(reason(r#"{"event_id":"e","type":"sold","sku":"S","ts":1,"location":"L","qty":2.5}"#), "wrong_type");
-        assert_eq!(reason(r#"{"event_id":"e","type":"sold","sku":"S","ts":1,"location":"L","qty":0}"#), "out_of_range");
-        assert_eq!(reason(r#"{"event_id":"e","type":"adjusted","sku":"S","ts":1,"location":"L","qty":0}"#), "out_of_range");
-        assert_eq!(reason(r#"{"event_id":"e","type":"counted","sku":"S","ts":1,"location":"L","qty":-1}"#), "out_of_range");
-        assert_eq!(reason(r#"{"event_id":"e","type":"sold","sku":"","ts":1,"location":"L","qty":1}"#), "out_of_range");
-        assert_eq!(reason(r#"{"event_id":"e","type":"sold","sku":"S","ts":-5,"location":"L","qty":1}"#), "out_of_range");
-        assert_eq!(reason(r#"{"event_id":"e","type":"sold","sku":"S","ts":"noon","location":"L","qty":1}"#), "out_of_range");
-        assert_eq!(reason(r#"{"event_id":"e","type":"sold","sku":"S","ts":true,"location":"L","qty":1}"#), "wrong_type");
-        assert_eq!(reason(r#"{"event_id":"e","type":"sold","sku":"S","ts":1,"location":"L","qty":99999999999999999999}"#), "out_of_range");
-        assert_eq!(reason(r#"{"event_id":"e","type":"stolen","sku":"S","ts":1}"#), "unknown_type");
-        assert_eq!(reason(r#"{"event_id":"e","type":"reserved","sku":"S","ts":1,"location":"L","qty":1,"reservation_id":"r"}"#), "missing_field");
+        assert_eq!(
+            reason(r#"{"type":"sold","sku":"S","ts":1,"location":"L","qty":1}"#),
+            "missing_field"
+        );
+        assert_eq!(
+            reason(r#"{"event_id":"e","type":"sold","sku":"S","ts":1,"location":"L","qty":null}"#),
+            "missing_field"
+        );
+        assert_eq!(
+            reason(r#"{"event_id":"e","type":"sold","sku":"S","ts":1,"location":"L","qty":"2"}"#),
+            "wrong_type"
+        );
+        assert_eq!(
+            reason(r#"{"event_id":"e","type":"sold","sku":"S","ts":1,"location":"L","qty":2.5}"#),
+            "wrong_type"
+        );
+        assert_eq!(
+            reason(r#"{"event_id":"e","type":"sold","sku":"S","ts":1,"location":"L","qty":0}"#),
+            "out_of_range"
+        );
+        assert_eq!(
+            reason(r#"{"event_id":"e","type":"adjusted","sku":"S","ts":1,"location":"L","qty":0}"#),
+            "out_of_range"
+        );
+        assert_eq!(
+            reason(r#"{"event_id":"e","type":"counted","sku":"S","ts":1,"location":"L","qty":-1}"#),
+            "out_of_range"
+        );
+        assert_eq!(
+            reason(r#"{"event_id":"e","type":"sold","sku":"","ts":1,"location":"L","qty":1}"#),
+            "out_of_range"
+        );
+        assert_eq!(
+            reason(r#"{"event_id":"e","type":"sold","sku":"S","ts":-5,"location":"L","qty":1}"#),
+            "out_of_range"
+        );
+        assert_eq!(
+            reason(
+                r#"{"event_id":"e","type":"sold","sku":"S","ts":"noon","location":"L","qty":1}"#
+            ),
+            "out_of_range"
+        );
+        assert_eq!(
+            reason(r#"{"event_id":"e","type":"sold","sku":"S","ts":true,"location":"L","qty":1}"#),
+            "wrong_type"
+        );
+        assert_eq!(
+            reason(
+                r#"{"event_id":"e","type":"sold","sku":"S","ts":1,"location":"L","qty":99999999999999999999}"#
+            ),
+            "out_of_range"
+        );
+        assert_eq!(
+            reason(r#"{"event_id":"e","type":"stolen","sku":"S","ts":1}"#),
+            "unknown_type"
+        );
+        assert_eq!(
+            reason(
+                r#"{"event_id":"e","type":"reserved","sku":"S","ts":1,"location":"L","qty":1,"reservation_id":"r"}"#
+            ),
+            "missing_field"
+        );
     }
 
     #[test]
     fn details_name_the_field() {
-        let r = decode(br#"{"event_id":"e","type":"sold","sku":"S","ts":1,"location":7,"qty":1}"#).unwrap_err();
+        let r = decode(br#"{"event_id":"e","type":"sold","sku":"S","ts":1,"location":7,"qty":1}"#)
+            .unwrap_err();
         assert!(r.detail.contains("`location`"), "{}", r.detail);
     }
 
@@ -456,7 +534,10 @@ mod tests {
     fn topic_mismatch_is_rejected() {
         let sold = br#"{"event_id":"e","type":"sold","sku":"S","ts":1,"location":"L","qty":1}"#;
         assert!(decode_from(sold, Stream::Orders).is_ok());
-        assert_eq!(decode_from(sold, Stream::Inventory).unwrap_err().reason, RejectReason::WrongTopic);
+        assert_eq!(
+            decode_from(sold, Stream::Inventory).unwrap_err().reason,
+            RejectReason::WrongTopic
+        );
     }
 
     #[test]

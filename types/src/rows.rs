@@ -70,7 +70,9 @@ pub struct ReservationRow {
 }
 
 /// The figures of one tumbling window of one (sku, location).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 pub struct WindowFigures {
     /// `sold` plus fulfilled quantities.
     pub units_sold: i64,

@@ -17,9 +17,8 @@ pub fn parse_rfc3339(s: &str) -> Option<Millis> {
 
 /// Formats epoch milliseconds as `2026-11-27T12:00:00.000Z`.
 pub fn format_rfc3339(ms: Millis) -> String {
-    let fmt = format_description!(
-        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
-    );
+    let fmt =
+        format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
     OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms.min(MAX_MILLIS)) * 1_000_000)
         .ok()
         .and_then(|dt| dt.format(&fmt).ok())

@@ -40,60 +40,69 @@ pub fn ledger<'s>(
 ) -> VecCollection<'s, Time, Change, Diff> {
     let tick = cfg.tick_ms;
     events
-        .unary_frontier(Exchange::new(|e: &Event| sku_hash(&e.sku)), "Ledger", move |initial, _info| {
-            drop(initial); // nothing to say until an event or a timer asks for a time
-            let mut state = LedgerState::new(cfg, Arc::clone(&store));
-            let mut stash: BTreeMap<Time, (Capability<Time>, Vec<Event>)> = BTreeMap::new();
-            let mut timer_cap: Option<Capability<Time>> = None;
-            let mut changes = Vec::new();
-            let mut empty = Vec::new();
-            move |(input, frontier), output| {
-                input.for_each_stamp(|cap, data| {
-                    let t = *cap.least().expect("inputs carry totally ordered times");
-                    let entry = stash.entry(t).or_insert_with(|| {
-                        (cap.retain_least(0).expect("stamp is not empty"), Vec::new())
+        .unary_frontier(
+            Exchange::new(|e: &Event| sku_hash(&e.sku)),
+            "Ledger",
+            move |initial, _info| {
+                drop(initial); // nothing to say until an event or a timer asks for a time
+                let mut state = LedgerState::new(cfg, Arc::clone(&store));
+                let mut stash: BTreeMap<Time, (Capability<Time>, Vec<Event>)> = BTreeMap::new();
+                let mut timer_cap: Option<Capability<Time>> = None;
+                let mut changes = Vec::new();
+                let mut empty = Vec::new();
+                move |(input, frontier), output| {
+                    input.for_each_stamp(|cap, data| {
+                        let t = *cap.least().expect("inputs carry totally ordered times");
+                        let entry = stash.entry(t).or_insert_with(|| {
+                            (cap.retain_least(0).expect("stamp is not empty"), Vec::new())
+                        });
+                        for batch in data {
+                            entry.1.append(batch);
+                        }
                     });
-                    for batch in data {
-                        entry.1.append(batch);
-                    }
-                });
-                loop {
-                    let next = match (stash.keys().next(), state.next_timer()) {
-                        (Some(a), Some(b)) => *a.min(&b),
-                        (Some(a), None) => *a,
-                        (None, Some(b)) => b,
-                        (None, None) => break,
-                    };
-                    if frontier.less_equal(&next) {
-                        break;
-                    }
-                    let (cap, mut events) = match stash.remove(&next) {
-                        Some(entry) => entry,
-                        None => {
-                            let cap = timer_cap.as_ref().expect("a timer holds a capability").delayed(&next);
-                            (cap, std::mem::take(&mut empty))
+                    loop {
+                        let next = match (stash.keys().next(), state.next_timer()) {
+                            (Some(a), Some(b)) => *a.min(&b),
+                            (Some(a), None) => *a,
+                            (None, Some(b)) => b,
+                            (None, None) => break,
+                        };
+                        if frontier.less_equal(&next) {
+                            break;
                         }
-                    };
-                    state.process(next, &mut events, &mut changes);
-                    empty = events;
-                    if !changes.is_empty() {
-                        output.session(&cap).give_iterator(changes.drain(..).map(|(c, r)| (c, next, r)));
-                    }
-                    // Keep exactly one capability, at the earliest pending timer.
-                    timer_cap = match (state.next_timer(), timer_cap.take()) {
-                        (Some(at), Some(mut held)) if *held.time() <= at => {
-                            held.downgrade(&at);
-                            Some(held)
+                        let (cap, mut events) = match stash.remove(&next) {
+                            Some(entry) => entry,
+                            None => {
+                                let cap = timer_cap
+                                    .as_ref()
+                                    .expect("a timer holds a capability")
+                                    .delayed(&next);
+                                (cap, std::mem::take(&mut empty))
+                            }
+                        };
+                        state.process(next, &mut events, &mut changes);
+                        empty = events;
+                        if !changes.is_empty() {
+                            output
+                                .session(&cap)
+                                .give_iterator(changes.drain(..).map(|(c, r)| (c, next, r)));
                         }
-                        (Some(at), _) => Some(cap.delayed(&at)),
-                        (None, _) => None,
-                    };
+                        // Keep exactly one capability, at the earliest pending timer.
+                        timer_cap = match (state.next_timer(), timer_cap.take()) {
+                            (Some(at), Some(mut held)) if *held.time() <= at => {
+                                held.downgrade(&at);
+                                Some(held)
+                            }
+                            (Some(at), _) => Some(cap.delayed(&at)),
+                            (None, _) => None,
+                        };
+                    }
+                    if let Some(f) = frontier.frontier().first() {
+                        store.set_ledger_completed(local_worker, f.saturating_sub(tick));
+                    }
+                    *stats.borrow_mut() = state.stats();
                 }
-                if let Some(f) = frontier.frontier().first() {
-                    store.set_ledger_completed(local_worker, f.saturating_sub(tick));
-                }
-                *stats.borrow_mut() = state.stats();
-            }
-        })
+            },
+        )
         .as_collection()
 }

@@ -42,7 +42,12 @@ struct Dedup {
 
 impl Dedup {
     fn new(window: u64) -> Self {
-        Dedup { window: window.max(1), generation: 0, current: HashSet::new(), previous: HashSet::new() }
+        Dedup {
+            window: window.max(1),
+            generation: 0,
+            current: HashSet::new(),
+            previous: HashSet::new(),
+        }
     }
 
     fn rotate(&mut self, t: Time) {
@@ -114,7 +119,11 @@ impl Loc {
     }
 
     fn apply_count(&mut self, rec: CountRec) {
-        if self.count.as_ref().is_some_and(|c| (c.ts, &c.event_id) >= (rec.ts, &rec.event_id)) {
+        if self
+            .count
+            .as_ref()
+            .is_some_and(|c| (c.ts, &c.event_id) >= (rec.ts, &rec.event_id))
+        {
             return;
         }
         self.moves = self.moves.split_off(&(rec.ts + 1));
@@ -256,7 +265,9 @@ impl LedgerState {
                 break;
             }
             for (sku, timer) in entry.remove() {
-                let Some(s) = self.skus.get_mut(&sku) else { continue };
+                let Some(s) = self.skus.get_mut(&sku) else {
+                    continue;
+                };
                 match timer {
                     Timer::Reservation(id) => {
                         s.dirty_res.insert(id);
@@ -303,7 +314,8 @@ impl LedgerState {
         let retention = self.cfg.retention_ms;
         let cfg = Arc::clone(&self.cfg);
         let mut new_res_timer = None;
-        let stale_count = matches!(ev.kind, EventKind::Counted { .. }) && ev.ts.saturating_add(retention) < t;
+        let stale_count =
+            matches!(ev.kind, EventKind::Counted { .. }) && ev.ts.saturating_add(retention) < t;
         if stale_count {
             self.stats.stale_counts += 1;
             return;
@@ -312,28 +324,59 @@ impl LedgerState {
         match ev.kind {
             EventKind::Received { location, qty } => {
                 let loc = s.touch_loc(&location);
-                s.locs.get_mut(&loc).expect("touched").add_movement(ev.ts, qty, t, retention);
-                let f = WindowFigures { units_received: qty, ..Default::default() };
+                s.locs
+                    .get_mut(&loc)
+                    .expect("touched")
+                    .add_movement(ev.ts, qty, t, retention);
+                let f = WindowFigures {
+                    units_received: qty,
+                    ..Default::default()
+                };
                 s.add_window(&cfg, t, &loc, ev.ts, &f, 1);
             }
             EventKind::Adjusted { location, qty } => {
                 let loc = s.touch_loc(&location);
-                s.locs.get_mut(&loc).expect("touched").add_movement(ev.ts, qty, t, retention);
+                s.locs
+                    .get_mut(&loc)
+                    .expect("touched")
+                    .add_movement(ev.ts, qty, t, retention);
             }
             EventKind::Sold { location, qty } => {
                 let loc = s.touch_loc(&location);
-                s.locs.get_mut(&loc).expect("touched").add_movement(ev.ts, -qty, t, retention);
-                let f = WindowFigures { units_sold: qty, orders: 1, ..Default::default() };
+                s.locs
+                    .get_mut(&loc)
+                    .expect("touched")
+                    .add_movement(ev.ts, -qty, t, retention);
+                let f = WindowFigures {
+                    units_sold: qty,
+                    orders: 1,
+                    ..Default::default()
+                };
                 s.add_window(&cfg, t, &loc, ev.ts, &f, 1);
             }
             EventKind::Counted { location, qty } => {
                 let loc = s.touch_loc(&location);
-                let rec = CountRec { ts: ev.ts, event_id: ev.event_id, qty };
+                let rec = CountRec {
+                    ts: ev.ts,
+                    event_id: ev.event_id,
+                    qty,
+                };
                 s.locs.get_mut(&loc).expect("touched").apply_count(rec);
             }
-            EventKind::Reserved { reservation_id, location, qty, expires_at } => {
+            EventKind::Reserved {
+                reservation_id,
+                location,
+                qty,
+                expires_at,
+            } => {
                 let loc = s.touch_loc(&location);
-                let rec = Reserved { ts: ev.ts, event_id: ev.event_id, location: loc, qty, expires_at };
+                let rec = Reserved {
+                    ts: ev.ts,
+                    event_id: ev.event_id,
+                    location: loc,
+                    qty,
+                    expires_at,
+                };
                 let (id, res, new) = s.res_entry(&reservation_id, t);
                 if res.reserved.as_ref().is_none_or(|r| rec < *r) {
                     res.reserved = Some(rec);
@@ -343,11 +386,19 @@ impl LedgerState {
                 }
             }
             EventKind::Released { reservation_id } => {
-                let term = Terminal { ts: ev.ts, event_id: ev.event_id, fulfilled: false };
+                let term = Terminal {
+                    ts: ev.ts,
+                    event_id: ev.event_id,
+                    fulfilled: false,
+                };
                 new_res_timer = s.terminal(&reservation_id, t, term);
             }
             EventKind::Fulfilled { reservation_id } => {
-                let term = Terminal { ts: ev.ts, event_id: ev.event_id, fulfilled: true };
+                let term = Terminal {
+                    ts: ev.ts,
+                    event_id: ev.event_id,
+                    fulfilled: true,
+                };
                 new_res_timer = s.terminal(&reservation_id, t, term);
             }
         }
@@ -355,7 +406,10 @@ impl LedgerState {
             // A reservation first seen now is forgotten at t + retention unless it is then
             // live (an orphan terminal event whose `reserved` never came, for instance).
             let sku = Arc::clone(&s.name);
-            self.timers.entry(t.saturating_add(retention)).or_default().push((sku, Timer::Reservation(id)));
+            self.timers
+                .entry(t.saturating_add(retention))
+                .or_default()
+                .push((sku, Timer::Reservation(id)));
         }
     }
 
@@ -364,7 +418,9 @@ impl LedgerState {
         let cfg = Arc::clone(&self.cfg);
         let retention = cfg.retention_ms;
         let store = Arc::clone(&self.store);
-        let Some(s) = self.skus.get_mut(sku_name) else { return };
+        let Some(s) = self.skus.get_mut(sku_name) else {
+            return;
+        };
         s.dirty = false;
         let mut timers: Vec<(Time, Timer)> = Vec::new();
 
@@ -427,12 +483,20 @@ impl LedgerState {
                     })
                 })
                 .collect();
-            store.publish_stock(sku_name, SkuStock { locations, changed_at: t });
+            store.publish_stock(
+                sku_name,
+                SkuStock {
+                    locations,
+                    changed_at: t,
+                },
+            );
         }
 
         // 3. Reservation rows: statuses, then evictions of those ended more than retention ago.
         for id in emit_res {
-            let Some(res) = s.res.get_mut(&id) else { continue };
+            let Some(res) = s.res.get_mut(&id) else {
+                continue;
+            };
             let row = res.reserved.as_ref().map(|r| ReservationRow {
                 reservation_id: Arc::clone(&id),
                 sku: Arc::clone(sku_name),
@@ -442,7 +506,9 @@ impl LedgerState {
                     Some(term) if term.fulfilled => Status::Fulfilled,
                     Some(_) => Status::Released,
                     None if t >= r.expires_at => Status::Expired,
-                    None => *live_status.get(&id).expect("live reservations are allocated"),
+                    None => *live_status
+                        .get(&id)
+                        .expect("live reservations are allocated"),
                 },
                 expires_at: r.expires_at,
             });
@@ -459,7 +525,10 @@ impl LedgerState {
                 match &row {
                     Some(new) => {
                         out.push((Change::Reservation(new.clone()), 1));
-                        store.publish_reservation(ReservationView { row: new.clone(), changed_at: t });
+                        store.publish_reservation(ReservationView {
+                            row: new.clone(),
+                            changed_at: t,
+                        });
                     }
                     None => store.forget_reservation(&id),
                 }
@@ -522,7 +591,10 @@ impl LedgerState {
         }
 
         for (at, timer) in timers {
-            self.timers.entry(at).or_default().push((Arc::clone(sku_name), timer));
+            self.timers
+                .entry(at)
+                .or_default()
+                .push((Arc::clone(sku_name), timer));
         }
     }
 }
@@ -573,13 +645,24 @@ impl Sku {
         new.then_some(name)
     }
 
-    fn add_window(&mut self, cfg: &EngineConfig, t: Time, loc: &Name, ts: Millis, f: &WindowFigures, sign: i64) {
+    fn add_window(
+        &mut self,
+        cfg: &EngineConfig,
+        t: Time,
+        loc: &Name,
+        ts: Millis,
+        f: &WindowFigures,
+        sign: i64,
+    ) {
         for w in &cfg.windows {
             let start = ts - ts % w.size_ms;
             if start + w.size_ms + cfg.retention_ms <= t {
                 continue; // evicted already: the window is final
             }
-            self.window_deltas.entry((w.size_ms, start, Arc::clone(loc))).or_default().add(f, sign);
+            self.window_deltas
+                .entry((w.size_ms, start, Arc::clone(loc)))
+                .or_default()
+                .add(f, sign);
         }
     }
 
@@ -625,7 +708,10 @@ impl Sku {
         if had.live != want.live {
             for (entry, add) in [(&had.live, false), (&want.live, true)] {
                 if let Some((loc, ts, qty)) = entry {
-                    let l = self.locs.get_mut(loc).expect("reservations name known locations");
+                    let l = self
+                        .locs
+                        .get_mut(loc)
+                        .expect("reservations name known locations");
                     if add {
                         l.live.insert((*ts, Arc::clone(id)), *qty);
                     } else {
@@ -638,10 +724,17 @@ impl Sku {
         if had.shipped != want.shipped {
             for (entry, sign) in [(&had.shipped, -1i64), (&want.shipped, 1)] {
                 if let Some((loc, ts, qty)) = entry {
-                    let l = self.locs.get_mut(loc).expect("reservations name known locations");
+                    let l = self
+                        .locs
+                        .get_mut(loc)
+                        .expect("reservations name known locations");
                     l.add_movement(*ts, -qty * sign, t, retention);
                     self.dirty_locs.insert(Arc::clone(loc));
-                    let f = WindowFigures { units_sold: *qty, orders: 1, ..Default::default() };
+                    let f = WindowFigures {
+                        units_sold: *qty,
+                        orders: 1,
+                        ..Default::default()
+                    };
                     self.add_window(cfg, t, loc, *ts, &f, sign);
                 }
             }
@@ -649,7 +742,10 @@ impl Sku {
         if had.reserved_window != want.reserved_window {
             for (entry, sign) in [(&had.reserved_window, -1i64), (&want.reserved_window, 1)] {
                 if let Some((loc, ts, qty)) = entry {
-                    let f = WindowFigures { units_reserved: *qty, ..Default::default() };
+                    let f = WindowFigures {
+                        units_reserved: *qty,
+                        ..Default::default()
+                    };
                     self.add_window(cfg, t, loc, *ts, &f, sign);
                 }
             }

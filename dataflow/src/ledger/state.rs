@@ -14,7 +14,7 @@ use crate::views::{ReservationView, SkuStock, SkuWindows, ViewStore};
 use crate::{Diff, EngineConfig, Time};
 use hashbrown::{HashMap, HashSet};
 use parking_lot::RwLock;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use stockflow_types::event::{Event, EventKind};
 use stockflow_types::rows::{Change, ReservationRow, Status, StockRow, WindowFigures, WindowRow};
@@ -64,13 +64,17 @@ impl Dedup {
         self.generation = g;
     }
 
-    /// True the first time an id is seen.
-    fn first_sighting(&mut self, sku: &str, event_id: &str) -> bool {
+    /// The 128-bit identity of `(sku, event_id)`.
+    fn key(sku: &str, event_id: &str) -> u128 {
         let mut h = xxhash_rust::xxh3::Xxh3::new();
         h.update(sku.as_bytes());
         h.update(&[0xff]); // never part of UTF-8: the pair is unambiguous
         h.update(event_id.as_bytes());
-        let key = h.digest128();
+        h.digest128()
+    }
+
+    /// True the first time a key is seen.
+    fn first_sighting(&mut self, key: u128) -> bool {
         !self.previous.contains(&key) && self.current.insert(key)
     }
 }
@@ -91,8 +95,8 @@ struct Loc {
     moves_sum: i64,
     /// Movements after the count that are older than the retention horizon.
     folded: i64,
-    /// Live reservations in allocation order: (ts of `reserved`, reservation id) → qty.
-    live: BTreeMap<(Millis, Name), i64>,
+    /// Live reservations in allocation order: (ts of `reserved`, reservation id).
+    live: BTreeMap<(Millis, Name), Live>,
     /// The last published row: (on_hand, reserved).
     published: Option<(i64, i64)>,
 }
@@ -149,6 +153,14 @@ impl Loc {
     }
 }
 
+/// A live reservation within its location's allocation order.
+#[derive(Clone, Copy, Debug)]
+struct Live {
+    qty: i64,
+    /// The last allocation (None until first allocated).
+    held: Option<bool>,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 struct Reserved {
     ts: Millis,
@@ -191,13 +203,15 @@ struct Res {
 #[derive(Debug)]
 struct Sku {
     name: Name,
-    locs: BTreeMap<Name, Loc>,
+    locs: HashMap<Name, Loc>,
     res: HashMap<Name, Res>,
     windows: Arc<RwLock<SkuWindows>>,
     dirty: bool,
-    dirty_locs: BTreeSet<Name>,
-    dirty_res: BTreeSet<Name>,
-    window_deltas: BTreeMap<(Millis, Millis, Name), WindowFigures>,
+    /// Touched this time; may repeat (see [`unique`]).
+    dirty_locs: Vec<Name>,
+    dirty_res: Vec<Name>,
+    /// This time's window contributions: (size, start, location) → delta.
+    window_deltas: Vec<((Millis, Millis, Name), WindowFigures)>,
     evict_windows: bool,
 }
 
@@ -249,11 +263,14 @@ impl LedgerState {
     /// Appends the row changes to `out`.
     pub fn process(&mut self, t: Time, events: &mut Vec<Event>, out: &mut Vec<(Change, Diff)>) {
         self.dedup.rotate(t);
-        // One order for the events of a time, whatever order they arrived in, so that repeats
-        // of an event_id resolve the same way on every run.
-        events.sort_unstable();
-        for ev in events.drain(..) {
-            if !self.dedup.first_sighting(&ev.sku, &ev.event_id) {
+        // Repeats of an event_id within one time resolve to the least event, whatever order
+        // they arrived in; sorting by the identity hash puts them side by side (whole events
+        // are compared only on equal hashes). Everything after de-duplication is independent
+        // of the order of application.
+        let mut keyed: Vec<(u128, Event)> = events.drain(..).map(|e| (Dedup::key(&e.sku, &e.event_id), e)).collect();
+        keyed.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(&b.1)));
+        for (key, ev) in keyed {
+            if !self.dedup.first_sighting(key) {
                 self.stats.duplicates += 1;
                 continue;
             }
@@ -270,7 +287,7 @@ impl LedgerState {
                 };
                 match timer {
                     Timer::Reservation(id) => {
-                        s.dirty_res.insert(id);
+                        s.dirty_res.push(id);
                     }
                     Timer::Windows => s.evict_windows = true,
                 }
@@ -291,13 +308,13 @@ impl LedgerState {
             let windows = self.store.windows_of(&name);
             let sku = Sku {
                 name: Arc::clone(&name),
-                locs: BTreeMap::new(),
+                locs: HashMap::new(),
                 res: HashMap::new(),
                 windows,
                 dirty: false,
-                dirty_locs: BTreeSet::new(),
-                dirty_res: BTreeSet::new(),
-                window_deltas: BTreeMap::new(),
+                dirty_locs: Vec::new(),
+                dirty_res: Vec::new(),
+                window_deltas: Vec::new(),
                 evict_windows: false,
             };
             self.skus.insert(name, sku);
@@ -425,32 +442,33 @@ impl LedgerState {
         let mut timers: Vec<(Time, Timer)> = Vec::new();
 
         // 1. Reservations: bring their contributions (live set, shipment, windows) up to date.
-        let dirty_res = std::mem::take(&mut s.dirty_res);
-        let mut emit_res: BTreeSet<Name> = BTreeSet::new();
+        let dirty_res = unique(std::mem::take(&mut s.dirty_res));
+        let mut emit_res: Vec<Name> = Vec::with_capacity(dirty_res.len());
         for id in &dirty_res {
             if let Some(timer) = s.update_contributions(&cfg, t, id) {
                 timers.push((timer, Timer::Reservation(Arc::clone(id))));
             }
-            emit_res.insert(Arc::clone(id));
+            emit_res.push(Arc::clone(id));
         }
 
         // 2. Locations: fold old movements, allocate live reservations first come first served.
-        let mut live_status: HashMap<Name, Status> = HashMap::new();
+        // The walk is linear in the live reservations of the location; only those whose
+        // allocation changed are re-emitted.
         let mut stock_changed = false;
-        for loc_name in std::mem::take(&mut s.dirty_locs) {
+        for loc_name in unique(std::mem::take(&mut s.dirty_locs)) {
             let loc = s.locs.get_mut(&loc_name).expect("dirty locations exist");
             loc.fold(t, retention);
             let on_hand = loc.on_hand();
             let mut held = 0i64;
-            for ((_, id), qty) in &loc.live {
-                let status = if held + qty <= on_hand {
-                    held += qty;
-                    Status::Held
-                } else {
-                    Status::Insufficient
-                };
-                live_status.insert(Arc::clone(id), status);
-                emit_res.insert(Arc::clone(id));
+            for ((_, id), live) in loc.live.iter_mut() {
+                let fits = held + live.qty <= on_hand;
+                if fits {
+                    held += live.qty;
+                }
+                if live.held != Some(fits) {
+                    live.held = Some(fits);
+                    emit_res.push(Arc::clone(id));
+                }
             }
             let now = (on_hand, held);
             if loc.published != Some(now) {
@@ -470,7 +488,7 @@ impl LedgerState {
             }
         }
         if stock_changed {
-            let locations = s
+            let mut locations: Vec<StockRow> = s
                 .locs
                 .iter()
                 .filter_map(|(name, l)| {
@@ -483,6 +501,7 @@ impl LedgerState {
                     })
                 })
                 .collect();
+            locations.sort_unstable_by(|a, b| a.location.cmp(&b.location));
             store.publish_stock(
                 sku_name,
                 SkuStock {
@@ -493,7 +512,7 @@ impl LedgerState {
         }
 
         // 3. Reservation rows: statuses, then evictions of those ended more than retention ago.
-        for id in emit_res {
+        for id in unique(emit_res) {
             let Some(res) = s.res.get_mut(&id) else {
                 continue;
             };
@@ -506,9 +525,14 @@ impl LedgerState {
                     Some(term) if term.fulfilled => Status::Fulfilled,
                     Some(_) => Status::Released,
                     None if t >= r.expires_at => Status::Expired,
-                    None => *live_status
-                        .get(&id)
-                        .expect("live reservations are allocated"),
+                    None => {
+                        let live = &s.locs[&r.location].live[&(r.ts, Arc::clone(&id))];
+                        if live.held.expect("live reservations are allocated") {
+                            Status::Held
+                        } else {
+                            Status::Insufficient
+                        }
+                    }
                 },
                 expires_at: r.expires_at,
             });
@@ -599,6 +623,14 @@ impl LedgerState {
     }
 }
 
+/// The distinct names of a list in which the same `Arc` may repeat (names are canonical per
+/// SKU: one `Arc` per location and per reservation).
+fn unique(mut names: Vec<Name>) -> Vec<Name> {
+    names.sort_unstable_by_key(|n| Arc::as_ptr(n).cast::<u8>() as usize);
+    names.dedup_by(|a, b| Arc::ptr_eq(a, b));
+    names
+}
+
 impl Sku {
     /// Marks a location dirty, creating it on first sight, and returns its shared name.
     fn touch_loc(&mut self, location: &str) -> Name {
@@ -610,7 +642,7 @@ impl Sku {
                 name
             }
         };
-        self.dirty_locs.insert(Arc::clone(&name));
+        self.dirty_locs.push(Arc::clone(&name));
         name
     }
 
@@ -632,7 +664,7 @@ impl Sku {
                 (name, true)
             }
         };
-        self.dirty_res.insert(Arc::clone(&name));
+        self.dirty_res.push(Arc::clone(&name));
         let res = self.res.get_mut(&name).expect("inserted above");
         (name, res, new)
     }
@@ -659,10 +691,18 @@ impl Sku {
             if start + w.size_ms + cfg.retention_ms <= t {
                 continue; // evicted already: the window is final
             }
-            self.window_deltas
-                .entry((w.size_ms, start, Arc::clone(loc)))
-                .or_default()
-                .add(f, sign);
+            let found = self
+                .window_deltas
+                .iter_mut()
+                .find(|((size, st, l), _)| *size == w.size_ms && *st == start && Arc::ptr_eq(l, loc));
+            match found {
+                Some((_, delta)) => delta.add(f, sign),
+                None => {
+                    let mut delta = WindowFigures::default();
+                    delta.add(f, sign);
+                    self.window_deltas.push(((w.size_ms, start, Arc::clone(loc)), delta));
+                }
+            }
         }
     }
 
@@ -690,7 +730,7 @@ impl Sku {
         let mut timer = None;
         if let (true, Some((loc, _, _))) = (live, &want.live) {
             // Its status is decided by allocation over the whole location.
-            self.dirty_locs.insert(Arc::clone(loc));
+            self.dirty_locs.push(Arc::clone(loc));
             res.ended_at = None;
             let expiry = tick_ceil(res.reserved.as_ref().expect("live").expires_at, cfg.tick_ms);
             if res.expiry_timer != Some(expiry) {
@@ -713,11 +753,11 @@ impl Sku {
                         .get_mut(loc)
                         .expect("reservations name known locations");
                     if add {
-                        l.live.insert((*ts, Arc::clone(id)), *qty);
+                        l.live.insert((*ts, Arc::clone(id)), Live { qty: *qty, held: None });
                     } else {
                         l.live.remove(&(*ts, Arc::clone(id)));
                     }
-                    self.dirty_locs.insert(Arc::clone(loc));
+                    self.dirty_locs.push(Arc::clone(loc));
                 }
             }
         }
@@ -729,7 +769,7 @@ impl Sku {
                         .get_mut(loc)
                         .expect("reservations name known locations");
                     l.add_movement(*ts, -qty * sign, t, retention);
-                    self.dirty_locs.insert(Arc::clone(loc));
+                    self.dirty_locs.push(Arc::clone(loc));
                     let f = WindowFigures {
                         units_sold: *qty,
                         orders: 1,

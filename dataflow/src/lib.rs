@@ -23,7 +23,7 @@
 //!     engine.advance_to(20);
 //!     while engine.pending(20) { worker.step(); }
 //! }).unwrap();
-//! assert_eq!(store.stock("A").unwrap().locations[0].on_hand, 5);
+//! assert_eq!(store.stock("A").unwrap().get("L").unwrap().on_hand, 5);
 //! ```
 
 pub mod clock;

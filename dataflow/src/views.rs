@@ -15,16 +15,52 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use stockflow_types::config::WindowSpec;
-use stockflow_types::rows::{ReservationRow, StockRow, WindowFigures};
+use stockflow_types::rows::{ReservationRow, WindowFigures};
 use stockflow_types::{Millis, Name};
 
 /// Stock of every location of one SKU.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SkuStock {
-    /// One row per location ever seen, ordered by location.
-    pub locations: Vec<StockRow>,
+    /// Every location ever seen, in order (shared between versions).
+    pub names: Arc<[Name]>,
+    /// `(on_hand, reserved)` per location, aligned with `names`.
+    pub figures: Vec<(i64, i64)>,
     /// The pipeline time of the last change.
     pub changed_at: Time,
+}
+
+/// One location's figures as read from a [`SkuStock`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LocationStock<'a> {
+    /// The location.
+    pub location: &'a str,
+    /// Units on hand.
+    pub on_hand: i64,
+    /// Units held by reservations.
+    pub reserved: i64,
+    /// `on_hand - reserved`.
+    pub available: i64,
+}
+
+impl SkuStock {
+    /// The locations in order.
+    pub fn iter(&self) -> impl Iterator<Item = LocationStock<'_>> {
+        self.names
+            .iter()
+            .zip(&self.figures)
+            .map(|(n, (on_hand, reserved))| LocationStock {
+                location: n,
+                on_hand: *on_hand,
+                reserved: *reserved,
+                available: on_hand - reserved,
+            })
+    }
+
+    /// One location.
+    pub fn get(&self, location: &str) -> Option<LocationStock<'_>> {
+        let i = self.names.binary_search_by(|n| (**n).cmp(location)).ok()?;
+        self.iter().nth(i)
+    }
 }
 
 /// One reservation as published.
@@ -144,7 +180,7 @@ impl ViewStore {
 
     /// Number of (sku, location) rows.
     pub fn location_count(&self) -> usize {
-        self.stock.iter().map(|e| e.value().locations.len()).sum()
+        self.stock.iter().map(|e| e.value().names.len()).sum()
     }
 
     /// Number of reservations held.

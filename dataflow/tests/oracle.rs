@@ -190,7 +190,7 @@ fn reference(all: &[Admitted], t: Time, cfg: &EngineConfig) -> Views {
             v.stock.entry(key(location)).or_default();
         }
     }
-    for (sku, (r, term, _)) in facts.iter().map(|(_, f)| (&f.2, f)) {
+    for (sku, (r, term, _)) in facts.values().map(|f| (&f.2, f)) {
         if let Some((ts, _, loc, qty, _)) = r {
             add_window(
                 loc,
@@ -326,8 +326,8 @@ fn observed(store: &ViewStore, reference: &Views) -> Views {
     let mut v = Views::default();
     for sku in SKUS.iter().chain(&["S"]) {
         if let Some(stock) = store.stock(sku) {
-            for r in &stock.locations {
-                assert_eq!(r.available, r.on_hand - r.reserved);
+            for r in stock.iter() {
+                assert_eq!(stock.get(r.location), Some(r));
                 v.stock.insert(
                     (sku.to_string(), r.location.to_string()),
                     (r.on_hand, r.reserved),

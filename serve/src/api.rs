@@ -178,7 +178,6 @@ pub fn stock(store: &ViewStore, sku: &str) -> Result<StockResponse, Problem> {
         .ok_or_else(|| never_seen(format!("SKU {sku:?}")))?;
     let (mut on_hand, mut reserved) = (0, 0);
     let locations = s
-        .locations
         .iter()
         .map(|r| {
             on_hand += r.on_hand;
@@ -215,9 +214,7 @@ pub fn location_stock(
         .stock(sku)
         .ok_or_else(|| never_seen(format!("SKU {sku:?}")))?;
     let r = s
-        .locations
-        .iter()
-        .find(|r| &*r.location == location)
+        .get(location)
         .ok_or_else(|| never_seen(format!("location {location:?} of SKU {sku:?}")))?;
     Ok(LocationStockResponse {
         sku: sku.into(),

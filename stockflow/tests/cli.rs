@@ -97,9 +97,7 @@ fn file_in_http_and_dead_letters_out() {
         ),
         "{not json".to_string(),
         format!(r#"{{"event_id":"5","type":"sold","sku":"A 1","ts":{now},"location":"x"}}"#),
-        format!(
-            r#"{{"event_id":"6","type":"sold","sku":"A 1","ts":"2026-01-01T00:00:00Z","location":"y","qty":1}}"#
-        ),
+        r#"{"event_id":"6","type":"sold","sku":"A 1","ts":"2026-01-01T00:00:00Z","location":"y","qty":1}"#.to_string(),
         format!(
             r#"{{"event_id":"6","type":"sold","sku":"A 1","ts":{now},"location":"y","qty":1}}"#
         ),

@@ -99,6 +99,8 @@ struct Loc {
     live: BTreeMap<(Millis, Name), Live>,
     /// The last published row: (on_hand, reserved).
     published: Option<(i64, i64)>,
+    /// Index of this location in the SKU's sorted location names.
+    pos: usize,
 }
 
 impl Loc {
@@ -204,6 +206,10 @@ struct Res {
 struct Sku {
     name: Name,
     locs: HashMap<Name, Loc>,
+    /// Location names in order, shared with every published [`SkuStock`].
+    loc_names: Arc<[Name]>,
+    /// Published (on_hand, reserved) per location, aligned with `loc_names`.
+    figures: Vec<(i64, i64)>,
     res: HashMap<Name, Res>,
     windows: Arc<RwLock<SkuWindows>>,
     dirty: bool,
@@ -267,7 +273,10 @@ impl LedgerState {
         // they arrived in; sorting by the identity hash puts them side by side (whole events
         // are compared only on equal hashes). Everything after de-duplication is independent
         // of the order of application.
-        let mut keyed: Vec<(u128, Event)> = events.drain(..).map(|e| (Dedup::key(&e.sku, &e.event_id), e)).collect();
+        let mut keyed: Vec<(u128, Event)> = events
+            .drain(..)
+            .map(|e| (Dedup::key(&e.sku, &e.event_id), e))
+            .collect();
         keyed.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(&b.1)));
         for (key, ev) in keyed {
             if !self.dedup.first_sighting(key) {
@@ -309,6 +318,8 @@ impl LedgerState {
             let sku = Sku {
                 name: Arc::clone(&name),
                 locs: HashMap::new(),
+                loc_names: Arc::from(Vec::new()),
+                figures: Vec::new(),
                 res: HashMap::new(),
                 windows,
                 dirty: false,
@@ -471,6 +482,7 @@ impl LedgerState {
                 }
             }
             let now = (on_hand, held);
+            s.figures[loc.pos] = now;
             if loc.published != Some(now) {
                 let row = |(on_hand, reserved): (i64, i64)| StockRow {
                     sku: Arc::clone(sku_name),
@@ -488,27 +500,12 @@ impl LedgerState {
             }
         }
         if stock_changed {
-            let mut locations: Vec<StockRow> = s
-                .locs
-                .iter()
-                .filter_map(|(name, l)| {
-                    l.published.map(|(on_hand, reserved)| StockRow {
-                        sku: Arc::clone(sku_name),
-                        location: Arc::clone(name),
-                        on_hand,
-                        reserved,
-                        available: on_hand - reserved,
-                    })
-                })
-                .collect();
-            locations.sort_unstable_by(|a, b| a.location.cmp(&b.location));
-            store.publish_stock(
-                sku_name,
-                SkuStock {
-                    locations,
-                    changed_at: t,
-                },
-            );
+            let stock = SkuStock {
+                names: Arc::clone(&s.loc_names),
+                figures: s.figures.clone(),
+                changed_at: t,
+            };
+            store.publish_stock(sku_name, stock);
         }
 
         // 3. Reservation rows: statuses, then evictions of those ended more than retention ago.
@@ -639,6 +636,16 @@ impl Sku {
             None => {
                 let name: Name = location.into();
                 self.locs.insert(Arc::clone(&name), Loc::default());
+                // A new location (rare): re-derive the order and everyone's position.
+                let mut names: Vec<Name> = self.locs.keys().cloned().collect();
+                names.sort_unstable();
+                self.figures = vec![(0, 0); names.len()];
+                for (pos, n) in names.iter().enumerate() {
+                    let l = self.locs.get_mut(n).expect("listed");
+                    l.pos = pos;
+                    self.figures[pos] = l.published.unwrap_or((0, 0));
+                }
+                self.loc_names = names.into();
                 name
             }
         };
@@ -691,16 +698,16 @@ impl Sku {
             if start + w.size_ms + cfg.retention_ms <= t {
                 continue; // evicted already: the window is final
             }
-            let found = self
-                .window_deltas
-                .iter_mut()
-                .find(|((size, st, l), _)| *size == w.size_ms && *st == start && Arc::ptr_eq(l, loc));
+            let found = self.window_deltas.iter_mut().find(|((size, st, l), _)| {
+                *size == w.size_ms && *st == start && Arc::ptr_eq(l, loc)
+            });
             match found {
                 Some((_, delta)) => delta.add(f, sign),
                 None => {
                     let mut delta = WindowFigures::default();
                     delta.add(f, sign);
-                    self.window_deltas.push(((w.size_ms, start, Arc::clone(loc)), delta));
+                    self.window_deltas
+                        .push(((w.size_ms, start, Arc::clone(loc)), delta));
                 }
             }
         }
@@ -753,7 +760,13 @@ impl Sku {
                         .get_mut(loc)
                         .expect("reservations name known locations");
                     if add {
-                        l.live.insert((*ts, Arc::clone(id)), Live { qty: *qty, held: None });
+                        l.live.insert(
+                            (*ts, Arc::clone(id)),
+                            Live {
+                                qty: *qty,
+                                held: None,
+                            },
+                        );
                     } else {
                         l.live.remove(&(*ts, Arc::clone(id)));
                     }
@@ -802,14 +815,14 @@ mod tests {
     fn dedup_remembers_at_least_one_window() {
         let mut d = Dedup::new(100);
         d.rotate(0);
-        assert!(d.first_sighting("s", "e"));
-        assert!(!d.first_sighting("s", "e"));
-        assert!(d.first_sighting("t", "e"), "ids are per SKU");
+        assert!(d.first_sighting(Dedup::key("s", "e")));
+        assert!(!d.first_sighting(Dedup::key("s", "e")));
+        assert!(d.first_sighting(Dedup::key("t", "e")), "ids are per SKU");
         d.rotate(199); // next generation: still remembered
-        assert!(!d.first_sighting("s", "e"));
+        assert!(!d.first_sighting(Dedup::key("s", "e")));
         d.rotate(200); // two generations later: forgotten
-        assert!(d.first_sighting("s", "e"));
+        assert!(d.first_sighting(Dedup::key("s", "e")));
         d.rotate(1000); // a jump clears everything
-        assert!(d.first_sighting("t", "e"));
+        assert!(d.first_sighting(Dedup::key("t", "e")));
     }
 }

@@ -97,6 +97,15 @@ struct Loc {
     folded: i64,
     /// Live reservations in allocation order: (ts of `reserved`, reservation id).
     live: BTreeMap<(Millis, Name), Live>,
+    /// Sum of `qty` over `live`.
+    live_total: i64,
+    /// Live entries added since the last allocation.
+    added: Vec<(Millis, Name)>,
+    /// The last allocation held every live reservation.
+    all_held: bool,
+    /// The last allocation ran out of stock here: every live entry from this key on was
+    /// `insufficient`.
+    tail: Option<(Millis, Name)>,
     /// The last published row: (on_hand, reserved).
     published: Option<(i64, i64)>,
     /// Index of this location in the SKU's sorted location names.
@@ -148,6 +157,56 @@ impl Loc {
             self.moves_sum -= q;
             self.folded += q;
         }
+    }
+
+    /// Allocates `on_hand` to the live reservations, first come first served (greedy: one that
+    /// does not fit is skipped and later smaller ones may fit). Pushes the ids whose allocation
+    /// changed to `changed` and returns the units held.
+    ///
+    /// The result is that of a full walk; two shortcuts keep hot locations cheap. When all were
+    /// held and still fit, only new entries are visited. Once nothing remains, everything after
+    /// is insufficient, and so was everything after the previous walk's exhaustion point: the
+    /// walk stops there and only new entries beyond it are visited.
+    fn allocate(&mut self, on_hand: i64, changed: &mut Vec<Name>) -> i64 {
+        let added = std::mem::take(&mut self.added);
+        let mut set = |live: &mut Live, id: &Name, fits: bool| {
+            if live.held != Some(fits) {
+                live.held = Some(fits);
+                changed.push(Arc::clone(id));
+            }
+        };
+        if self.all_held && on_hand >= self.live_total {
+            for key in &added {
+                if let Some(live) = self.live.get_mut(key) {
+                    set(live, &key.1, true);
+                }
+            }
+            return self.live_total;
+        }
+        let old_tail = self.tail.take();
+        let mut held = 0i64;
+        for (key, live) in self.live.iter_mut() {
+            if self.tail.is_none() && on_hand - held <= 0 {
+                self.tail = Some(key.clone());
+            }
+            if self.tail.is_some() && old_tail.as_ref().is_some_and(|old| old <= key) {
+                break; // insufficient before and after, but for new entries (below)
+            }
+            let fits = self.tail.is_none() && held + live.qty <= on_hand;
+            if fits {
+                held += live.qty;
+            }
+            set(live, &key.1, fits);
+        }
+        for key in &added {
+            if let Some(live) = self.live.get_mut(key) {
+                if live.held.is_none() {
+                    set(live, &key.1, false);
+                }
+            }
+        }
+        self.all_held = held == self.live_total;
+        held
     }
 
     fn on_hand(&self) -> i64 {
@@ -470,17 +529,7 @@ impl LedgerState {
             let loc = s.locs.get_mut(&loc_name).expect("dirty locations exist");
             loc.fold(t, retention);
             let on_hand = loc.on_hand();
-            let mut held = 0i64;
-            for ((_, id), live) in loc.live.iter_mut() {
-                let fits = held + live.qty <= on_hand;
-                if fits {
-                    held += live.qty;
-                }
-                if live.held != Some(fits) {
-                    live.held = Some(fits);
-                    emit_res.push(Arc::clone(id));
-                }
-            }
+            let held = loc.allocate(on_hand, &mut emit_res);
             let now = (on_hand, held);
             s.figures[loc.pos] = now;
             if loc.published != Some(now) {
@@ -760,6 +809,8 @@ impl Sku {
                         .get_mut(loc)
                         .expect("reservations name known locations");
                     if add {
+                        l.live_total += qty;
+                        l.added.push((*ts, Arc::clone(id)));
                         l.live.insert(
                             (*ts, Arc::clone(id)),
                             Live {
@@ -768,6 +819,7 @@ impl Sku {
                             },
                         );
                     } else {
+                        l.live_total -= qty;
                         l.live.remove(&(*ts, Arc::clone(id)));
                     }
                     self.dirty_locs.push(Arc::clone(loc));
@@ -809,7 +861,53 @@ impl Sku {
 
 #[cfg(test)]
 mod tests {
-    use super::Dedup;
+    use super::{Dedup, Live, Loc};
+    use proptest::prelude::*;
+    use std::sync::Arc;
+
+    /// Allocation with shortcuts equals a plain greedy walk after every step.
+    fn check_allocation(ops: Vec<(u8, u64, i64)>) -> Result<(), TestCaseError> {
+        let mut loc = Loc::default();
+        let mut names: Vec<super::Name> = (0..16).map(|i| super::Name::from(format!("r{i}"))).collect();
+        names.sort();
+        for (op, which, value) in ops {
+            let key = (which % 4, Arc::clone(&names[which as usize % names.len()]));
+            match op % 3 {
+                0 if !loc.live.contains_key(&key) => {
+                    let qty = value.rem_euclid(5) + 1;
+                    loc.live_total += qty;
+                    loc.added.push(key.clone());
+                    loc.live.insert(key, Live { qty, held: None });
+                }
+                1 => {
+                    if let Some(l) = loc.live.remove(&key) {
+                        loc.live_total -= l.qty;
+                    }
+                }
+                _ => {}
+            }
+            let on_hand = value.rem_euclid(30) - 5;
+            let mut changed = Vec::new();
+            let held = loc.allocate(on_hand, &mut changed);
+            let mut want_held = 0;
+            for l in loc.live.values() {
+                let fits = want_held + l.qty <= on_hand;
+                if fits {
+                    want_held += l.qty;
+                }
+                prop_assert_eq!(l.held, Some(fits));
+            }
+            prop_assert_eq!(held, want_held);
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #[test]
+        fn allocation_matches_a_full_greedy_walk(ops in prop::collection::vec((any::<u8>(), any::<u64>(), any::<i64>()), 1..80)) {
+            check_allocation(ops)?;
+        }
+    }
 
     #[test]
     fn dedup_remembers_at_least_one_window() {

@@ -1,0 +1,15 @@
+# stockflow: build in a Rust image, run in a slim Debian.
+FROM rust:1-bookworm AS build
+WORKDIR /src
+COPY . .
+RUN cargo build --release --locked -p stockflow
+
+FROM debian:bookworm-slim
+RUN useradd --system --home /var/lib/stockflow stockflow && mkdir -p /var/lib/stockflow && chown stockflow /var/lib/stockflow
+COPY --from=build /src/target/release/stockflow /usr/local/bin/stockflow
+COPY configs /etc/stockflow
+USER stockflow
+WORKDIR /var/lib/stockflow
+EXPOSE 8080
+ENTRYPOINT ["stockflow"]
+CMD ["run", "--http", "0.0.0.0:8080"]

@@ -17,14 +17,31 @@ pub fn rss_bytes() -> u64 {
 }
 
 /// The baseline: what a hand-written consumer keeps, stock per (sku, location), folded in
-/// arrival order. Counts overwrite (events arrive in business-time order here), fulfilments
-/// look their reservation up. No allocation among reservations, no expiry, no windows, no
+/// business-time order. A count overwrites and later movements at or before its `ts` are
+/// ignored (the contract's rule, for a stream in time order); fulfilments look their
+/// reservation up. No allocation among reservations, no expiry, no windows, no
 /// de-duplication. Lookups borrow (`entry_ref`), so a hit allocates nothing.
 #[derive(Default)]
 pub struct HashMapFold {
-    /// on_hand per sku, then location.
-    pub stock: HashMap<String, HashMap<String, i64>>,
+    /// (on_hand, latest count's (ts, event_id)) per sku, then location.
+    pub stock: HashMap<String, HashMap<String, Level>>,
     reservations: HashMap<String, (String, String, i64)>,
+}
+
+/// One (sku, location) of the fold.
+#[derive(Default)]
+pub struct Level {
+    /// Units on hand.
+    pub on_hand: i64,
+    count: Option<(u64, String)>,
+}
+
+impl Level {
+    fn movement(&mut self, ts: u64, qty: i64) {
+        if self.count.as_ref().is_none_or(|(c, _)| ts > *c) {
+            self.on_hand += qty;
+        }
+    }
 }
 
 impl HashMapFold {
@@ -32,10 +49,22 @@ impl HashMapFold {
     pub fn apply(&mut self, ev: &Event) {
         match &ev.kind {
             EventKind::Received { location, qty } | EventKind::Adjusted { location, qty } => {
-                *self.entry(&ev.sku, location) += qty;
+                self.entry(&ev.sku, location).movement(ev.ts, *qty);
             }
-            EventKind::Sold { location, qty } => *self.entry(&ev.sku, location) -= qty,
-            EventKind::Counted { location, qty } => *self.entry(&ev.sku, location) = *qty,
+            EventKind::Sold { location, qty } => {
+                self.entry(&ev.sku, location).movement(ev.ts, -qty)
+            }
+            EventKind::Counted { location, qty } => {
+                let level = self.entry(&ev.sku, location);
+                if level
+                    .count
+                    .as_ref()
+                    .is_none_or(|(ts, id)| (ev.ts, &ev.event_id) > (*ts, id))
+                {
+                    level.count = Some((ev.ts, ev.event_id.clone()));
+                    level.on_hand = *qty;
+                }
+            }
             EventKind::Reserved {
                 reservation_id,
                 location,
@@ -53,18 +82,18 @@ impl HashMapFold {
             }
             EventKind::Fulfilled { reservation_id } => {
                 if let Some((sku, location, qty)) = self.reservations.remove(reservation_id) {
-                    *self.entry(&sku, &location) -= qty;
+                    self.entry(&sku, &location).movement(ev.ts, -qty);
                 }
             }
         }
     }
 
-    fn entry(&mut self, sku: &str, location: &str) -> &mut i64 {
+    fn entry(&mut self, sku: &str, location: &str) -> &mut Level {
         self.stock
             .entry_ref(sku)
             .or_default()
             .entry_ref(location)
-            .or_insert(0)
+            .or_default()
     }
 
     /// Number of (sku, location) keys.

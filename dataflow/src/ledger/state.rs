@@ -868,7 +868,9 @@ mod tests {
     /// Allocation with shortcuts equals a plain greedy walk after every step.
     fn check_allocation(ops: Vec<(u8, u64, i64)>) -> Result<(), TestCaseError> {
         let mut loc = Loc::default();
-        let mut names: Vec<super::Name> = (0..16).map(|i| super::Name::from(format!("r{i}"))).collect();
+        let mut names: Vec<super::Name> = (0..16)
+            .map(|i| super::Name::from(format!("r{i}")))
+            .collect();
         names.sort();
         for (op, which, value) in ops {
             let key = (which % 4, Arc::clone(&names[which as usize % names.len()]));

@@ -78,8 +78,8 @@ impl EngineConfig {
         })
     }
 
-    /// A small configuration for tests and examples: the given tick, windows of 50 and 200 tick
-    /// units... in ms: `50 * tick` and `200 * tick`, retention and dedup far away.
+    /// A configuration for tests and examples: the given tick, windows of 50 and 200 ticks,
+    /// retention and de-duplication far away, top 5.
     pub fn for_tests(tick_ms: u64) -> Self {
         EngineConfig {
             tick_ms,

@@ -407,6 +407,7 @@ impl LedgerState {
             self.stats.stale_counts += 1;
             return;
         }
+        let fulfilled = matches!(ev.kind, EventKind::Fulfilled { .. });
         let s = self.sku_mut(&ev.sku);
         match ev.kind {
             EventKind::Received { location, qty } => {
@@ -472,19 +473,11 @@ impl LedgerState {
                     new_res_timer = Some(id);
                 }
             }
-            EventKind::Released { reservation_id } => {
+            EventKind::Released { reservation_id } | EventKind::Fulfilled { reservation_id } => {
                 let term = Terminal {
                     ts: ev.ts,
                     event_id: ev.event_id,
-                    fulfilled: false,
-                };
-                new_res_timer = s.terminal(&reservation_id, t, term);
-            }
-            EventKind::Fulfilled { reservation_id } => {
-                let term = Terminal {
-                    ts: ev.ts,
-                    event_id: ev.event_id,
-                    fulfilled: true,
+                    fulfilled,
                 };
                 new_res_timer = s.terminal(&reservation_id, t, term);
             }

@@ -63,6 +63,8 @@ pub struct EngineConfig {
     pub windows: Vec<WindowSpec>,
     /// Entries kept per top-sellers ranking.
     pub top_k: usize,
+    /// The ranking is updated at multiples of this, ms (a multiple of the tick).
+    pub top_tick_ms: u64,
 }
 
 impl EngineConfig {
@@ -75,11 +77,12 @@ impl EngineConfig {
             dedup_window_ms: s.pipeline.dedup_window.as_millis() as u64,
             windows: s.window_specs()?,
             top_k: s.pipeline.top_k,
+            top_tick_ms: s.pipeline.top_tick.as_millis() as u64,
         })
     }
 
     /// A configuration for tests and examples: the given tick, windows of 50 and 200 ticks,
-    /// retention and de-duplication far away, top 5.
+    /// retention and de-duplication far away, top 5 ranked every tick.
     pub fn for_tests(tick_ms: u64) -> Self {
         EngineConfig {
             tick_ms,
@@ -96,6 +99,7 @@ impl EngineConfig {
                 },
             ],
             top_k: 5,
+            top_tick_ms: tick_ms,
         }
     }
 }
@@ -134,10 +138,12 @@ impl Engine {
                 local_worker,
                 stats2,
             );
-            let probe = ProbeHandle::new();
-            let ranked = topk::top_sellers(changes.clone(), cfg.top_k);
-            topk::publish(ranked, Arc::clone(&store), local_worker, cfg.tick_ms).probe_with(&probe);
-            attach(changes).inner.probe_with(&probe);
+            // One chain, so the changes are never copied for a second consumer: whatever is
+            // attached passes them on to the ranking, and the probe at the end covers it all.
+            let changes = attach(changes);
+            let ranked = topk::top_sellers(changes, cfg.top_k, cfg.top_tick_ms);
+            let (probe, _) =
+                topk::publish(ranked, Arc::clone(&store), local_worker, cfg.top_tick_ms).probe();
             (input, probe)
         });
         Engine {

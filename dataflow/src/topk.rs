@@ -24,10 +24,13 @@ const BUCKETS: u64 = 16;
 /// A ranked entry: `(-units_sold, sku)` under `(window_ms, window_start)`.
 type Ranked = ((Millis, Millis), (i64, Name));
 
-/// The `k` best-selling SKUs of every window, as `((window_ms, start), (-units, sku))`.
+/// The `k` best-selling SKUs of every window, as `((window_ms, start), (-units, sku))`,
+/// brought up to date at multiples of `step` ms: changes are delayed to the next multiple, so
+/// the ranking at a multiple `T` reflects exactly the changes at or before `T`.
 pub fn top_sellers<'s>(
     changes: VecCollection<'s, Time, Change, Diff>,
     k: usize,
+    step: u64,
 ) -> VecCollection<'s, Time, Ranked, Diff> {
     let best = move |input: &[(&(i64, Name), Diff)], output: &mut Vec<((i64, Name), Diff)>| {
         for (entry, _) in input.iter().take(k) {
@@ -35,6 +38,7 @@ pub fn top_sellers<'s>(
         }
     };
     changes
+        .delay(move |t| t.div_ceil(step) * step)
         .explode(|c| match c {
             Change::Window(w) if w.figures.units_sold != 0 => {
                 Some(((w.window_ms, w.window_start, w.sku), w.figures.units_sold))
@@ -65,12 +69,13 @@ pub fn top_sellers<'s>(
         })
 }
 
-/// Publishes the rankings into `store` as each time completes. Returns a stream to probe.
+/// Publishes the rankings into `store` as each time completes, and the last multiple of `step`
+/// completed as the view's `as_of`. Returns a stream to probe.
 pub fn publish<'s>(
     ranked: VecCollection<'s, Time, Ranked, Diff>,
     store: Arc<ViewStore>,
     local_worker: usize,
-    tick: u64,
+    step: u64,
 ) -> StreamVec<'s, Time, ()> {
     ranked
         .inner
@@ -118,7 +123,8 @@ pub fn publish<'s>(
                         }
                     }
                     if let Some(f) = frontier.frontier().first() {
-                        store.set_top_completed(local_worker, f.saturating_sub(tick));
+                        let last = f.saturating_sub(1);
+                        store.set_top_completed(local_worker, last - last % step);
                     }
                 }
             },

@@ -322,7 +322,7 @@ fn row(id: &str, sku: &str, r: &(u64, String, String, i64, u64), status: Status)
 // What the dataflow says: the published views, and the accumulated change collection.
 // ------------------------------------------------------------------------------------------
 
-fn observed(store: &ViewStore, reference: &Views) -> Views {
+fn observed(store: &ViewStore, reference: &Views, top_reference: &Views) -> Views {
     let mut v = Views::default();
     for sku in SKUS.iter().chain(&["S"]) {
         if let Some(stock) = store.stock(sku) {
@@ -347,7 +347,7 @@ fn observed(store: &ViewStore, reference: &Views) -> Views {
             v.reservations.insert(id, r.row.clone());
         }
     }
-    let mut starts: BTreeSet<(u64, u64)> = reference.top.keys().copied().collect();
+    let mut starts: BTreeSet<(u64, u64)> = top_reference.top.keys().copied().collect();
     starts.extend(store.top_windows());
     for (size, start) in starts {
         if let Some(top) = store.top(size, start) {
@@ -433,9 +433,21 @@ fn check(
             }
             b.wait();
             if worker.index() == 0 && f.lock().unwrap().is_none() {
-                let want = reference(&e, t, &k);
-                let got =
-                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| observed(&s, &want)));
+                let mut want = reference(&e, t, &k);
+                // The ranking is exact as of its own as_of, a multiple of top_tick.
+                let top_at = s.top_as_of();
+                let want_top = reference(&e, top_at, &k);
+                let got = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    observed(&s, &want, &want_top)
+                }));
+                if top_at % k.top_tick_ms != 0
+                    || top_at > t
+                    || top_at + k.top_tick_ms <= t - t % k.top_tick_ms
+                {
+                    *f.lock().unwrap() = Some(format!("top as_of {top_at} at t={t}"));
+                }
+                let rows = rows_of(&want);
+                want.top = want_top.top;
                 let mut accumulated: BTreeMap<Change, i64> = BTreeMap::new();
                 for (ch, at, r) in c.lock().unwrap().iter() {
                     if *at <= t {
@@ -450,12 +462,9 @@ fn check(
                             "views differ at t={t}:\n got {got:?}\nwant {want:?}"
                         ))
                     }
-                    Ok(_) if accumulated != rows_of(&want) => {
-                        *f.lock().unwrap() = Some(format!(
-                            "change collection differs at t={t}:\n got {accumulated:?}\nwant {:?}",
-                            rows_of(&want)
-                        ))
-                    }
+                    Ok(_) if accumulated != rows => *f.lock().unwrap() = Some(format!(
+                        "change collection differs at t={t}:\n got {accumulated:?}\nwant {rows:?}"
+                    )),
                     Ok(_) => {}
                 }
             }
@@ -647,6 +656,7 @@ fn small_windows(retention_ms: u64) -> EngineConfig {
             },
         ],
         top_k: 2,
+        top_tick_ms: 3 * TICK,
     }
 }
 

@@ -462,9 +462,11 @@ fn check(
                             "views differ at t={t}:\n got {got:?}\nwant {want:?}"
                         ))
                     }
-                    Ok(_) if accumulated != rows => *f.lock().unwrap() = Some(format!(
+                    Ok(_) if accumulated != rows => {
+                        *f.lock().unwrap() = Some(format!(
                         "change collection differs at t={t}:\n got {accumulated:?}\nwant {rows:?}"
-                    )),
+                    ))
+                    }
                     Ok(_) => {}
                 }
             }

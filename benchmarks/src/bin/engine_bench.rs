@@ -115,6 +115,32 @@ fn main() {
         BATCH
     );
 
+    // Memory first, before other runs have grown (and fragmented) the heap.
+    // Memory: generate the events inside the worker as they are admitted (no input held) and
+    // divide the growth of resident memory by the live (sku, location) keys.
+    let before = rss_bytes();
+    let clock = Arc::new(AtomicU64::new(BASE_MS));
+    let c = Arc::clone(&clock);
+    let mut g = Generator::new(&gen, 0, 1, Arc::new(move || c.load(Ordering::Relaxed)));
+    let mut i = 0;
+    let streamed = std::iter::from_fn(move || {
+        clock.store(BASE_MS + (i / BATCH) as u64, Ordering::Relaxed);
+        i += 1;
+        Some(g.next_event())
+    });
+    let run = run_engine(&cfg, vec![Box::new(streamed.take(events))]);
+    let after = rss_bytes();
+    let keys = run.store.location_count();
+    println!(
+        "memory after {events} events on 1 worker: {} live (sku, location) keys, {} SKUs, {} reservations held; \
+         resident growth {:.1} MiB = {:.0} bytes per key (views, reservations, windows and de-dup ids included)",
+        keys,
+        run.store.sku_count(),
+        run.store.reservation_count(),
+        after.saturating_sub(before) as f64 / 1048576.0,
+        after.saturating_sub(before) as f64 / keys.max(1) as f64,
+    );
+
     // The ledger state machine alone, one thread, no timely: where the per-event work goes.
     {
         let share = workload(&gen, events, 0, 1);
@@ -200,30 +226,4 @@ fn main() {
             rate / fold
         );
     }
-
-    // Memory: generate the events inside the worker as they are admitted (no input held) and
-    // divide the growth of resident memory by the live (sku, location) keys.
-    let before = rss_bytes();
-    let clock = Arc::new(AtomicU64::new(BASE_MS));
-    let c = Arc::clone(&clock);
-    let mut g = Generator::new(&gen, 0, 1, Arc::new(move || c.load(Ordering::Relaxed)));
-    let mut i = 0;
-    let streamed = std::iter::from_fn(move || {
-        clock.store(BASE_MS + (i / BATCH) as u64, Ordering::Relaxed);
-        i += 1;
-        Some(g.next_event())
-    });
-    let run = run_engine(&cfg, vec![Box::new(streamed.take(events))]);
-    let after = rss_bytes();
-    let keys = run.store.location_count();
-    println!();
-    println!(
-        "memory after {events} events on 1 worker: {} live (sku, location) keys, {} SKUs, {} reservations held; \
-         resident growth {:.1} MiB = {:.0} bytes per key (views, reservations, windows and de-dup ids included)",
-        keys,
-        run.store.sku_count(),
-        run.store.reservation_count(),
-        after.saturating_sub(before) as f64 / 1048576.0,
-        after.saturating_sub(before) as f64 / keys.max(1) as f64,
-    );
 }

@@ -101,7 +101,7 @@ pub struct ViewStore {
     ledger_completed: Vec<AtomicU64>,
     top_completed: Vec<AtomicU64>,
     stock: DashMap<Name, Arc<SkuStock>>,
-    reservations: DashMap<Name, Arc<ReservationView>>,
+    reservations: DashMap<Name, ReservationView>,
     windows: DashMap<Name, Arc<RwLock<SkuWindows>>>,
     top: DashMap<(Millis, Millis), Arc<TopList>>,
 }
@@ -152,8 +152,8 @@ impl ViewStore {
     }
 
     /// A reservation, if seen and not yet forgotten (retention).
-    pub fn reservation(&self, id: &str) -> Option<Arc<ReservationView>> {
-        self.reservations.get(id).map(|e| Arc::clone(e.value()))
+    pub fn reservation(&self, id: &str) -> Option<ReservationView> {
+        self.reservations.get(id).map(|e| e.value().clone())
     }
 
     /// The windows of a SKU, if any.
@@ -203,8 +203,9 @@ impl ViewStore {
     }
 
     pub(crate) fn publish_reservation(&self, view: ReservationView) {
+        // Stored inline: no allocation per change once the id is known.
         self.reservations
-            .insert(Arc::clone(&view.row.reservation_id), Arc::new(view));
+            .insert(Arc::clone(&view.row.reservation_id), view);
     }
 
     pub(crate) fn forget_reservation(&self, id: &str) {

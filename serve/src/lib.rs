@@ -89,6 +89,11 @@ fn record(route: &'static str, status: StatusCode, started: Instant) {
         .record(started.elapsed().as_secs_f64());
 }
 
+fn parse_query(raw: &str) -> Result<HashMap<String, String>, Problem> {
+    serde_urlencoded::from_str(raw)
+        .map_err(|_| Problem::bad_request("the query string is malformed"))
+}
+
 fn segment(raw: String) -> String {
     percent_encoding::percent_decode_str(&raw)
         .decode_utf8_lossy()
@@ -104,11 +109,9 @@ pub fn routes(
         warp::any().map(move || Arc::clone(&s))
     };
     let start = || warp::any().map(Instant::now);
-    let query = || {
-        warp::query::<HashMap<String, String>>()
-            .or(warp::any().map(HashMap::new))
-            .unify()
-    };
+    // The raw query (empty if none), parsed in the handler so that a malformed one is a 400
+    // rather than silently ignored.
+    let query = || warp::query::raw().or(warp::any().map(String::new)).unify();
 
     let stock = warp::path!("v1" / "stock" / String)
         .and(st())
@@ -140,21 +143,20 @@ pub fn routes(
         .and(query())
         .and(st())
         .and(start())
-        .map(
-            |sku: String, q: HashMap<String, String>, s: Arc<ServeState>, t0| {
-                answer(
-                    "/v1/analytics/sku/{sku}",
-                    t0,
-                    api::analytics(&s.store, &segment(sku), &q),
-                )
-            },
-        );
+        .map(|sku: String, q: String, s: Arc<ServeState>, t0| {
+            let result = parse_query(&q).and_then(|q| api::analytics(&s.store, &segment(sku), &q));
+            answer("/v1/analytics/sku/{sku}", t0, result)
+        });
     let top = warp::path!("v1" / "analytics" / "top")
         .and(query())
         .and(st())
         .and(start())
-        .map(|q: HashMap<String, String>, s: Arc<ServeState>, t0| {
-            answer("/v1/analytics/top", t0, api::top(&s.store, &q))
+        .map(|q: String, s: Arc<ServeState>, t0| {
+            answer(
+                "/v1/analytics/top",
+                t0,
+                parse_query(&q).and_then(|q| api::top(&s.store, &q)),
+            )
         });
     let healthz = warp::path!("healthz")
         .and(st())

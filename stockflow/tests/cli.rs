@@ -158,6 +158,17 @@ fn file_in_http_and_dead_letters_out() {
     // The fulfilled 6; the repeated event 6 kept its first version, dated January, whose window
     // is long past retention and final.
     assert_eq!(sold, 6);
+    // The ranking is brought up to date every pipeline.top_tick: wait until it covers the file.
+    let stock_as_of = stock["as_of"].as_u64().unwrap();
+    wait_for(
+        || {
+            get(base, "/v1/analytics/top?window=1h&limit=1").2["as_of"]
+                .as_u64()
+                .unwrap()
+                >= stock_as_of
+        },
+        "the ranking",
+    );
     let top = get(base, "/v1/analytics/top?window=1h&limit=1").2;
     let start = stockflow_types::timefmt::parse_rfc3339(top["start"].as_str().unwrap()).unwrap();
     if start <= now {
@@ -168,7 +179,6 @@ fn file_in_http_and_dead_letters_out() {
             "{top}"
         );
     }
-
     // Errors are problem+json with a detail naming the culprit.
     let (status, ct, p) = get(base, "/v1/stock/nope");
     assert_eq!(

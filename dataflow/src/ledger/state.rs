@@ -14,7 +14,7 @@ use crate::views::{ReservationView, SkuStock, SkuWindows, ViewStore};
 use crate::{Diff, EngineConfig, Time};
 use hashbrown::{HashMap, HashSet};
 use parking_lot::RwLock;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use stockflow_types::event::{Event, EventKind};
 use stockflow_types::rows::{Change, ReservationRow, Status, StockRow, WindowFigures, WindowRow};
@@ -91,7 +91,8 @@ struct CountRec {
 struct Loc {
     count: Option<CountRec>,
     /// Movements after the count (or all, without one) by business time, not yet folded.
-    moves: BTreeMap<Millis, i64>,
+    /// Sorted by time; movements mostly arrive in time order, so this is an append.
+    moves: VecDeque<(Millis, i64)>,
     moves_sum: i64,
     /// Movements after the count that are older than the retention horizon.
     folded: i64,
@@ -124,10 +125,17 @@ impl Loc {
         if ts.saturating_add(retention) < t {
             self.folded += qty;
         } else {
-            let e = self.moves.entry(ts).or_insert(0);
-            *e += qty;
-            if *e == 0 {
-                self.moves.remove(&ts);
+            match self.moves.back_mut() {
+                Some(last) if last.0 == ts => last.1 += qty,
+                Some(last) if last.0 > ts => {
+                    // Late: insert in place (rare).
+                    let i = self.moves.partition_point(|m| m.0 < ts);
+                    match self.moves.get_mut(i) {
+                        Some(m) if m.0 == ts => m.1 += qty,
+                        _ => self.moves.insert(i, (ts, qty)),
+                    }
+                }
+                _ => self.moves.push_back((ts, qty)),
             }
             self.moves_sum += qty;
         }
@@ -141,19 +149,22 @@ impl Loc {
         {
             return;
         }
-        self.moves = self.moves.split_off(&(rec.ts + 1));
-        self.moves_sum = self.moves.values().sum();
+        while self.moves.front().is_some_and(|m| m.0 <= rec.ts) {
+            let (_, q) = self.moves.pop_front().expect("checked");
+            self.moves_sum -= q;
+        }
         // Every folded movement is older than the horizon, hence older than any admitted count.
         self.folded = 0;
         self.count = Some(rec);
     }
 
     fn fold(&mut self, t: Time, retention: u64) {
-        while let Some(entry) = self.moves.first_entry() {
-            if entry.key().saturating_add(retention) >= t {
-                break;
-            }
-            let q = entry.remove();
+        while self
+            .moves
+            .front()
+            .is_some_and(|m| m.0.saturating_add(retention) < t)
+        {
+            let (_, q) = self.moves.pop_front().expect("checked");
             self.moves_sum -= q;
             self.folded += q;
         }

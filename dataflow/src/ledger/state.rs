@@ -411,7 +411,7 @@ impl LedgerState {
     fn apply(&mut self, t: Time, ev: Event) {
         let retention = self.cfg.retention_ms;
         let cfg = Arc::clone(&self.cfg);
-        let mut new_res_timer = None;
+        let mut new_res_timer: Option<Name> = None;
         let stale_count =
             matches!(ev.kind, EventKind::Counted { .. }) && ev.ts.saturating_add(retention) < t;
         if stale_count {
@@ -476,12 +476,10 @@ impl LedgerState {
                     qty,
                     expires_at,
                 };
-                let (id, res, new) = s.res_entry(&reservation_id, t);
+                // Its eviction timer is set when it ends (see `update_contributions`).
+                let (_, res, _) = s.res_entry(&reservation_id, t);
                 if res.reserved.as_ref().is_none_or(|r| rec < *r) {
                     res.reserved = Some(rec);
-                }
-                if new {
-                    new_res_timer = Some(id);
                 }
             }
             EventKind::Released { reservation_id } | EventKind::Fulfilled { reservation_id } => {
@@ -494,8 +492,8 @@ impl LedgerState {
             }
         }
         if let Some(id) = new_res_timer {
-            // A reservation first seen now is forgotten at t + retention unless it is then
-            // live (an orphan terminal event whose `reserved` never came, for instance).
+            // A terminal event first seen now, without its reservation, is forgotten at
+            // t + retention unless the `reserved` event has come by then.
             let sku = Arc::clone(&s.name);
             self.timers
                 .entry(t.saturating_add(retention))

@@ -250,14 +250,41 @@ struct Terminal {
 }
 
 /// What a reservation currently contributes to its location and windows.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default)]
 struct Applied {
     /// In the live set of this location at (ts, qty).
-    live: Option<(Name, Millis, i64)>,
+    live: Contribution,
     /// Shipped: a movement of -qty at the terminal event's ts.
-    shipped: Option<(Name, Millis, i64)>,
+    shipped: Contribution,
     /// Window contribution of the `reserved` event (location, ts, qty).
-    reserved_window: Option<(Name, Millis, i64)>,
+    reserved_window: Contribution,
+}
+
+/// A contribution at a location: (location, ts, qty).
+type Contribution = Option<(Name, Millis, i64)>;
+
+/// Equality of contributions by location identity (names are canonical per SKU), which
+/// spares comparing strings.
+fn same(a: &Contribution, b: &Contribution) -> bool {
+    match (a, b) {
+        (None, None) => true,
+        (Some((la, ta, qa)), Some((lb, tb, qb))) => Arc::ptr_eq(la, lb) && ta == tb && qa == qb,
+        _ => false,
+    }
+}
+
+/// Equality of published reservation rows; id and SKU never change for a reservation.
+fn same_row(a: &Option<ReservationRow>, b: &Option<ReservationRow>) -> bool {
+    match (a, b) {
+        (None, None) => true,
+        (Some(a), Some(b)) => {
+            a.status == b.status
+                && a.qty == b.qty
+                && a.expires_at == b.expires_at
+                && Arc::ptr_eq(&a.location, &b.location)
+        }
+        _ => false,
+    }
 }
 
 #[derive(Debug)]
@@ -590,7 +617,7 @@ impl LedgerState {
                 (Some(_), None) => false,
             };
             let row = if forget { None } else { row };
-            if row != res.published {
+            if !same_row(&row, &res.published) {
                 if let Some(old) = res.published.take() {
                     out.push((Change::Reservation(old), -1));
                 }
@@ -800,10 +827,10 @@ impl Sku {
             timer = Some(t.saturating_add(retention));
         }
         let had = std::mem::replace(&mut res.applied, want.clone());
-        if had == want {
-            return timer;
-        }
-        if had.live != want.live {
+        let live_changed = !same(&had.live, &want.live);
+        let shipped_changed = !same(&had.shipped, &want.shipped);
+        let window_changed = !same(&had.reserved_window, &want.reserved_window);
+        if live_changed {
             for (entry, add) in [(&had.live, false), (&want.live, true)] {
                 if let Some((loc, ts, qty)) = entry {
                     let l = self
@@ -828,7 +855,7 @@ impl Sku {
                 }
             }
         }
-        if had.shipped != want.shipped {
+        if shipped_changed {
             for (entry, sign) in [(&had.shipped, -1i64), (&want.shipped, 1)] {
                 if let Some((loc, ts, qty)) = entry {
                     let l = self
@@ -846,7 +873,7 @@ impl Sku {
                 }
             }
         }
-        if had.reserved_window != want.reserved_window {
+        if window_changed {
             for (entry, sign) in [(&had.reserved_window, -1i64), (&want.reserved_window, 1)] {
                 if let Some((loc, ts, qty)) = entry {
                     let f = WindowFigures {

@@ -55,8 +55,10 @@ pub type Diff = i64;
 pub struct EngineConfig {
     /// Tick of the pipeline clock, ms.
     pub tick_ms: u64,
-    /// Retention of ended reservations, closed windows and movement detail, ms.
+    /// Retention of ended reservations, orphan terminal events and movement detail, ms.
     pub retention_ms: u64,
+    /// Retention of windows after their end, ms.
+    pub window_retention_ms: u64,
     /// De-duplication window of event ids, ms.
     pub dedup_window_ms: u64,
     /// Window sizes.
@@ -74,6 +76,7 @@ impl EngineConfig {
         Ok(EngineConfig {
             tick_ms: s.pipeline.tick.as_millis() as u64,
             retention_ms: s.pipeline.retention.as_millis() as u64,
+            window_retention_ms: s.pipeline.window_retention.as_millis() as u64,
             dedup_window_ms: s.pipeline.dedup_window.as_millis() as u64,
             windows: s.window_specs()?,
             top_k: s.pipeline.top_k,
@@ -87,6 +90,7 @@ impl EngineConfig {
         EngineConfig {
             tick_ms,
             retention_ms: 1 << 40,
+            window_retention_ms: 1 << 40,
             dedup_window_ms: 1 << 40,
             windows: vec![
                 WindowSpec {

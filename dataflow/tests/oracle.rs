@@ -280,7 +280,9 @@ fn reference(all: &[Admitted], t: Time, cfg: &EngineConfig) -> Views {
             ended.is_none_or(|e| e + cfg.retention_ms > t)
         });
     }
-    windows.retain(|(size, start, _, _), f| start + size + cfg.retention_ms > t && !f.is_zero());
+    windows.retain(|(size, start, _, _), f| {
+        start + size + cfg.window_retention_ms > t && !f.is_zero()
+    });
 
     // Top sellers.
     let mut sold: BTreeMap<(u64, u64), BTreeMap<String, i64>> = BTreeMap::new();
@@ -646,6 +648,12 @@ fn small_windows(retention_ms: u64) -> EngineConfig {
     EngineConfig {
         tick_ms: TICK,
         retention_ms,
+        // Independent of the other retention, and shorter, in the bounded family.
+        window_retention_ms: if retention_ms < 1 << 39 {
+            retention_ms - 3 * TICK
+        } else {
+            retention_ms
+        },
         dedup_window_ms: 1 << 40,
         windows: vec![
             WindowSpec {

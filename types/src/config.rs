@@ -37,9 +37,14 @@ pub struct PipelineConfig {
     /// Pipeline time is the wall clock rounded down to this tick.
     #[serde(default = "default_tick", with = "humantime_serde")]
     pub tick: Duration,
-    /// How long ended reservations, closed windows and per-timestamp movement detail are kept.
+    /// How long ended reservations, orphan terminal events and per-timestamp movement detail
+    /// are kept; a `counted` event older than this is rejected.
     #[serde(default = "default_retention", with = "humantime_serde")]
     pub retention: Duration,
+    /// How long a window is kept (and late events still correct it) after its end. History
+    /// beyond it lives in the sinks.
+    #[serde(default = "default_window_retention", with = "humantime_serde")]
+    pub window_retention: Duration,
     /// How long an `event_id` is remembered for de-duplication (at least this, at most twice).
     #[serde(default = "default_dedup_window", with = "humantime_serde")]
     pub dedup_window: Duration,
@@ -67,6 +72,11 @@ fn default_tick() -> Duration {
 fn default_retention() -> Duration {
     Duration::from_secs(24 * 3600)
 }
+// Two hours: the previous hour's window stays complete and correctable for an hour after its
+// end. A 1m window per active (sku, location) for a day would be ~1440 windows per key.
+fn default_window_retention() -> Duration {
+    Duration::from_secs(2 * 3600)
+}
 fn default_dedup_window() -> Duration {
     Duration::from_secs(3600)
 }
@@ -88,6 +98,7 @@ impl Default for PipelineConfig {
             workers: default_workers(),
             tick: default_tick(),
             retention: default_retention(),
+            window_retention: default_window_retention(),
             dedup_window: default_dedup_window(),
             windows: default_windows(),
             top_k: default_top_k(),
@@ -289,6 +300,7 @@ impl Settings {
         let largest = windows.iter().map(|w| w.size_ms).max().unwrap_or(0);
         for (field, d) in [
             ("pipeline.retention", p.retention),
+            ("pipeline.window_retention", p.window_retention),
             ("pipeline.dedup_window", p.dedup_window),
         ] {
             if d.as_millis() % tick != 0 || d.is_zero() {
@@ -389,8 +401,8 @@ mod tests {
         s.pipeline.windows = vec!["soon".into()];
         assert_eq!(s.validate().unwrap_err().field, "pipeline.windows");
         let mut s = Settings::default();
-        s.pipeline.retention = Duration::from_secs(60);
-        assert_eq!(s.validate().unwrap_err().field, "pipeline.retention");
+        s.pipeline.window_retention = Duration::from_secs(60);
+        assert_eq!(s.validate().unwrap_err().field, "pipeline.window_retention");
         let mut s = Settings::default();
         s.source.kind = SourceKind::File;
         assert_eq!(s.validate().unwrap_err().field, "source.input_file");

@@ -14,7 +14,7 @@ use crate::views::{ReservationView, SkuStock, SkuWindows, ViewStore};
 use crate::{Diff, EngineConfig, Time};
 use hashbrown::{HashMap, HashSet};
 use parking_lot::RwLock;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 use stockflow_types::event::{Event, EventKind};
 use stockflow_types::rows::{Change, ReservationRow, Status, StockRow, WindowFigures, WindowRow};
@@ -316,6 +316,8 @@ struct Sku {
     /// This time's window contributions: (size, start, location) → delta.
     window_deltas: Vec<((Millis, Millis, Name), WindowFigures)>,
     evict_windows: bool,
+    /// Pending window-eviction times (one timer per time, whatever the windows).
+    window_timers: BTreeSet<Time>,
 }
 
 #[derive(Debug)]
@@ -424,6 +426,7 @@ impl LedgerState {
                 dirty_res: Vec::new(),
                 window_deltas: Vec::new(),
                 evict_windows: false,
+                window_timers: BTreeSet::new(),
             };
             self.skus.insert(name, sku);
         }
@@ -533,6 +536,7 @@ impl LedgerState {
     fn settle(&mut self, t: Time, sku_name: &Name, out: &mut Vec<(Change, Diff)>) {
         let cfg = Arc::clone(&self.cfg);
         let retention = cfg.retention_ms;
+        let window_retention = cfg.window_retention_ms;
         let store = Arc::clone(&self.store);
         let Some(s) = self.skus.get_mut(sku_name) else {
             return;
@@ -659,7 +663,10 @@ impl LedgerState {
                 if let Some(old) = old {
                     out.push((Change::Window(row(old)), -1));
                 } else {
-                    timers.push((start + size + retention, Timer::Windows));
+                    let at = start + size + window_retention;
+                    if s.window_timers.insert(at) {
+                        timers.push((at, Timer::Windows));
+                    }
                 }
                 if new.is_zero() {
                     w.windows.remove(&key);
@@ -669,8 +676,11 @@ impl LedgerState {
                 }
             }
             if std::mem::take(&mut s.evict_windows) {
+                while s.window_timers.first().is_some_and(|at| *at <= t) {
+                    s.window_timers.pop_first();
+                }
                 w.windows.retain(|(size, start, loc), figures| {
-                    let keep = start + size + retention > t;
+                    let keep = start + size + window_retention > t;
                     if !keep {
                         out.push((
                             Change::Window(WindowRow {
@@ -773,7 +783,7 @@ impl Sku {
     ) {
         for w in &cfg.windows {
             let start = ts - ts % w.size_ms;
-            if start + w.size_ms + cfg.retention_ms <= t {
+            if start + w.size_ms + cfg.window_retention_ms <= t {
                 continue; // evicted already: the window is final
             }
             let found = self.window_deltas.iter_mut().find(|((size, st, l), _)| {

@@ -61,8 +61,10 @@ pub struct PipelineConfig {
 }
 
 // Defaults: one worker (the contract's default), a 1 ms tick so that answers are at most about
-// a millisecond behind the clock, one day of retention (a cycle count may arrive up to a day
-// late), one hour of de-duplication (covers producer retries and consumer redelivery).
+// a millisecond behind the clock, one hour of retention (state grows with the events of this
+// period: every ended reservation and every movement timestamp since the last count; a cycle
+// count may arrive up to an hour late), one hour of de-duplication (covers producer retries and
+// consumer redelivery).
 fn default_workers() -> usize {
     1
 }
@@ -70,7 +72,7 @@ fn default_tick() -> Duration {
     Duration::from_millis(1)
 }
 fn default_retention() -> Duration {
-    Duration::from_secs(24 * 3600)
+    Duration::from_secs(3600)
 }
 // Two hours: the previous hour's window stays complete and correctable for an hour after its
 // end. A 1m window per active (sku, location) for a day would be ~1440 windows per key.

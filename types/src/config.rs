@@ -309,9 +309,9 @@ impl Settings {
                 return Err(bad(field, "must be a positive multiple of pipeline.tick"));
             }
         }
-        if p.retention.as_millis() < u128::from(largest) {
+        if p.window_retention.as_millis() < u128::from(largest) {
             return Err(bad(
-                "pipeline.retention",
+                "pipeline.window_retention",
                 "must be at least the largest window",
             ));
         }

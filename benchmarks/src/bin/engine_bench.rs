@@ -14,14 +14,36 @@ use stockflow_ingest::generator::Generator;
 use stockflow_types::config::{GeneratorConfig, Settings};
 use stockflow_types::event::Event;
 
-/// Events admitted per worker per pipeline tick.
-const BATCH: usize = 1_000;
+/// Events admitted per worker per millisecond of pipeline time: 1,000,000 events/s over two
+/// workers.
+const PER_MS: usize = 1_000;
 const BASE_MS: u64 = 1_800_000_000_000;
 
+/// The pipeline tick of the run: events are admitted `PER_MS * tick` at a time.
+#[derive(Clone, Copy)]
+struct Pace {
+    tick: u64,
+}
+
+impl Pace {
+    fn batch(self) -> usize {
+        PER_MS * self.tick as usize
+    }
+    /// Business time of the `i`-th event of a worker.
+    fn ts(self, i: usize) -> u64 {
+        BASE_MS + (i / self.batch()) as u64 * self.tick
+    }
+}
+
 /// The generator's valid events for `worker` of `peers`. Business time follows the pipeline
-/// clock of the run: `BATCH` events per millisecond per worker, as at 1,000,000 events/s over
-/// two workers with the default 1 ms tick.
-fn workload(cfg: &GeneratorConfig, events: usize, worker: usize, peers: usize) -> Vec<Event> {
+/// clock of the run: `PER_MS` events per millisecond per worker.
+fn workload(
+    cfg: &GeneratorConfig,
+    events: usize,
+    worker: usize,
+    peers: usize,
+    pace: Pace,
+) -> Vec<Event> {
     let clock = Arc::new(AtomicU64::new(BASE_MS));
     let c = Arc::clone(&clock);
     let mut g = Generator::new(
@@ -32,7 +54,7 @@ fn workload(cfg: &GeneratorConfig, events: usize, worker: usize, peers: usize) -
     );
     (0..events)
         .map(|i| {
-            clock.store(BASE_MS + (i / BATCH) as u64, Ordering::Relaxed);
+            clock.store(pace.ts(i), Ordering::Relaxed);
             g.next_event()
         })
         .collect()
@@ -45,7 +67,7 @@ struct Run {
 
 type Input = Box<dyn Iterator<Item = Event> + Send>;
 
-fn run_engine(cfg: &Arc<EngineConfig>, per_worker: Vec<Input>) -> Run {
+fn run_engine(cfg: &Arc<EngineConfig>, per_worker: Vec<Input>, pace: Pace) -> Run {
     let workers = per_worker.len();
     let store = Arc::new(ViewStore::new(workers, cfg.windows.clone(), cfg.top_k));
     let inputs = Arc::new(Mutex::new(
@@ -67,10 +89,10 @@ fn run_engine(cfg: &Arc<EngineConfig>, per_worker: Vec<Input>) -> Run {
         engine.advance_to(t);
         let mut events = events.peekable();
         while events.peek().is_some() {
-            for ev in events.by_ref().take(BATCH) {
+            for ev in events.by_ref().take(pace.batch()) {
                 engine.send(ev);
             }
-            t += 1;
+            t += pace.tick;
             engine.advance_to(t);
             // Let the dataflow run at most 50 ticks behind the input.
             while engine.pending(t.saturating_sub(50)) {
@@ -100,19 +122,25 @@ fn main() {
         .nth(1)
         .and_then(|a| a.parse().ok())
         .unwrap_or(4_000_000);
-    let settings = Settings::default();
+    let tick: u64 = std::env::args()
+        .nth(2)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(1);
+    let pace = Pace { tick };
+    let mut settings = Settings::default();
+    settings.pipeline.tick = std::time::Duration::from_millis(tick);
     let gen = GeneratorConfig {
         rate: 0,
         ..settings.generator
     };
     let cfg = Arc::new(EngineConfig::from_settings(&settings).expect("defaults are valid"));
     println!(
-        "engine-bench: {events} events, {} SKUs (Zipf {}), {} locations, windows {:?}, {} per tick per worker",
+        "engine-bench: {events} events, {} SKUs (Zipf {}), {} locations, windows {:?}, tick {tick} ms = {} events per tick per worker",
         gen.skus,
         gen.zipf,
         gen.locations,
         cfg.windows.iter().map(|w| w.name.as_str()).collect::<Vec<_>>(),
-        BATCH
+        pace.batch()
     );
 
     // Memory first, before other runs have grown (and fragmented) the heap.
@@ -124,11 +152,11 @@ fn main() {
     let mut g = Generator::new(&gen, 0, 1, Arc::new(move || c.load(Ordering::Relaxed)));
     let mut i = 0;
     let streamed = std::iter::from_fn(move || {
-        clock.store(BASE_MS + (i / BATCH) as u64, Ordering::Relaxed);
+        clock.store(pace.ts(i), Ordering::Relaxed);
         i += 1;
         Some(g.next_event())
     });
-    let run = run_engine(&cfg, vec![Box::new(streamed.take(events))]);
+    let run = run_engine(&cfg, vec![Box::new(streamed.take(events))], pace);
     let after = rss_bytes();
     let keys = run.store.location_count();
     println!(
@@ -143,21 +171,21 @@ fn main() {
 
     // The ledger state machine alone, one thread, no timely: where the per-event work goes.
     {
-        let share = workload(&gen, events, 0, 1);
+        let share = workload(&gen, events, 0, 1, pace);
         let store = Arc::new(ViewStore::new(1, cfg.windows.clone(), cfg.top_k));
         let mut state = stockflow_dataflow::ledger::LedgerState::new(Arc::clone(&cfg), store);
         let mut out = Vec::new();
-        let mut batch = Vec::with_capacity(BATCH);
+        let mut batch = Vec::with_capacity(pace.batch());
         let mut emitted = 0usize;
         let t0 = Instant::now();
         let mut t = BASE_MS;
         let mut it = share.into_iter().peekable();
         while it.peek().is_some() {
-            batch.extend(it.by_ref().take(BATCH));
+            batch.extend(it.by_ref().take(pace.batch()));
             state.process(t, &mut batch, &mut out);
             emitted += out.len();
             out.clear();
-            t += 1;
+            t += pace.tick;
         }
         let secs = t0.elapsed().as_secs_f64();
         println!(
@@ -174,7 +202,7 @@ fn main() {
     let mut baseline = 0.0;
     for workers in [1usize, 2] {
         let shares: Vec<Vec<Event>> = (0..workers)
-            .map(|w| workload(&gen, events / workers, w, workers))
+            .map(|w| workload(&gen, events / workers, w, workers, pace))
             .collect();
         // Baseline: the same events folded by one thread, in business-time order.
         let mut ordered: Vec<&Event> = shares.iter().flatten().collect();
@@ -194,6 +222,7 @@ fn main() {
                 .into_iter()
                 .map(|s| Box::new(s.into_iter()) as Input)
                 .collect(),
+            pace,
         );
         let rate = events as f64 / run.seconds;
         // The views must agree with the fold on every stock level.

@@ -369,21 +369,33 @@ impl LedgerState {
     pub fn process(&mut self, t: Time, events: &mut Vec<Event>, out: &mut Vec<(Change, Diff)>) {
         self.dedup.rotate(t);
         // Repeats of an event_id within one time resolve to the least event, whatever order
-        // they arrived in; sorting by the identity hash puts them side by side (whole events
-        // are compared only on equal hashes). Everything after de-duplication is independent
-        // of the order of application.
-        let mut keyed: Vec<(u128, Event)> = events
-            .drain(..)
-            .map(|e| (Dedup::key(&e.sku, &e.event_id), e))
+        // they arrived in: sorting (identity hash, position) pairs puts them side by side, and
+        // whole events are compared only on equal hashes. Everything after de-duplication is
+        // independent of the order of application, so the winners apply in arrival order.
+        let mut keys: Vec<(u128, u32)> = events
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (Dedup::key(&e.sku, &e.event_id), i as u32))
             .collect();
-        keyed.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(&b.1)));
-        for (key, ev) in keyed {
-            if !self.dedup.first_sighting(key) {
+        keys.sort_unstable_by(|a, b| {
+            a.0.cmp(&b.0)
+                .then_with(|| events[a.1 as usize].cmp(&events[b.1 as usize]))
+        });
+        let mut keep = vec![false; events.len()];
+        let mut previous = None;
+        for (key, i) in keys {
+            if previous == Some(key) || !self.dedup.first_sighting(key) {
                 self.stats.duplicates += 1;
-                continue;
+            } else {
+                keep[i as usize] = true;
             }
-            self.stats.applied += 1;
-            self.apply(t, ev);
+            previous = Some(key);
+        }
+        for (ev, keep) in events.drain(..).zip(keep) {
+            if keep {
+                self.stats.applied += 1;
+                self.apply(t, ev);
+            }
         }
         while let Some(entry) = self.timers.first_entry() {
             if *entry.key() > t {

@@ -5,6 +5,7 @@ use crate::{Polled, Position, RawRecord, Source};
 use crossbeam_channel::{bounded, Receiver, TryRecvError};
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
+use stockflow_types::event::MAX_RECORD_BYTES;
 use thiserror::Error;
 
 /// The file could not be opened.
@@ -50,10 +51,19 @@ impl JsonLinesSource {
                 let mut number = 0i64;
                 loop {
                     line.clear();
-                    match reader.read_until(b'\n', &mut line) {
+                    // At most one byte more than a record may have: longer lines are kept
+                    // truncated (and rejected as too_large), the rest skipped.
+                    let limit = MAX_RECORD_BYTES as u64 + 1;
+                    match (&mut reader).take(limit).read_until(b'\n', &mut line) {
                         Ok(0) => break,
                         Ok(_) => {
                             number += 1;
+                            if line.len() as u64 == limit && line.last() != Some(&b'\n') {
+                                if let Err(e) = skip_line(&mut reader) {
+                                    tracing::error!(file = %name, line = number, error = %e, "reading input stopped");
+                                    break;
+                                }
+                            }
                             while line.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
                                 line.pop();
                             }
@@ -75,6 +85,26 @@ impl JsonLinesSource {
             })
             .expect("spawning a thread");
         JsonLinesSource { rx }
+    }
+}
+
+/// Consumes the rest of an overlong line.
+fn skip_line(reader: &mut impl BufRead) -> std::io::Result<()> {
+    loop {
+        let buf = reader.fill_buf()?;
+        if buf.is_empty() {
+            return Ok(());
+        }
+        match buf.iter().position(|b| *b == b'\n') {
+            Some(i) => {
+                reader.consume(i + 1);
+                return Ok(());
+            }
+            None => {
+                let n = buf.len();
+                reader.consume(n);
+            }
+        }
     }
 }
 
@@ -124,6 +154,29 @@ mod tests {
         assert_eq!(
             lines,
             vec![(1, &b"{\"a\":1}"[..]), (4, b"not json"), (5, b"{\"b\":2}")]
+        );
+    }
+
+    #[test]
+    fn an_endless_line_is_cut_and_the_next_one_read() {
+        let mut text = vec![b'x'; 3 * MAX_RECORD_BYTES];
+        text.extend_from_slice(b"\n{\"c\":3}\n");
+        let mut src =
+            JsonLinesSource::from_reader("t".into(), Box::new(std::io::Cursor::new(text)));
+        let mut out = Vec::new();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while src.poll(100, &mut out) != Polled::Done {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "reader never finished"
+            );
+            std::thread::yield_now();
+        }
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[0].value.len(), MAX_RECORD_BYTES + 1);
+        assert_eq!(
+            (out[1].position.offset, out[1].value.as_slice()),
+            (2, &b"{\"c\":3}"[..])
         );
     }
 }

@@ -12,6 +12,9 @@ use std::fmt;
 pub const MAX_QTY: i64 = 1_000_000_000_000;
 /// The longest identifier (`event_id`, `sku`, `location`, `reservation_id`) accepted, in bytes.
 pub const MAX_ID_LEN: usize = 256;
+/// The largest record accepted, in bytes. Sources keep at most one byte more of a longer one,
+/// so an endless line cannot exhaust memory.
+pub const MAX_RECORD_BYTES: usize = 1 << 20;
 
 /// One validated event.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -142,11 +145,13 @@ pub enum RejectReason {
     /// A `counted` event older than the retention horizon, which the pipeline can no longer
     /// apply exactly (see docs/architecture.md, "Bounded state").
     CountTooOld,
+    /// The record is longer than [`MAX_RECORD_BYTES`].
+    TooLarge,
 }
 
 impl RejectReason {
     /// Every reason, for metrics that should show zeros.
-    pub const ALL: [RejectReason; 7] = [
+    pub const ALL: [RejectReason; 8] = [
         RejectReason::InvalidJson,
         RejectReason::MissingField,
         RejectReason::WrongType,
@@ -154,6 +159,7 @@ impl RejectReason {
         RejectReason::UnknownType,
         RejectReason::WrongTopic,
         RejectReason::CountTooOld,
+        RejectReason::TooLarge,
     ];
 
     /// The stable label.
@@ -166,6 +172,7 @@ impl RejectReason {
             RejectReason::UnknownType => "unknown_type",
             RejectReason::WrongTopic => "wrong_topic",
             RejectReason::CountTooOld => "count_too_old",
+            RejectReason::TooLarge => "too_large",
         }
     }
 }
@@ -322,6 +329,12 @@ fn check_qty(field: &str, qty: i64, ok: bool, rule: &str) -> Result<i64, Rejecti
 /// Decodes and validates one message value. Unknown extra fields are ignored (the contract
 /// lets fields be added).
 pub fn decode(bytes: &[u8]) -> Result<Event, Rejection> {
+    if bytes.len() > MAX_RECORD_BYTES {
+        return Err(Rejection::new(
+            RejectReason::TooLarge,
+            format!("the record is longer than {MAX_RECORD_BYTES} bytes"),
+        ));
+    }
     let raw: RawEvent<'_> = serde_json::from_slice(bytes).map_err(|e| {
         Rejection::new(
             RejectReason::InvalidJson,
@@ -528,6 +541,12 @@ mod tests {
         let r = decode(br#"{"event_id":"e","type":"sold","sku":"S","ts":1,"location":7,"qty":1}"#)
             .unwrap_err();
         assert!(r.detail.contains("`location`"), "{}", r.detail);
+    }
+
+    #[test]
+    fn oversized_records_are_rejected() {
+        let big = vec![b' '; MAX_RECORD_BYTES + 1];
+        assert_eq!(decode(&big).unwrap_err().reason, RejectReason::TooLarge);
     }
 
     #[test]

@@ -337,6 +337,10 @@ pub struct LedgerState {
     timers: BTreeMap<Time, Vec<(Name, Timer)>>,
     dirty: Vec<Name>,
     stats: LedgerStats,
+    /// Buffers reused by every settle (their capacity survives).
+    emit_scratch: Vec<Name>,
+    timer_scratch: Vec<(Time, Timer)>,
+    chosen_scratch: HashMap<u128, usize>,
 }
 
 impl LedgerState {
@@ -350,6 +354,9 @@ impl LedgerState {
             skus: HashMap::new(),
             timers: BTreeMap::new(),
             dirty: Vec::new(),
+            emit_scratch: Vec::new(),
+            timer_scratch: Vec::new(),
+            chosen_scratch: HashMap::new(),
             stats: LedgerStats::default(),
         }
     }
@@ -369,28 +376,31 @@ impl LedgerState {
     pub fn process(&mut self, t: Time, events: &mut Vec<Event>, out: &mut Vec<(Change, Diff)>) {
         self.dedup.rotate(t);
         // Repeats of an event_id within one time resolve to the least event, whatever order
-        // they arrived in: sorting (identity hash, position) pairs puts them side by side, and
-        // whole events are compared only on equal hashes. Everything after de-duplication is
-        // independent of the order of application, so the winners apply in arrival order.
-        let mut keys: Vec<(u128, u32)> = events
-            .iter()
-            .enumerate()
-            .map(|(i, e)| (Dedup::key(&e.sku, &e.event_id), i as u32))
-            .collect();
-        keys.sort_unstable_by(|a, b| {
-            a.0.cmp(&b.0)
-                .then_with(|| events[a.1 as usize].cmp(&events[b.1 as usize]))
-        });
-        let mut keep = vec![false; events.len()];
-        let mut previous = None;
-        for (key, i) in keys {
-            if previous == Some(key) || !self.dedup.first_sighting(key) {
-                self.stats.duplicates += 1;
-            } else {
-                keep[i as usize] = true;
+        // they arrived in. Everything after de-duplication is independent of the order of
+        // application, so the winners apply in arrival order.
+        let mut chosen = std::mem::take(&mut self.chosen_scratch);
+        for (i, e) in events.iter().enumerate() {
+            match chosen.entry(Dedup::key(&e.sku, &e.event_id)) {
+                hashbrown::hash_map::Entry::Vacant(v) => {
+                    v.insert(i);
+                }
+                hashbrown::hash_map::Entry::Occupied(mut o) => {
+                    self.stats.duplicates += 1;
+                    if *e < events[*o.get()] {
+                        o.insert(i);
+                    }
+                }
             }
-            previous = Some(key);
         }
+        let mut keep = vec![false; events.len()];
+        for (key, i) in chosen.drain() {
+            if self.dedup.first_sighting(key) {
+                keep[i] = true;
+            } else {
+                self.stats.duplicates += 1;
+            }
+        }
+        self.chosen_scratch = chosen;
         for (ev, keep) in events.drain(..).zip(keep) {
             if keep {
                 self.stats.applied += 1;
@@ -554,11 +564,12 @@ impl LedgerState {
             return;
         };
         s.dirty = false;
-        let mut timers: Vec<(Time, Timer)> = Vec::new();
+        let timers = &mut self.timer_scratch;
+        let emit_res = &mut self.emit_scratch;
 
         // 1. Reservations: bring their contributions (live set, shipment, windows) up to date.
-        let dirty_res = unique(std::mem::take(&mut s.dirty_res));
-        let mut emit_res: Vec<Name> = Vec::with_capacity(dirty_res.len());
+        let mut dirty_res = std::mem::take(&mut s.dirty_res);
+        unique(&mut dirty_res);
         for id in &dirty_res {
             if let Some(timer) = s.update_contributions(&cfg, t, id) {
                 timers.push((timer, Timer::Reservation(Arc::clone(id))));
@@ -570,11 +581,13 @@ impl LedgerState {
         // The walk is linear in the live reservations of the location; only those whose
         // allocation changed are re-emitted.
         let mut stock_changed = false;
-        for loc_name in unique(std::mem::take(&mut s.dirty_locs)) {
-            let loc = s.locs.get_mut(&loc_name).expect("dirty locations exist");
+        let mut dirty_locs = std::mem::take(&mut s.dirty_locs);
+        unique(&mut dirty_locs);
+        for loc_name in &dirty_locs {
+            let loc = s.locs.get_mut(loc_name).expect("dirty locations exist");
             loc.fold(t, retention);
             let on_hand = loc.on_hand();
-            let held = loc.allocate(on_hand, &mut emit_res);
+            let held = loc.allocate(on_hand, emit_res);
             let now = (on_hand, held);
             s.figures[loc.pos] = now;
             if loc.published != Some(now) {
@@ -603,7 +616,8 @@ impl LedgerState {
         }
 
         // 3. Reservation rows: statuses, then evictions of those ended more than retention ago.
-        for id in unique(emit_res) {
+        unique(emit_res);
+        for id in emit_res.drain(..) {
             let Some(res) = s.res.get_mut(&id) else {
                 continue;
             };
@@ -657,7 +671,7 @@ impl LedgerState {
         // 4. Windows: apply this time's contributions and evictions under one write lock.
         if !s.window_deltas.is_empty() || s.evict_windows {
             let mut w = s.windows.write();
-            for ((size, start, loc), delta) in std::mem::take(&mut s.window_deltas) {
+            for ((size, start, loc), delta) in s.window_deltas.drain(..) {
                 let key = (size, start, loc);
                 let old = w.windows.get(&key).copied();
                 let mut new = old.unwrap_or_default();
@@ -711,7 +725,11 @@ impl LedgerState {
             w.changed_at = t;
         }
 
-        for (at, timer) in timers {
+        dirty_res.clear();
+        s.dirty_res = dirty_res;
+        dirty_locs.clear();
+        s.dirty_locs = dirty_locs;
+        for (at, timer) in timers.drain(..) {
             self.timers
                 .entry(at)
                 .or_default()
@@ -722,10 +740,9 @@ impl LedgerState {
 
 /// The distinct names of a list in which the same `Arc` may repeat (names are canonical per
 /// SKU: one `Arc` per location and per reservation).
-fn unique(mut names: Vec<Name>) -> Vec<Name> {
+fn unique(names: &mut Vec<Name>) {
     names.sort_unstable_by_key(|n| Arc::as_ptr(n).cast::<u8>() as usize);
     names.dedup_by(|a, b| Arc::ptr_eq(a, b));
-    names
 }
 
 impl Sku {
@@ -735,16 +752,23 @@ impl Sku {
             Some((name, _)) => Arc::clone(name),
             None => {
                 let name: Name = location.into();
-                self.locs.insert(Arc::clone(&name), Loc::default());
-                // A new location (rare): re-derive the order and everyone's position.
-                let mut names: Vec<Name> = self.locs.keys().cloned().collect();
-                names.sort_unstable();
-                self.figures = vec![(0, 0); names.len()];
-                for (pos, n) in names.iter().enumerate() {
-                    let l = self.locs.get_mut(n).expect("listed");
-                    l.pos = pos;
-                    self.figures[pos] = l.published.unwrap_or((0, 0));
+                // A new location: insert it in order and shift the positions after it.
+                let pos = self.loc_names.partition_point(|n| **n < *location);
+                for l in self.locs.values_mut() {
+                    if l.pos >= pos {
+                        l.pos += 1;
+                    }
                 }
+                self.locs.insert(
+                    Arc::clone(&name),
+                    Loc {
+                        pos,
+                        ..Loc::default()
+                    },
+                );
+                self.figures.insert(pos, (0, 0));
+                let mut names = self.loc_names.to_vec();
+                names.insert(pos, Arc::clone(&name));
                 self.loc_names = names.into();
                 name
             }
@@ -960,6 +984,37 @@ mod tests {
         fn allocation_matches_a_full_greedy_walk(ops in prop::collection::vec((any::<u8>(), any::<u64>(), any::<i64>()), 1..80)) {
             check_allocation(ops)?;
         }
+    }
+
+    #[test]
+    fn repeats_within_one_time_resolve_to_the_least_event_in_any_order() {
+        use crate::views::ViewStore;
+        use crate::EngineConfig;
+        use stockflow_types::event::{Event, EventKind};
+        let ev = |qty| Event {
+            event_id: "e".into(),
+            sku: "S".into(),
+            ts: 5,
+            kind: EventKind::Received {
+                location: "L".into(),
+                qty,
+            },
+        };
+        let run = |events: Vec<Event>| {
+            let cfg = Arc::new(EngineConfig::for_tests(1));
+            let store = Arc::new(ViewStore::new(1, cfg.windows.clone(), cfg.top_k));
+            let mut state = super::LedgerState::new(cfg, Arc::clone(&store));
+            let mut out = Vec::new();
+            state.process(10, &mut events.clone(), &mut out);
+            let stats = state.stats();
+            (
+                store.stock("S").unwrap().get("L").unwrap().on_hand,
+                stats.duplicates,
+                stats.applied,
+            )
+        };
+        assert_eq!(run(vec![ev(7), ev(3), ev(7)]), (3, 2, 1));
+        assert_eq!(run(vec![ev(3), ev(7)]), (3, 1, 1));
     }
 
     #[test]

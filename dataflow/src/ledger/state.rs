@@ -593,7 +593,7 @@ impl LedgerState {
             if loc.published != Some(now) {
                 let row = |(on_hand, reserved): (i64, i64)| StockRow {
                     sku: Arc::clone(sku_name),
-                    location: Arc::clone(&loc_name),
+                    location: Arc::clone(loc_name),
                     on_hand,
                     reserved,
                     available: on_hand - reserved,
@@ -1005,7 +1005,7 @@ mod tests {
             let store = Arc::new(ViewStore::new(1, cfg.windows.clone(), cfg.top_k));
             let mut state = super::LedgerState::new(cfg, Arc::clone(&store));
             let mut out = Vec::new();
-            state.process(10, &mut events.clone(), &mut out);
+            state.process(10, &mut { events }, &mut out);
             let stats = state.stats();
             (
                 store.stock("S").unwrap().get("L").unwrap().on_hand,

@@ -66,11 +66,9 @@ impl Dedup {
 
     /// The 128-bit identity of `(sku, event_id)`.
     fn key(sku: &str, event_id: &str) -> u128 {
-        let mut h = xxhash_rust::xxh3::Xxh3::new();
-        h.update(sku.as_bytes());
-        h.update(&[0xff]); // never part of UTF-8: the pair is unambiguous
-        h.update(event_id.as_bytes());
-        h.digest128()
+        // The event id's hash seeded with the SKU's: two one-shot hashes, no streaming state.
+        let seed = xxhash_rust::xxh3::xxh3_64(sku.as_bytes());
+        xxhash_rust::xxh3::xxh3_128_with_seed(event_id.as_bytes(), seed)
     }
 
     /// True the first time a key is seen.
@@ -672,33 +670,42 @@ impl LedgerState {
         if !s.window_deltas.is_empty() || s.evict_windows {
             let mut w = s.windows.write();
             for ((size, start, loc), delta) in s.window_deltas.drain(..) {
-                let key = (size, start, loc);
-                let old = w.windows.get(&key).copied();
-                let mut new = old.unwrap_or_default();
-                new.add(&delta, 1);
-                if old == Some(new) {
-                    continue;
-                }
                 let row = |figures: WindowFigures| WindowRow {
                     window_ms: size,
                     window_start: start,
                     sku: Arc::clone(sku_name),
-                    location: Arc::clone(&key.2),
+                    location: Arc::clone(&loc),
                     figures,
                 };
-                if let Some(old) = old {
-                    out.push((Change::Window(row(old)), -1));
-                } else {
-                    let at = start + size + window_retention;
-                    if s.window_timers.insert(at) {
-                        timers.push((at, Timer::Windows));
+                match w.windows.entry((size, start, Arc::clone(&loc))) {
+                    std::collections::btree_map::Entry::Occupied(mut e) => {
+                        let old = *e.get();
+                        let mut new = old;
+                        new.add(&delta, 1);
+                        if new == old {
+                            continue;
+                        }
+                        out.push((Change::Window(row(old)), -1));
+                        if new.is_zero() {
+                            e.remove();
+                        } else {
+                            out.push((Change::Window(row(new)), 1));
+                            *e.get_mut() = new;
+                        }
                     }
-                }
-                if new.is_zero() {
-                    w.windows.remove(&key);
-                } else {
-                    out.push((Change::Window(row(new)), 1));
-                    w.windows.insert(key, new);
+                    std::collections::btree_map::Entry::Vacant(e) => {
+                        let mut new = WindowFigures::default();
+                        new.add(&delta, 1);
+                        if new.is_zero() {
+                            continue;
+                        }
+                        out.push((Change::Window(row(new)), 1));
+                        e.insert(new);
+                        let at = start + size + window_retention;
+                        if s.window_timers.insert(at) {
+                            timers.push((at, Timer::Windows));
+                        }
+                    }
                 }
             }
             if std::mem::take(&mut s.evict_windows) {

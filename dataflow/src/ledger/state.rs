@@ -177,7 +177,19 @@ impl Loc {
     /// is insufficient, and so was everything after the previous walk's exhaustion point: the
     /// walk stops there and only new entries beyond it are visited.
     fn allocate(&mut self, on_hand: i64, changed: &mut Vec<Name>) -> i64 {
-        let added = std::mem::take(&mut self.added);
+        let mut added = std::mem::take(&mut self.added);
+        let held = self.allocate_with(on_hand, &added, changed);
+        added.clear();
+        self.added = added; // keeps its capacity
+        held
+    }
+
+    fn allocate_with(
+        &mut self,
+        on_hand: i64,
+        added: &[(Millis, Name)],
+        changed: &mut Vec<Name>,
+    ) -> i64 {
         let mut set = |live: &mut Live, id: &Name, fits: bool| {
             if live.held != Some(fits) {
                 live.held = Some(fits);
@@ -185,7 +197,7 @@ impl Loc {
             }
         };
         if self.all_held && on_hand >= self.live_total {
-            for key in &added {
+            for key in added {
                 if let Some(live) = self.live.get_mut(key) {
                     set(live, &key.1, true);
                 }
@@ -207,7 +219,7 @@ impl Loc {
             }
             set(live, &key.1, fits);
         }
-        for key in &added {
+        for key in added {
             if let Some(live) = self.live.get_mut(key) {
                 if live.held.is_none() {
                     set(live, &key.1, false);
@@ -425,9 +437,11 @@ impl LedgerState {
                 }
             }
         }
-        for sku in std::mem::take(&mut self.dirty) {
+        let mut dirty = std::mem::take(&mut self.dirty);
+        for sku in dirty.drain(..) {
             self.settle(t, &sku, out);
         }
+        self.dirty = dirty; // keeps its capacity
     }
 
     fn sku_mut(&mut self, name: &str) -> &mut Sku {

@@ -104,7 +104,7 @@ pub struct ViewStore {
     top_k: usize,
     ledger_completed: Vec<AtomicU64>,
     top_completed: Vec<AtomicU64>,
-    stock: DashMap<Name, Arc<SkuStock>, Hasher>,
+    stock: DashMap<Name, SkuStock, Hasher>,
     reservations: DashMap<Name, ReservationView, Hasher>,
     windows: DashMap<Name, Arc<RwLock<SkuWindows>>, Hasher>,
     top: DashMap<(Millis, Millis), Arc<TopList>, Hasher>,
@@ -150,9 +150,9 @@ impl ViewStore {
         min_of(&self.top_completed)
     }
 
-    /// Stock of a SKU, if ever seen.
-    pub fn stock(&self, sku: &str) -> Option<Arc<SkuStock>> {
-        self.stock.get(sku).map(|e| Arc::clone(e.value()))
+    /// Stock of a SKU, if ever seen (a copy: the reader pays for it, not the dataflow).
+    pub fn stock(&self, sku: &str) -> Option<SkuStock> {
+        self.stock.get(sku).map(|e| e.value().clone())
     }
 
     /// A reservation, if seen and not yet forgotten (retention).
@@ -202,8 +202,33 @@ impl ViewStore {
         self.top_completed[local_worker].fetch_max(t, Ordering::Release);
     }
 
-    pub(crate) fn publish_stock(&self, sku: &Name, stock: SkuStock) {
-        self.stock.insert(Arc::clone(sku), Arc::new(stock));
+    /// Updates a SKU's stock in place: no allocation once it exists (and its locations are known).
+    pub(crate) fn publish_stock(
+        &self,
+        sku: &Name,
+        names: &Arc<[Name]>,
+        figures: &[(i64, i64)],
+        t: Time,
+    ) {
+        match self.stock.get_mut(&**sku) {
+            Some(mut e) => {
+                let stock = e.value_mut();
+                if !Arc::ptr_eq(&stock.names, names) {
+                    stock.names = Arc::clone(names);
+                }
+                stock.figures.clear();
+                stock.figures.extend_from_slice(figures);
+                stock.changed_at = t;
+            }
+            None => {
+                let stock = SkuStock {
+                    names: Arc::clone(names),
+                    figures: figures.to_vec(),
+                    changed_at: t,
+                };
+                self.stock.insert(Arc::clone(sku), stock);
+            }
+        }
     }
 
     pub(crate) fn publish_reservation(&self, view: ReservationView) {

@@ -10,7 +10,7 @@
 //! ingest), and the live reservations in first-come-first-served order.
 
 use crate::clock::tick_ceil;
-use crate::views::{ReservationView, SkuStock, SkuWindows, ViewStore};
+use crate::views::{ReservationView, SkuWindows, ViewStore};
 use crate::{Diff, EngineConfig, Time};
 use hashbrown::{HashMap, HashSet};
 use parking_lot::RwLock;
@@ -619,12 +619,7 @@ impl LedgerState {
             }
         }
         if stock_changed {
-            let stock = SkuStock {
-                names: Arc::clone(&s.loc_names),
-                figures: s.figures.clone(),
-                changed_at: t,
-            };
-            store.publish_stock(sku_name, stock);
+            store.publish_stock(sku_name, &s.loc_names, &s.figures, t);
         }
 
         // 3. Reservation rows: statuses, then evictions of those ended more than retention ago.

@@ -130,7 +130,7 @@ impl Engine {
             VecCollection<'s, Time, Change, Diff>,
         ) -> VecCollection<'s, Time, Change, Diff>,
     {
-        let local_worker = worker.index() % store_workers(&store);
+        let local_worker = worker.index() % store.local_workers();
         let stats = Rc::new(RefCell::new(LedgerStats::default()));
         let stats2 = Rc::clone(&stats);
         let (input, probe) = worker.dataflow::<Time, _, _>(move |scope| {
@@ -193,8 +193,4 @@ impl Engine {
     pub fn stats(&self) -> LedgerStats {
         *self.stats.borrow()
     }
-}
-
-fn store_workers(store: &ViewStore) -> usize {
-    store.local_workers()
 }

@@ -131,13 +131,8 @@ impl Source for JsonLinesSource {
 mod tests {
     use super::*;
 
-    #[test]
-    fn reads_every_line_with_its_number() {
-        let text = "{\"a\":1}\r\n\n  \nnot json\n{\"b\":2}";
-        let mut src = JsonLinesSource::from_reader(
-            "t".into(),
-            Box::new(std::io::Cursor::new(text.as_bytes().to_vec())),
-        );
+    /// Polls until the source is exhausted (bounded in time).
+    fn read_all(src: &mut JsonLinesSource) -> Vec<RawRecord> {
         let mut out = Vec::new();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
         while src.poll(100, &mut out) != Polled::Done {
@@ -147,6 +142,17 @@ mod tests {
             );
             std::thread::yield_now();
         }
+        out
+    }
+
+    #[test]
+    fn reads_every_line_with_its_number() {
+        let text = "{\"a\":1}\r\n\n  \nnot json\n{\"b\":2}";
+        let mut src = JsonLinesSource::from_reader(
+            "t".into(),
+            Box::new(std::io::Cursor::new(text.as_bytes().to_vec())),
+        );
+        let out = read_all(&mut src);
         let lines: Vec<(i64, &[u8])> = out
             .iter()
             .map(|r| (r.position.offset, r.value.as_slice()))
@@ -163,15 +169,7 @@ mod tests {
         text.extend_from_slice(b"\n{\"c\":3}\n");
         let mut src =
             JsonLinesSource::from_reader("t".into(), Box::new(std::io::Cursor::new(text)));
-        let mut out = Vec::new();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        while src.poll(100, &mut out) != Polled::Done {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "reader never finished"
-            );
-            std::thread::yield_now();
-        }
+        let out = read_all(&mut src);
         assert_eq!(out.len(), 2);
         assert_eq!(out[0].value.len(), MAX_RECORD_BYTES + 1);
         assert_eq!(

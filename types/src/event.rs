@@ -470,70 +470,68 @@ mod tests {
 
     #[test]
     fn names_every_problem() {
-        assert_eq!(reason("{"), "invalid_json");
-        assert_eq!(reason("[1]"), "invalid_json");
-        assert_eq!(
-            reason(r#"{"type":"sold","sku":"S","ts":1,"location":"L","qty":1}"#),
-            "missing_field"
-        );
-        assert_eq!(
-            reason(r#"{"event_id":"e","type":"sold","sku":"S","ts":1,"location":"L","qty":null}"#),
-            "missing_field"
-        );
-        assert_eq!(
-            reason(r#"{"event_id":"e","type":"sold","sku":"S","ts":1,"location":"L","qty":"2"}"#),
-            "wrong_type"
-        );
-        assert_eq!(
-            reason(r#"{"event_id":"e","type":"sold","sku":"S","ts":1,"location":"L","qty":2.5}"#),
-            "wrong_type"
-        );
-        assert_eq!(
-            reason(r#"{"event_id":"e","type":"sold","sku":"S","ts":1,"location":"L","qty":0}"#),
-            "out_of_range"
-        );
-        assert_eq!(
-            reason(r#"{"event_id":"e","type":"adjusted","sku":"S","ts":1,"location":"L","qty":0}"#),
-            "out_of_range"
-        );
-        assert_eq!(
-            reason(r#"{"event_id":"e","type":"counted","sku":"S","ts":1,"location":"L","qty":-1}"#),
-            "out_of_range"
-        );
-        assert_eq!(
-            reason(r#"{"event_id":"e","type":"sold","sku":"","ts":1,"location":"L","qty":1}"#),
-            "out_of_range"
-        );
-        assert_eq!(
-            reason(r#"{"event_id":"e","type":"sold","sku":"S","ts":-5,"location":"L","qty":1}"#),
-            "out_of_range"
-        );
-        assert_eq!(
-            reason(
-                r#"{"event_id":"e","type":"sold","sku":"S","ts":"noon","location":"L","qty":1}"#
+        for (input, want) in [
+            ("{", "invalid_json"),
+            ("[1]", "invalid_json"),
+            (
+                r#"{"type":"sold","sku":"S","ts":1,"location":"L","qty":1}"#,
+                "missing_field",
             ),
-            "out_of_range"
-        );
-        assert_eq!(
-            reason(r#"{"event_id":"e","type":"sold","sku":"S","ts":true,"location":"L","qty":1}"#),
-            "wrong_type"
-        );
-        assert_eq!(
-            reason(
-                r#"{"event_id":"e","type":"sold","sku":"S","ts":1,"location":"L","qty":99999999999999999999}"#
+            (
+                r#"{"event_id":"e","type":"sold","sku":"S","ts":1,"location":"L","qty":null}"#,
+                "missing_field",
             ),
-            "out_of_range"
-        );
-        assert_eq!(
-            reason(r#"{"event_id":"e","type":"stolen","sku":"S","ts":1}"#),
-            "unknown_type"
-        );
-        assert_eq!(
-            reason(
-                r#"{"event_id":"e","type":"reserved","sku":"S","ts":1,"location":"L","qty":1,"reservation_id":"r"}"#
+            (
+                r#"{"event_id":"e","type":"sold","sku":"S","ts":1,"location":"L","qty":"2"}"#,
+                "wrong_type",
             ),
-            "missing_field"
-        );
+            (
+                r#"{"event_id":"e","type":"sold","sku":"S","ts":1,"location":"L","qty":2.5}"#,
+                "wrong_type",
+            ),
+            (
+                r#"{"event_id":"e","type":"sold","sku":"S","ts":1,"location":"L","qty":0}"#,
+                "out_of_range",
+            ),
+            (
+                r#"{"event_id":"e","type":"adjusted","sku":"S","ts":1,"location":"L","qty":0}"#,
+                "out_of_range",
+            ),
+            (
+                r#"{"event_id":"e","type":"counted","sku":"S","ts":1,"location":"L","qty":-1}"#,
+                "out_of_range",
+            ),
+            (
+                r#"{"event_id":"e","type":"sold","sku":"","ts":1,"location":"L","qty":1}"#,
+                "out_of_range",
+            ),
+            (
+                r#"{"event_id":"e","type":"sold","sku":"S","ts":-5,"location":"L","qty":1}"#,
+                "out_of_range",
+            ),
+            (
+                r#"{"event_id":"e","type":"sold","sku":"S","ts":"noon","location":"L","qty":1}"#,
+                "out_of_range",
+            ),
+            (
+                r#"{"event_id":"e","type":"sold","sku":"S","ts":true,"location":"L","qty":1}"#,
+                "wrong_type",
+            ),
+            (
+                r#"{"event_id":"e","type":"sold","sku":"S","ts":1,"location":"L","qty":99999999999999999999}"#,
+                "out_of_range",
+            ),
+            (
+                r#"{"event_id":"e","type":"stolen","sku":"S","ts":1}"#,
+                "unknown_type",
+            ),
+            (
+                r#"{"event_id":"e","type":"reserved","sku":"S","ts":1,"location":"L","qty":1,"reservation_id":"r"}"#,
+                "missing_field",
+            ),
+        ] {
+            assert_eq!(reason(input), want, "{input}");
+        }
     }
 
     #[test]

@@ -486,11 +486,7 @@ impl LedgerState {
         let s = self.sku_mut(&ev.sku);
         match ev.kind {
             EventKind::Received { location, qty } => {
-                let loc = s.touch_loc(&location);
-                s.locs
-                    .get_mut(&loc)
-                    .expect("touched")
-                    .add_movement(ev.ts, qty, t, retention);
+                let loc = s.movement(&location, ev.ts, qty, t, retention);
                 let f = WindowFigures {
                     units_received: qty,
                     ..Default::default()
@@ -498,18 +494,10 @@ impl LedgerState {
                 s.add_window(&cfg, t, &loc, ev.ts, &f, 1);
             }
             EventKind::Adjusted { location, qty } => {
-                let loc = s.touch_loc(&location);
-                s.locs
-                    .get_mut(&loc)
-                    .expect("touched")
-                    .add_movement(ev.ts, qty, t, retention);
+                s.movement(&location, ev.ts, qty, t, retention);
             }
             EventKind::Sold { location, qty } => {
-                let loc = s.touch_loc(&location);
-                s.locs
-                    .get_mut(&loc)
-                    .expect("touched")
-                    .add_movement(ev.ts, -qty, t, retention);
+                let loc = s.movement(&location, ev.ts, -qty, t, retention);
                 let f = WindowFigures {
                     units_sold: qty,
                     orders: 1,
@@ -762,6 +750,16 @@ fn unique(names: &mut Vec<Name>) {
 }
 
 impl Sku {
+    /// Applies a stock movement to a location (created on first sight); returns its name.
+    fn movement(&mut self, location: &str, ts: Millis, qty: i64, t: Time, retention: u64) -> Name {
+        let loc = self.touch_loc(location);
+        self.locs
+            .get_mut(&loc)
+            .expect("touched")
+            .add_movement(ts, qty, t, retention);
+        loc
+    }
+
     /// Marks a location dirty, creating it on first sight, and returns its shared name.
     fn touch_loc(&mut self, location: &str) -> Name {
         let name = match self.locs.get_key_value(location) {

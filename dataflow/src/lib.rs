@@ -179,6 +179,13 @@ impl Engine {
         self.probe.less_than(&t)
     }
 
+    /// The earliest time some view has not yet absorbed (`Time::MAX` if none).
+    pub fn frontier(&self) -> Time {
+        self.probe
+            .with_frontier(|f| f.iter().copied().min())
+            .unwrap_or(Time::MAX)
+    }
+
     /// Stops the dataflow without draining it. (Closing the input would let the frontier run to
     /// the end of time and fire every pending expiry and eviction first.) Call it on every
     /// worker when the process stops.

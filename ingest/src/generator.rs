@@ -13,6 +13,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use stockflow_types::config::GeneratorConfig;
 use stockflow_types::event::{encode, Event, EventKind};
+use stockflow_types::Millis;
 
 /// The name of the SKU of popularity rank `rank` (1 = most popular).
 pub fn sku_name(rank: u64) -> String {
@@ -203,7 +204,7 @@ impl Generator {
 }
 
 impl Source for Generator {
-    fn poll(&mut self, max: usize, out: &mut Vec<RawRecord>) -> Polled {
+    fn poll(&mut self, _t: Millis, max: usize, out: &mut Vec<RawRecord>) -> Polled {
         if self.made >= self.limit {
             return Polled::Done;
         }
@@ -292,14 +293,14 @@ mod tests {
             Arc::new(move || n2.load(std::sync::atomic::Ordering::SeqCst)),
         );
         let mut out = Vec::new();
-        g.poll(10_000, &mut out);
+        g.poll(0, 10_000, &mut out);
         assert_eq!(out.len(), 1);
         now.store(1000, std::sync::atomic::Ordering::SeqCst);
-        g.poll(10_000, &mut out);
+        g.poll(0, 10_000, &mut out);
         assert_eq!(out.len(), 1001);
         now.store(10_000, std::sync::atomic::Ordering::SeqCst);
-        g.poll(10_000, &mut out);
+        g.poll(0, 10_000, &mut out);
         assert_eq!(out.len(), 3000);
-        assert_eq!(g.poll(10_000, &mut out), Polled::Done);
+        assert_eq!(g.poll(0, 10_000, &mut out), Polled::Done);
     }
 }

@@ -6,6 +6,7 @@ use crossbeam_channel::{bounded, Receiver, TryRecvError};
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use stockflow_types::event::MAX_RECORD_BYTES;
+use stockflow_types::Millis;
 use thiserror::Error;
 
 /// The file could not be opened.
@@ -109,7 +110,7 @@ fn skip_line(reader: &mut impl BufRead) -> std::io::Result<()> {
 }
 
 impl Source for JsonLinesSource {
-    fn poll(&mut self, max: usize, out: &mut Vec<RawRecord>) -> Polled {
+    fn poll(&mut self, _t: Millis, max: usize, out: &mut Vec<RawRecord>) -> Polled {
         let start = out.len();
         while out.len() - start < max {
             match self.rx.try_recv() {
@@ -135,7 +136,7 @@ mod tests {
     fn read_all(src: &mut JsonLinesSource) -> Vec<RawRecord> {
         let mut out = Vec::new();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        while src.poll(100, &mut out) != Polled::Done {
+        while src.poll(0, 100, &mut out) != Polled::Done {
             assert!(
                 std::time::Instant::now() < deadline,
                 "reader never finished"

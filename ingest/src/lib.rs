@@ -4,7 +4,8 @@
 //! one against the contract at the pipeline time it would enter; a valid event goes into the
 //! dataflow, a rejected one to the dead-letter output with its reason. [`run_worker`] is the
 //! loop each timely worker runs: poll its sources, admit, advance the input to the pipeline
-//! clock, step the dataflow. The Kafka source plugs into the same loop.
+//! clock, step the dataflow. The sources: the workload [`generator`], JSON lines ([`jsonl`]) and
+//! Kafka ([`kafka`]), where a Kafka message becomes a [`RawRecord`].
 //!
 //! ```
 //! use stockflow_ingest::{admit, RawRecord, Position};
@@ -14,11 +15,12 @@
 
 pub mod generator;
 pub mod jsonl;
+pub mod kafka;
 mod worker;
 
-pub use worker::{run_worker, WorkerOptions};
+pub use worker::{run_worker, WorkerIo, WorkerOptions};
 
-use stockflow_types::event::{decode, Event, EventKind, RejectReason, Rejection};
+use stockflow_types::event::{decode, decode_from, Event, EventKind, RejectReason, Rejection, Stream};
 use stockflow_types::Millis;
 
 /// Where a record came from: enough to find it again.
@@ -52,15 +54,23 @@ pub struct RawRecord {
     pub value: Vec<u8>,
     /// Where it came from.
     pub position: Position,
+    /// The stream its source carries (a Kafka topic carries one), if any: an event of the
+    /// other stream is rejected as `wrong_topic`.
+    pub stream: Option<Stream>,
+    /// An earlier run of the pipeline already sent it to the dead-letter output, should it be
+    /// rejected (it is being replayed from before the committed offset).
+    pub dead_lettered: bool,
 }
 
 impl RawRecord {
-    /// A record.
+    /// A record of no particular stream, not seen before.
     pub fn new(key: Option<Vec<u8>>, value: Vec<u8>, position: Position) -> Self {
         RawRecord {
             key,
             value,
             position,
+            stream: None,
+            dead_lettered: false,
         }
     }
 }
@@ -78,15 +88,30 @@ pub enum Polled {
 
 /// A source of raw records, polled without blocking from a worker thread.
 pub trait Source: Send {
-    /// Appends at most `max` records to `out`.
-    fn poll(&mut self, max: usize, out: &mut Vec<RawRecord>) -> Polled;
+    /// Appends at most `max` records to `out`; they will be admitted at pipeline time `t`.
+    fn poll(&mut self, t: Millis, max: usize, out: &mut Vec<RawRecord>) -> Polled;
+
+    /// Whether every record the source held when the pipeline started has been polled.
+    fn caught_up(&self) -> bool {
+        true
+    }
+
+    /// Everything that records polled at times before `t` produced is durable: their
+    /// positions may be acknowledged (stored Kafka offsets).
+    fn durable(&mut self, _t: Millis) {}
+
+    /// The pipeline stops: acknowledge what is durable for good (a synchronous commit).
+    fn close(&mut self) {}
 }
 
 /// Decodes and validates a record for admission at pipeline time `t`. A `counted` event older
 /// than `retention` at `t` is rejected: the pipeline no longer keeps the movement detail needed
 /// to apply it exactly (see docs/architecture.md).
 pub fn admit(rec: &RawRecord, t: Millis, retention: u64) -> Result<Event, Rejection> {
-    let ev = decode(&rec.value)?;
+    let ev = match rec.stream {
+        Some(stream) => decode_from(&rec.value, stream)?,
+        None => decode(&rec.value)?,
+    };
     if matches!(ev.kind, EventKind::Counted { .. }) && ev.ts.saturating_add(retention) < t {
         return Err(Rejection::new(
             RejectReason::CountTooOld,

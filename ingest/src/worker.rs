@@ -2,11 +2,14 @@
 //! advance to the clock, step until the probe catches up).
 
 use crate::{admit, Polled, RawRecord, Source};
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use stockflow_dataflow::clock::{tick_floor, Clock};
 use stockflow_dataflow::Engine;
-use stockflow_sinks::dead_letter::{DeadLetter, DeadLetterSender};
+use stockflow_sinks::dead_letter::{DeadLetter, DeadLetters};
+use stockflow_types::progress::Progress;
+use stockflow_types::Millis;
 use stockflow_types::event::{RejectReason, Stream};
 use timely::worker::Worker;
 
@@ -21,8 +24,14 @@ pub struct WorkerOptions {
     pub max_batch: usize,
     /// Stop reading while the dataflow is more than this far behind the clock, ms.
     pub max_lag_ms: u64,
+    /// Stop reading while more changes than this wait for the sink.
+    pub max_sink_buffered: usize,
     /// How long an idle worker parks.
     pub park: Duration,
+    /// How often durable positions are handed to the sources.
+    pub durable_every: Duration,
+    /// At shutdown, how long to wait for what was read to become durable.
+    pub drain_timeout: Duration,
 }
 
 impl WorkerOptions {
@@ -33,20 +42,34 @@ impl WorkerOptions {
             retention_ms,
             max_batch: 4096,
             max_lag_ms: 1000,
+            max_sink_buffered: usize::MAX,
             park: Duration::from_millis(1),
+            durable_every: Duration::from_millis(50),
+            drain_timeout: Duration::from_secs(10),
         }
     }
 }
 
-/// Runs until `shutdown` is set: polls `sources`, admits their records at the pipeline clock's
-/// time, sends rejections to `dead_letters`, and steps the dataflow.
+/// The outputs a worker feeds besides the dataflow, and what it tells the rest of the process.
+pub struct WorkerIo<'a> {
+    /// Where rejected records go.
+    pub dead_letters: &'a dyn DeadLetters,
+    /// Shared progress: caught-up times, sink durability and fill.
+    pub progress: &'a Progress,
+    /// Set when the process stops.
+    pub shutdown: &'a AtomicBool,
+}
+
+/// Runs until `io.shutdown` is set: polls `sources`, admits their records at the pipeline
+/// clock's time, sends rejections to the dead letters, steps the dataflow, and tells the sources
+/// which of their records are durable. At shutdown, waits (up to `drain_timeout`) until what was
+/// read is durable, then closes the sources (a final offset commit).
 pub fn run_worker(
     worker: &mut Worker,
     engine: &mut Engine,
     mut sources: Vec<Box<dyn Source>>,
     clock: &dyn Clock,
-    dead_letters: &DeadLetterSender,
-    shutdown: &AtomicBool,
+    io: &WorkerIo<'_>,
     opts: &WorkerOptions,
 ) {
     let mut batch: Vec<RawRecord> = Vec::with_capacity(opts.max_batch);
@@ -54,16 +77,19 @@ pub fn run_worker(
     let mut ingested = [0u64; 2];
     let mut rejected = [0u64; RejectReason::ALL.len()];
     let mut had_sources = !sources.is_empty();
-    while !shutdown.load(Ordering::Relaxed) {
+    let mut caught_up = false;
+    let mut durability = Durability::default();
+    let mut next_durable = Instant::now();
+    while !io.shutdown.load(Ordering::Relaxed) {
         engine.advance_to(tick_floor(clock.now_ms(), opts.tick_ms));
         let t = engine.time();
         let mut busy = false;
-        // Backpressure: while the dataflow lags, leave records in the source (Kafka, the
-        // file's bounded channel) rather than buffering them in memory here.
+        // Backpressure: while the dataflow lags or the sink is full, leave records in the
+        // source (Kafka, the file's bounded channel) rather than buffering them in memory.
         if engine.pending(t.saturating_sub(opts.max_lag_ms)) {
             busy = true;
-        } else {
-            sources.retain_mut(|s| match s.poll(opts.max_batch, &mut batch) {
+        } else if io.progress.sink_buffered() <= opts.max_sink_buffered {
+            sources.retain_mut(|s| match s.poll(t, opts.max_batch, &mut batch) {
                 Polled::Records => {
                     busy = true;
                     true
@@ -83,7 +109,10 @@ pub fn run_worker(
                             .position(|r| *r == rej.reason)
                             .expect("listed");
                         rejected[i] += 1;
-                        dead_letters.send(DeadLetter {
+                        if rec.dead_lettered {
+                            continue; // an earlier run sent it, durably
+                        }
+                        io.dead_letters.send(DeadLetter {
                             reason: rej.reason.code(),
                             detail: rej.detail,
                             source: rec.position.source,
@@ -96,12 +125,21 @@ pub fn run_worker(
                 }
             }
         }
+        if !caught_up && sources.iter().all(|s| s.caught_up()) {
+            // Everything the sources held at start is admitted at or before `t`.
+            io.progress.set_caught_up(worker.index(), t);
+            caught_up = true;
+        }
         if had_sources && sources.is_empty() {
             tracing::info!(
                 worker = worker.index(),
                 "all sources of this worker are exhausted; still serving"
             );
             had_sources = false;
+        }
+        if Instant::now() >= next_durable {
+            durability.hand_over(t, engine, io, &mut sources);
+            next_durable = Instant::now() + opts.durable_every;
         }
         report(&mut ingested, &mut rejected);
         let duplicates = engine.stats().duplicates;
@@ -115,6 +153,80 @@ pub fn run_worker(
         } else {
             worker.step_or_park(Some(opts.park));
         }
+    }
+    drain(worker, engine, &mut sources, clock, io, opts, &mut durability);
+    for s in &mut sources {
+        s.close();
+    }
+}
+
+/// Lets what was admitted become durable, for at most `drain_timeout`.
+fn drain(
+    worker: &mut Worker,
+    engine: &mut Engine,
+    sources: &mut [Box<dyn Source>],
+    clock: &dyn Clock,
+    io: &WorkerIo<'_>,
+    opts: &WorkerOptions,
+    durability: &mut Durability,
+) {
+    let last = engine.time();
+    let deadline = Instant::now() + opts.drain_timeout;
+    loop {
+        engine.advance_to(tick_floor(clock.now_ms(), opts.tick_ms));
+        let through = durability.hand_over(engine.time(), engine, io, sources);
+        if through > last {
+            return;
+        }
+        if Instant::now() >= deadline {
+            tracing::warn!(
+                worker = worker.index(),
+                durable_through = through,
+                read_through = last,
+                "stopping before everything read was durable; the next start reads it again"
+            );
+            return;
+        }
+        worker.step_or_park(Some(opts.park));
+    }
+}
+
+/// Which admission times are durable: absorbed by the dataflow, written by the sink, and their
+/// dead letters settled.
+#[derive(Default)]
+struct Durability {
+    /// (admission time, dead letters sent by the end of its batch), oldest first.
+    marks: VecDeque<(Millis, u64)>,
+    /// Dead letters of records admitted before this time are settled.
+    dead_letters_through: Millis,
+}
+
+impl Durability {
+    /// Hands the durable time to the sources and returns it.
+    fn hand_over(
+        &mut self,
+        t: Millis,
+        engine: &Engine,
+        io: &WorkerIo<'_>,
+        sources: &mut [Box<dyn Source>],
+    ) -> Millis {
+        self.marks.push_back((t, io.dead_letters.sent()));
+        let settled = io.dead_letters.settled();
+        while let Some(&(mark_t, sent)) = self.marks.front() {
+            if sent > settled {
+                break;
+            }
+            self.dead_letters_through = mark_t + 1;
+            self.marks.pop_front();
+        }
+        let mut through = engine.frontier().min(self.dead_letters_through);
+        if io.progress.has_sink() {
+            through = through.min(io.progress.sink_durable());
+        }
+        for s in sources.iter_mut() {
+            s.durable(through);
+        }
+        through
     }
 }
 

@@ -6,6 +6,7 @@ use crate::problem::Problem;
 use serde::Serialize;
 use std::collections::HashMap;
 use stockflow_dataflow::views::ViewStore;
+use stockflow_types::progress::{Progress, NOT_YET};
 use stockflow_types::timefmt::{format_rfc3339, parse_param};
 use utoipa::{OpenApi, ToSchema};
 
@@ -388,15 +389,36 @@ pub fn healthz(store: &ViewStore) -> Health {
     }
 }
 
-/// Readiness: the pipeline has started and is no more than `max_lag_ms` behind the clock.
+/// Readiness: the servers the pipeline uses (Kafka, ClickHouse) answered at the latest
+/// contact, the pipeline has absorbed everything its sources held when it started (the Kafka
+/// end offsets as of the start), and it is no more than `max_lag_ms` behind the clock.
 #[utoipa::path(get, path = "/readyz",
     responses((status = 200, body = Health), (status = 503, body = Problem, content_type = "application/problem+json")))]
-pub fn readyz(store: &ViewStore, now_ms: u64, max_lag_ms: u64) -> Result<Health, Problem> {
+pub fn readyz(
+    store: &ViewStore,
+    progress: &Progress,
+    now_ms: u64,
+    max_lag_ms: u64,
+) -> Result<Health, Problem> {
     let as_of = store.as_of();
+    if progress.kafka_ok() == Some(false) {
+        return Err(Problem::unavailable("Kafka is not reachable"));
+    }
+    if progress.clickhouse_ok() == Some(false) {
+        return Err(Problem::unavailable("ClickHouse is not reachable"));
+    }
     if as_of == 0 {
         return Err(Problem::unavailable(
             "the pipeline has not completed its first time yet",
         ));
+    }
+    let caught_up = progress.caught_up();
+    if as_of < caught_up {
+        return Err(Problem::unavailable(if caught_up == NOT_YET {
+            "the pipeline is still reading what its sources held at start".to_string()
+        } else {
+            format!("the pipeline has read its start backlog and absorbs it (as_of {as_of} < {caught_up})")
+        }));
     }
     let lag = now_ms.saturating_sub(as_of);
     if lag > max_lag_ms {

@@ -24,6 +24,7 @@ use std::sync::Arc;
 use std::time::Instant;
 use stockflow_dataflow::clock::Clock;
 use stockflow_dataflow::views::ViewStore;
+use stockflow_types::progress::Progress;
 use utoipa::OpenApi;
 use warp::http::{header, StatusCode};
 use warp::reply::Response;
@@ -45,6 +46,8 @@ pub struct ServeState {
     pub clock: Arc<dyn Clock>,
     /// `/readyz` fails when the pipeline is further behind the clock than this.
     pub ready_max_lag_ms: u64,
+    /// What the sources and sinks report, for `/readyz`.
+    pub progress: Arc<Progress>,
 }
 
 fn json_response<T: Serialize>(
@@ -171,7 +174,7 @@ pub fn routes(
             answer(
                 "/readyz",
                 t0,
-                api::readyz(&s.store, s.clock.now_ms(), s.ready_max_lag_ms),
+                api::readyz(&s.store, &s.progress, s.clock.now_ms(), s.ready_max_lag_ms),
             )
         });
     let metrics_route =

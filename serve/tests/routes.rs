@@ -6,6 +6,7 @@ use stockflow_dataflow::views::ViewStore;
 use stockflow_dataflow::{Engine, EngineConfig};
 use stockflow_serve::{routes, ServeState};
 use stockflow_types::event::decode;
+use stockflow_types::progress::Progress;
 
 const T0: u64 = 1_795_780_800_000; // 2026-11-27T12:00:00Z
 
@@ -46,7 +47,15 @@ fn state() -> Arc<ServeState> {
         metrics: None,
         clock: Arc::new(ManualClock::new(T0 + 20)),
         ready_max_lag_ms: 5_000,
+        progress: caught_up_at(T0),
     })
+}
+
+fn caught_up_at(t: u64) -> Arc<Progress> {
+    let p = Progress::new(1, true, false);
+    p.set_caught_up(0, t);
+    p.set_kafka_ok(true);
+    Arc::new(p)
 }
 
 async fn get(state: &Arc<ServeState>, path: &str) -> (u16, String, serde_json::Value) {
@@ -143,6 +152,25 @@ async fn answers_and_problems() {
         metrics: None,
         clock: Arc::new(ManualClock::new(T0 + 60_000)),
         ready_max_lag_ms: 5_000,
+        progress: caught_up_at(T0),
     });
     assert_eq!(get(&stale, "/readyz").await.0, 503);
+    // Not ready while the start backlog is not absorbed, nor while Kafka is unreachable.
+    let unready = |progress: Arc<Progress>| {
+        Arc::new(ServeState {
+            store: Arc::clone(&s.store),
+            metrics: None,
+            clock: Arc::new(ManualClock::new(T0 + 20)),
+            ready_max_lag_ms: 5_000,
+            progress,
+        })
+    };
+    let backlog = unready(caught_up_at(T0 + 1_000));
+    let (status, _, body) = get(&backlog, "/readyz").await;
+    assert_eq!(status, 503, "{body}");
+    let down = caught_up_at(T0);
+    down.set_kafka_ok(false);
+    let (status, _, body) = get(&unready(down), "/readyz").await;
+    assert_eq!(status, 503);
+    assert!(body["detail"].as_str().unwrap().contains("Kafka"), "{body}");
 }

@@ -56,13 +56,36 @@ pub struct OpenError {
     source: std::io::Error,
 }
 
-/// A cheap handle to send dead letters from any thread.
+/// Where the ingest loop sends rejected records: this file, or the Kafka dead-letter topic
+/// ([`crate::kafka::KafkaDeadLetters`]).
+pub trait DeadLetters: Send + Sync {
+    /// Hands over one dead letter, waiting if the output is behind; never drops it.
+    fn send(&self, dl: DeadLetter);
+
+    /// How many dead letters were sent so far.
+    fn sent(&self) -> u64;
+
+    /// How many of them are settled: durable, in the order they were sent. Once this reaches
+    /// the value of [`DeadLetters::sent`] read at some moment, every dead letter sent before
+    /// it is durable, and the source offsets that produced them may be stored.
+    fn settled(&self) -> u64;
+}
+
+/// A cheap handle to send dead letters to the file from any thread.
 #[derive(Clone, Debug)]
 pub struct DeadLetterSender(Sender<DeadLetter>);
 
-impl DeadLetterSender {
-    /// Hands over one dead letter, waiting if the writer is behind.
-    pub fn send(&self, dl: DeadLetter) {
+impl DeadLetters for DeadLetterSender {
+    // The file is for sources without offsets (generator, files): nothing waits on it.
+    fn sent(&self) -> u64 {
+        0
+    }
+
+    fn settled(&self) -> u64 {
+        0
+    }
+
+    fn send(&self, dl: DeadLetter) {
         metrics::counter!("stockflow_dead_letters_total", "reason" => dl.reason).increment(1);
         if let Err(e) = self.0.send(dl) {
             // Only after close(): a broken invariant, say it loudly.

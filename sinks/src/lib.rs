@@ -1,8 +1,10 @@
-//! Outputs of stockflow other than HTTP. For now: the dead-letter output, where every rejected
-//! input lands with its reason, its original key and bytes and its source position.
+//! Outputs of stockflow other than HTTP: where a dataflow diff becomes a ClickHouse row
+//! ([`clickhouse`]), and the dead-letter outputs where every rejected input lands with its
+//! reason, its original key and bytes and its source position (a file, [`dead_letter`], or a
+//! Kafka topic, [`kafka`]). [`kafka::client_config`] builds every rdkafka client of stockflow.
 //!
 //! ```
-//! use stockflow_sinks::dead_letter::{DeadLetter, DeadLetterFile};
+//! use stockflow_sinks::dead_letter::{DeadLetter, DeadLetterFile, DeadLetters};
 //! let dir = std::env::temp_dir().join(format!("dlq-doc-{}", std::process::id()));
 //! let path = dir.with_extension("jsonl");
 //! let file = DeadLetterFile::create(&path).unwrap();
@@ -12,4 +14,6 @@
 //! assert!(std::fs::read_to_string(&path).unwrap().contains("\"offset\":7"));
 //! ```
 
+pub mod clickhouse;
 pub mod dead_letter;
+pub mod kafka;

@@ -1,6 +1,7 @@
 //! `stockflow`: the thin binary that wires sources, the dataflow, HTTP and the sinks.
 
 mod config;
+mod produce;
 mod run;
 
 use anyhow::Result;
@@ -25,6 +26,9 @@ struct Cli {
 enum Command {
     /// Run the pipeline and serve HTTP (the default).
     Run(RunArgs),
+    /// Write the generator's workload into the Kafka topics (rate and limit from the
+    /// `generator` section), then exit.
+    Produce(ProduceArgs),
     /// Print the effective configuration.
     Config,
     /// Print the OpenAPI document.
@@ -44,6 +48,16 @@ struct RunArgs {
     workers: Option<usize>,
 }
 
+#[derive(Debug, clap::Args)]
+struct ProduceArgs {
+    /// Records per second (0 = as fast as the broker takes them).
+    #[arg(long, value_name = "N")]
+    rate: Option<u64>,
+    /// Stop after N records (0 = never).
+    #[arg(long, value_name = "N")]
+    limit: Option<u64>,
+}
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     let args = match cli.command {
@@ -56,6 +70,13 @@ fn main() -> Result<()> {
                 stockflow_serve::api::ApiDoc::openapi().to_pretty_json()?
             );
             return Ok(());
+        }
+        Some(Command::Produce(p)) => {
+            let mut sets = cli.sets;
+            sets.extend(p.rate.map(|r| format!("generator.rate={r}")));
+            sets.extend(p.limit.map(|l| format!("generator.limit={l}")));
+            let s = config::load(cli.config.as_deref(), &sets)?;
+            return produce::produce(&s);
         }
         Some(Command::Config) => {
             let s = config::load(cli.config.as_deref(), &cli.sets)?;

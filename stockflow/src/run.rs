@@ -1,18 +1,24 @@
-//! `stockflow run`: timely workers on their own threads, HTTP on a small tokio runtime.
+//! `stockflow run`: timely workers on their own threads; HTTP and the ClickHouse sink on a
+//! small tokio runtime.
 
 use anyhow::{Context, Result};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use stockflow_dataflow::clock::{Clock, SystemClock};
 use stockflow_dataflow::views::ViewStore;
 use stockflow_dataflow::{Engine, EngineConfig};
 use stockflow_ingest::generator::{location_name, reservation_name, sku_name, Generator};
 use stockflow_ingest::jsonl::JsonLinesSource;
-use stockflow_ingest::{run_worker, Source, WorkerOptions};
+use stockflow_ingest::kafka::{ensure_topics, KafkaSource};
+use stockflow_ingest::{run_worker, Source, WorkerIo, WorkerOptions};
 use stockflow_serve::ServeState;
-use stockflow_sinks::dead_letter::DeadLetterFile;
+use stockflow_sinks::clickhouse::{self, ClickHouseSink};
+use stockflow_sinks::dead_letter::{DeadLetterFile, DeadLetters};
+use stockflow_sinks::kafka::KafkaDeadLetters;
 use stockflow_types::config::{Settings, SourceKind};
+use stockflow_types::progress::Progress;
 
 /// Runs until SIGINT or SIGTERM.
 pub fn run(settings: Settings) -> Result<()> {
@@ -37,22 +43,46 @@ pub fn run(settings: Settings) -> Result<()> {
     let workers = settings.pipeline.workers;
     let store = Arc::new(ViewStore::new(workers, cfg.windows.clone(), cfg.top_k));
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let dead_letters = DeadLetterFile::create(&settings.dead_letter.path)?;
     let shutdown = Arc::new(AtomicBool::new(false));
+    let kafka = settings.source.kind == SourceKind::Kafka;
+    let progress = Arc::new(Progress::new(
+        workers,
+        kafka,
+        settings.clickhouse.enabled,
+    ));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(settings.http.threads)
+        .thread_name("http")
+        .enable_all()
+        .build()
+        .context("starting the HTTP runtime")?;
 
-    // The file source is read by worker 0; the generator runs a share on every worker.
-    let file_source: Arc<Mutex<Option<JsonLinesSource>>> =
-        Arc::new(Mutex::new(match settings.source.kind {
-            SourceKind::File => {
-                let path = settings
-                    .source
-                    .input_file
-                    .as_deref()
-                    .expect("validated: file needs input_file");
-                Some(JsonLinesSource::open(path)?)
-            }
-            SourceKind::Generator => None,
-        }));
+    // Rejected records go to the dead-letter topic with a Kafka source, else to a file.
+    let (dead_letters, dead_letter_file): (Arc<dyn DeadLetters>, Option<DeadLetterFile>) = if kafka
+    {
+        runtime.block_on(ensure_topics(&settings.kafka))?;
+        let producer = KafkaDeadLetters::new(&settings.kafka)
+            .context("creating the dead-letter producer")?;
+        (Arc::new(producer), None)
+    } else {
+        let file = DeadLetterFile::create(&settings.dead_letter.path)?;
+        (Arc::new(file.sender()), Some(file))
+    };
+    let sources = Arc::new(Mutex::new(open_sources(&settings, &clock, &progress)?));
+    let sink = settings.clickhouse.enabled.then(|| {
+        ClickHouseSink::start(
+            runtime.handle(),
+            &settings.clickhouse,
+            &cfg.windows,
+            workers,
+            Arc::clone(&progress),
+        )
+    });
+    let mut opts = WorkerOptions::new(cfg.tick_ms, cfg.retention_ms);
+    if settings.clickhouse.enabled {
+        opts.max_sink_buffered = settings.clickhouse.buffer_rows;
+        opts.drain_timeout = settings.clickhouse.flush_interval + Duration::from_secs(10);
+    }
 
     let timely_config = if workers > 1 {
         timely::Config::process(workers)
@@ -60,66 +90,49 @@ pub fn run(settings: Settings) -> Result<()> {
         timely::Config::thread()
     };
     let guards = {
-        let (cfg, store, clock, shutdown) = (
+        let (cfg, store, clock, shutdown, progress, dead_letters) = (
             Arc::clone(&cfg),
             Arc::clone(&store),
             Arc::clone(&clock),
             Arc::clone(&shutdown),
+            Arc::clone(&progress),
+            Arc::clone(&dead_letters),
         );
-        let dlq = dead_letters.sender();
-        let settings = settings.clone();
+        let sink = sink.as_ref().map(ClickHouseSink::handle);
         timely::execute(timely_config, move |worker| {
-            let mut engine = Engine::build(worker, Arc::clone(&cfg), Arc::clone(&store), |c| c);
-            let mut sources: Vec<Box<dyn Source>> = Vec::new();
-            match settings.source.kind {
-                SourceKind::Generator => {
-                    let c = Arc::clone(&clock);
-                    sources.push(Box::new(Generator::new(
-                        &settings.generator,
-                        worker.index(),
-                        worker.peers(),
-                        Arc::new(move || c.now_ms()),
-                    )));
+            let local = worker.index() % workers;
+            let sink = sink.clone();
+            let mut engine = Engine::build(worker, Arc::clone(&cfg), Arc::clone(&store), |c| {
+                match sink {
+                    Some(handle) => clickhouse::attach(c, handle, local),
+                    None => c,
                 }
-                SourceKind::File => {
-                    if let Some(src) = file_source.lock().expect("not poisoned").take() {
-                        sources.push(Box::new(src));
-                    }
-                }
-            }
-            let opts = WorkerOptions::new(cfg.tick_ms, cfg.retention_ms);
-            run_worker(
-                worker,
-                &mut engine,
-                sources,
-                clock.as_ref(),
-                &dlq,
-                &shutdown,
-                &opts,
-            );
+            });
+            let mine = std::mem::take(&mut sources.lock().expect("not poisoned")[local]);
+            let io = WorkerIo {
+                dead_letters: dead_letters.as_ref(),
+                progress: &progress,
+                shutdown: &shutdown,
+            };
+            run_worker(worker, &mut engine, mine, clock.as_ref(), &io, &opts);
             engine.shutdown(worker);
         })
         .map_err(|e| anyhow::anyhow!("starting timely workers: {e}"))?
     };
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(settings.http.threads)
-        .thread_name("http")
-        .enable_all()
-        .build()
-        .context("starting the HTTP runtime")?;
     let state = Arc::new(ServeState {
         store,
         metrics: Some(metrics),
         clock,
         ready_max_lag_ms: 5_000,
+        progress,
     });
     let served = runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind(&settings.http.listen)
             .await
             .with_context(|| format!("listening on {}", settings.http.listen))?;
         let addr = listener.local_addr()?;
-        tracing::info!(%addr, workers, source = ?settings.source.kind, "stockflow is serving");
+        tracing::info!(%addr, workers, source = ?settings.source.kind, clickhouse = settings.clickhouse.enabled, "stockflow is serving");
         print_try_lines(&settings, &addr.to_string());
         stockflow_serve::serve(listener, state, shutdown_signal()).await;
         anyhow::Ok(())
@@ -127,9 +140,55 @@ pub fn run(settings: Settings) -> Result<()> {
 
     tracing::info!("shutting down");
     shutdown.store(true, Ordering::Relaxed);
-    drop(guards); // joins the workers
-    dead_letters.close();
+    drop(guards); // joins the workers, which wait for durability and commit their offsets
+    if let Some(sink) = sink {
+        runtime.block_on(sink.finish(Duration::from_secs(10)));
+    }
+    drop(dead_letters);
+    if let Some(file) = dead_letter_file {
+        file.close();
+    }
     served
+}
+
+/// Every local worker's sources: a share of the generator, the file (worker 0), or a share of
+/// the Kafka partitions.
+fn open_sources(
+    settings: &Settings,
+    clock: &Arc<dyn Clock>,
+    progress: &Arc<Progress>,
+) -> Result<Vec<Vec<Box<dyn Source>>>> {
+    let workers = settings.pipeline.workers;
+    let mut all: Vec<Vec<Box<dyn Source>>> = (0..workers).map(|_| Vec::new()).collect();
+    match settings.source.kind {
+        SourceKind::Generator => {
+            for (w, sources) in all.iter_mut().enumerate() {
+                let c = Arc::clone(clock);
+                sources.push(Box::new(Generator::new(
+                    &settings.generator,
+                    w,
+                    workers,
+                    Arc::new(move || c.now_ms()),
+                )));
+            }
+        }
+        SourceKind::File => {
+            let path = settings
+                .source
+                .input_file
+                .as_deref()
+                .expect("validated: file needs input_file");
+            all[0].push(Box::new(JsonLinesSource::open(path)?));
+        }
+        SourceKind::Kafka => {
+            for (w, sources) in all.iter_mut().enumerate() {
+                let src = KafkaSource::open(&settings.kafka, w, workers, Arc::clone(progress))
+                    .with_context(|| format!("opening the Kafka source of worker {w}"))?;
+                sources.push(Box::new(src));
+            }
+        }
+    }
+    Ok(all)
 }
 
 async fn shutdown_signal() {
@@ -147,7 +206,9 @@ async fn shutdown_signal() {
 fn print_try_lines(settings: &Settings, addr: &str) {
     let (sku, loc, res) = match settings.source.kind {
         SourceKind::Generator => (sku_name(1), location_name(1), reservation_name(0, 1)),
-        SourceKind::File => ("SKU".into(), "LOCATION".into(), "RESERVATION_ID".into()),
+        SourceKind::File | SourceKind::Kafka => {
+            ("SKU".into(), "LOCATION".into(), "RESERVATION_ID".into())
+        }
     };
     let base = format!("http://{addr}");
     println!("stockflow is up. Try:");

@@ -2,6 +2,7 @@
 //! the command line. Parse ([`Settings`]), then validate ([`Settings::validate`]), then build.
 
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 use thiserror::Error;
@@ -22,9 +23,15 @@ pub struct Settings {
     /// The HTTP server.
     #[serde(default)]
     pub http: HttpConfig,
-    /// Where rejected input goes.
+    /// Where rejected input goes (a file, unless the source is Kafka).
     #[serde(default)]
     pub dead_letter: DeadLetterConfig,
+    /// The Kafka source and dead-letter topic, when `source.kind = "kafka"`.
+    #[serde(default)]
+    pub kafka: KafkaConfig,
+    /// The ClickHouse sink.
+    #[serde(default)]
+    pub clickhouse: ClickHouseConfig,
 }
 
 /// The dataflow's settings.
@@ -118,6 +125,8 @@ pub enum SourceKind {
     Generator,
     /// A JSON-lines file (or standard input), one contract event per line.
     File,
+    /// The `inventory` and `orders` Kafka topics (see the `kafka` section).
+    Kafka,
 }
 
 /// The source section.
@@ -258,6 +267,163 @@ impl Default for DeadLetterConfig {
     }
 }
 
+/// The Kafka source: topics, consumer group, commits. The partitions of both topics are spread
+/// over the timely workers (partition `p` of a topic goes to worker `p % workers`), and every
+/// start reads them from the beginning to rebuild the state (docs/operations.md).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// Bootstrap servers, `host:port[,host:port...]`.
+    #[serde(default = "default_brokers")]
+    pub brokers: String,
+    /// Topic of inventory events (contract §1).
+    #[serde(default = "default_inventory_topic")]
+    pub inventory_topic: String,
+    /// Topic of order events (contract §1).
+    #[serde(default = "default_orders_topic")]
+    pub orders_topic: String,
+    /// Topic that receives every rejected record, with headers naming the reason and origin.
+    #[serde(default = "default_dead_letter_topic")]
+    pub dead_letter_topic: String,
+    /// Consumer group under which durable offsets are committed.
+    #[serde(default = "default_group_id")]
+    pub group_id: String,
+    /// How often stored offsets are committed (librdkafka `auto.commit.interval.ms`).
+    #[serde(default = "default_commit_interval", with = "humantime_serde")]
+    pub commit_interval: Duration,
+    /// Create missing topics at start with this many partitions (0 = never create).
+    #[serde(default = "default_create_partitions")]
+    pub create_partitions: i32,
+    /// Extra librdkafka settings for every client, e.g. `"security.protocol" = "SSL"`.
+    #[serde(default)]
+    pub options: BTreeMap<String, String>,
+}
+
+// Defaults: a broker on loopback as `scripts/services.sh` starts it, the contract's topic names,
+// one second between commits (librdkafka's default is 5 s; a shorter interval means less to
+// skip in the dead-letter topic after a crash), topics created with 4 partitions for local runs.
+fn default_brokers() -> String {
+    "127.0.0.1:9092".into()
+}
+fn default_inventory_topic() -> String {
+    "inventory".into()
+}
+fn default_orders_topic() -> String {
+    "orders".into()
+}
+fn default_dead_letter_topic() -> String {
+    "stockflow.dlq".into()
+}
+fn default_group_id() -> String {
+    "stockflow".into()
+}
+fn default_commit_interval() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_create_partitions() -> i32 {
+    4
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            brokers: default_brokers(),
+            inventory_topic: default_inventory_topic(),
+            orders_topic: default_orders_topic(),
+            dead_letter_topic: default_dead_letter_topic(),
+            group_id: default_group_id(),
+            commit_interval: default_commit_interval(),
+            create_partitions: default_create_partitions(),
+            options: BTreeMap::new(),
+        }
+    }
+}
+
+/// librdkafka settings that stockflow owns: setting them in `kafka.options` would break the
+/// guarantee that offsets are committed only after their effects are durable.
+pub const RESERVED_KAFKA_OPTIONS: [&str; 6] = [
+    "bootstrap.servers",
+    "group.id",
+    "enable.auto.commit",
+    "enable.auto.offset.store",
+    "auto.commit.interval.ms",
+    "auto.offset.reset",
+];
+
+/// The ClickHouse sink: the tables of contract §4, written in consolidated batches.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClickHouseConfig {
+    /// Write the changes to ClickHouse.
+    #[serde(default)]
+    pub enabled: bool,
+    /// HTTP address of the server.
+    #[serde(default = "default_clickhouse_url")]
+    pub url: String,
+    /// Database of the tables; created if missing.
+    #[serde(default = "default_clickhouse_database")]
+    pub database: String,
+    /// User name.
+    #[serde(default = "default_clickhouse_user")]
+    pub user: String,
+    /// Password (prefer `STOCKFLOW_CLICKHOUSE__PASSWORD` to a file).
+    #[serde(default)]
+    pub password: String,
+    /// A batch is written once it holds this many rows...
+    #[serde(default = "default_batch_rows")]
+    pub batch_rows: usize,
+    /// ...or this long after its first row.
+    #[serde(default = "default_flush_interval", with = "humantime_serde")]
+    pub flush_interval: Duration,
+    /// Changes waiting for ClickHouse, at most; past it the pipeline stops reading Kafka until
+    /// ClickHouse catches up (nothing is dropped).
+    #[serde(default = "default_buffer_rows")]
+    pub buffer_rows: usize,
+    /// Longest wait between two attempts of a failed insert (the wait doubles from 100 ms).
+    #[serde(default = "default_max_backoff", with = "humantime_serde")]
+    pub max_backoff: Duration,
+}
+
+// Defaults: the server `scripts/services.sh` starts; batches of up to 50k rows or 1 s (ClickHouse
+// prefers few large inserts: one part per insert); a buffer of a million changes (~200 MB).
+fn default_clickhouse_url() -> String {
+    "http://127.0.0.1:8123".into()
+}
+fn default_clickhouse_database() -> String {
+    "stockflow".into()
+}
+fn default_clickhouse_user() -> String {
+    "default".into()
+}
+fn default_batch_rows() -> usize {
+    50_000
+}
+fn default_flush_interval() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_buffer_rows() -> usize {
+    1_000_000
+}
+fn default_max_backoff() -> Duration {
+    Duration::from_secs(5)
+}
+
+impl Default for ClickHouseConfig {
+    fn default() -> Self {
+        ClickHouseConfig {
+            enabled: false,
+            url: default_clickhouse_url(),
+            database: default_clickhouse_database(),
+            user: default_clickhouse_user(),
+            password: String::new(),
+            batch_rows: default_batch_rows(),
+            flush_interval: default_flush_interval(),
+            buffer_rows: default_buffer_rows(),
+            max_backoff: default_max_backoff(),
+        }
+    }
+}
+
 /// A configuration that parsed but does not make sense.
 #[derive(Debug, Error, PartialEq)]
 #[error("invalid configuration: {field}: {problem}")]
@@ -341,6 +507,52 @@ impl Settings {
                 "source.input_file",
                 "is required when source.kind = \"file\"",
             ));
+        }
+        let k = &self.kafka;
+        if self.source.kind == SourceKind::Kafka {
+            for (field, v) in [
+                ("kafka.brokers", &k.brokers),
+                ("kafka.inventory_topic", &k.inventory_topic),
+                ("kafka.orders_topic", &k.orders_topic),
+                ("kafka.dead_letter_topic", &k.dead_letter_topic),
+                ("kafka.group_id", &k.group_id),
+            ] {
+                if v.trim().is_empty() {
+                    return Err(bad(field, "must not be empty"));
+                }
+            }
+            if k.inventory_topic == k.orders_topic {
+                return Err(bad("kafka.orders_topic", "must differ from kafka.inventory_topic"));
+            }
+            if k.commit_interval.is_zero() {
+                return Err(bad("kafka.commit_interval", "must be positive"));
+            }
+        }
+        if let Some(key) = k.options.keys().find(|o| RESERVED_KAFKA_OPTIONS.contains(&o.as_str())) {
+            return Err(bad(
+                "kafka.options",
+                format!("{key:?} is set by stockflow (use the kafka section's own fields)"),
+            ));
+        }
+        let c = &self.clickhouse;
+        if c.enabled {
+            if !(c.url.starts_with("http://") || c.url.starts_with("https://")) {
+                return Err(bad("clickhouse.url", "must be an http:// or https:// address"));
+            }
+            if c.database.is_empty()
+                || !c.database.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '_')
+            {
+                return Err(bad("clickhouse.database", "must be letters, digits and _"));
+            }
+            if c.batch_rows == 0 || c.buffer_rows < c.batch_rows {
+                return Err(bad(
+                    "clickhouse.buffer_rows",
+                    "batch_rows must be positive and buffer_rows at least batch_rows",
+                ));
+            }
+            if c.flush_interval.is_zero() {
+                return Err(bad("clickhouse.flush_interval", "must be positive"));
+            }
         }
         if self.http.threads == 0 {
             return Err(bad("http.threads", "must be at least 1"));

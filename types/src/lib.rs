@@ -13,6 +13,7 @@
 
 pub mod config;
 pub mod event;
+pub mod progress;
 pub mod rows;
 pub mod timefmt;
 

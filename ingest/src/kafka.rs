@@ -1,0 +1,351 @@
+//! The Kafka source: where a Kafka message becomes a [`RawRecord`].
+//!
+//! Each timely worker owns one consumer and a fixed share of the partitions: partition `p` of
+//! either topic goes to worker `p % workers` (static assignment, no rebalancing: the state a
+//! partition feeds lives with the SKUs' owners, not with the reader, so nothing moves when a
+//! partition does). Offsets are committed under `kafka.group_id`, and only once everything the
+//! records produced is durable: the worker calls [`Source::durable`] with the time before which
+//! the dataflow, the ClickHouse sink and the dead-letter topic hold everything, and the source
+//! stores the offsets of the records admitted before it (`enable.auto.offset.store=false`,
+//! auto-commit of stored offsets, a final synchronous commit in [`Source::close`]).
+//!
+//! Every start reads the partitions from the beginning to rebuild the state (the pipeline keeps
+//! no checkpoint yet); the committed offsets tell which records an earlier run already sent to
+//! the dead-letter topic, so that replay does not send them twice. The end offsets as of the
+//! start tell when the worker has caught up ([`Source::caught_up`], `/readyz`).
+//!
+//! Consumer lag per partition comes from librdkafka's statistics, every second, as the gauge
+//! `stockflow_kafka_consumer_lag{topic,partition}`.
+
+use crate::{Polled, Position, RawRecord, Source};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::statistics::Statistics;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::ClientContext;
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+use stockflow_sinks::kafka::client_config;
+use stockflow_types::config::KafkaConfig;
+use stockflow_types::event::Stream;
+use stockflow_types::progress::Progress;
+use stockflow_types::Millis;
+use thiserror::Error;
+
+/// Metadata and offsets are asked for at start with this timeout.
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Opening the Kafka source failed.
+#[derive(Debug, Error)]
+pub enum KafkaSourceError {
+    /// The consumer could not be created or asked.
+    #[error("{what}")]
+    Kafka {
+        /// What was being attempted.
+        what: String,
+        /// The client's error.
+        #[source]
+        source: KafkaError,
+    },
+    /// A topic does not exist.
+    #[error("topic {0:?} does not exist (create it, or set kafka.create_partitions)")]
+    MissingTopic(String),
+}
+
+fn kafka(what: impl Into<String>) -> impl FnOnce(KafkaError) -> KafkaSourceError {
+    let what = what.into();
+    move |source| KafkaSourceError::Kafka { what, source }
+}
+
+/// Statistics and errors of a consumer: the lag gauge and Kafka's health for `/readyz`.
+pub struct SourceContext {
+    progress: Arc<Progress>,
+}
+
+impl ClientContext for SourceContext {
+    fn stats(&self, stats: Statistics) {
+        let up = stats
+            .brokers
+            .values()
+            .any(|b| b.nodeid >= 0 && b.state == "UP");
+        self.progress.set_kafka_ok(up);
+        for (topic, t) in &stats.topics {
+            for (partition, p) in &t.partitions {
+                if p.partition >= 0 && p.consumer_lag >= 0 {
+                    metrics::gauge!("stockflow_kafka_consumer_lag", "topic" => topic.clone(), "partition" => partition.to_string())
+                        .set(p.consumer_lag as f64);
+                }
+            }
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        if matches!(error.rdkafka_error_code(), Some(rdkafka::types::RDKafkaErrorCode::AllBrokersDown)) {
+            self.progress.set_kafka_ok(false);
+        }
+        tracing::warn!(%error, reason, "kafka client error");
+    }
+}
+
+impl ConsumerContext for SourceContext {}
+
+struct Part {
+    topic: usize,
+    partition: i32,
+    /// The end offset when the source opened.
+    end_at_start: i64,
+    /// The committed offset when the source opened: records before it were dead-lettered.
+    committed_at_start: i64,
+    /// The next offset to read.
+    next: i64,
+    /// (admission time, next offset after the records admitted at it), oldest first.
+    admitted: VecDeque<(Millis, i64)>,
+    /// The latest offset stored for commit.
+    stored: Option<i64>,
+}
+
+/// One worker's share of the partitions of the inventory and orders topics.
+pub struct KafkaSource {
+    consumer: BaseConsumer<SourceContext>,
+    topics: [(String, Stream); 2],
+    parts: Vec<Part>,
+    index: HashMap<(usize, i32), usize>,
+    caught_up: bool,
+}
+
+impl KafkaSource {
+    /// Opens worker `worker`'s share (of `workers` in the cluster), reading from the beginning.
+    pub fn open(
+        k: &KafkaConfig,
+        worker: usize,
+        workers: usize,
+        progress: Arc<Progress>,
+    ) -> Result<Self, KafkaSourceError> {
+        let consumer: BaseConsumer<SourceContext> = client_config(k)
+            .set("group.id", &k.group_id)
+            .set("enable.auto.commit", "true")
+            .set(
+                "auto.commit.interval.ms",
+                k.commit_interval.as_millis().to_string(),
+            )
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("enable.partition.eof", "false")
+            .set("statistics.interval.ms", "1000")
+            .create_with_context(SourceContext { progress })
+            .map_err(kafka("creating the Kafka consumer"))?;
+        let topics = [
+            (k.inventory_topic.clone(), Stream::Inventory),
+            (k.orders_topic.clone(), Stream::Orders),
+        ];
+        let mut parts = Vec::new();
+        let mut assignment = TopicPartitionList::new();
+        for (ti, (topic, _)) in topics.iter().enumerate() {
+            let meta = consumer
+                .fetch_metadata(Some(topic), START_TIMEOUT)
+                .map_err(kafka(format!("reading the metadata of topic {topic:?}")))?;
+            let Some(m) = meta.topics().iter().find(|m| m.name() == topic) else {
+                return Err(KafkaSourceError::MissingTopic(topic.clone()));
+            };
+            if m.error().is_some() || m.partitions().is_empty() {
+                return Err(KafkaSourceError::MissingTopic(topic.clone()));
+            }
+            for p in m.partitions() {
+                let partition = p.id();
+                if partition as usize % workers != worker {
+                    continue;
+                }
+                let (_, end) = consumer
+                    .fetch_watermarks(topic, partition, START_TIMEOUT)
+                    .map_err(kafka(format!("reading the end offset of {topic}/{partition}")))?;
+                assignment
+                    .add_partition_offset(topic, partition, Offset::Beginning)
+                    .map_err(kafka("assigning partitions"))?;
+                parts.push(Part {
+                    topic: ti,
+                    partition,
+                    end_at_start: end,
+                    committed_at_start: 0,
+                    next: 0,
+                    admitted: VecDeque::new(),
+                    stored: None,
+                });
+            }
+        }
+        if !parts.is_empty() {
+            let committed = consumer
+                .committed_offsets(assignment.clone(), START_TIMEOUT)
+                .map_err(kafka(format!(
+                    "reading the offsets committed by group {:?}",
+                    k.group_id
+                )))?;
+            for part in &mut parts {
+                if let Some(Offset::Offset(o)) = committed
+                    .find_partition(&topics[part.topic].0, part.partition)
+                    .map(|e| e.offset())
+                {
+                    part.committed_at_start = o;
+                }
+            }
+        }
+        consumer
+            .assign(&assignment)
+            .map_err(kafka("assigning partitions"))?;
+        let index = parts
+            .iter()
+            .enumerate()
+            .map(|(i, p)| ((p.topic, p.partition), i))
+            .collect();
+        let caught_up = parts.iter().all(|p| p.end_at_start <= 0);
+        tracing::info!(
+            worker,
+            partitions = parts.len(),
+            backlog = parts.iter().map(|p| p.end_at_start).sum::<i64>(),
+            "Kafka source assigned; reading from the beginning"
+        );
+        Ok(KafkaSource {
+            consumer,
+            topics,
+            parts,
+            index,
+            caught_up,
+        })
+    }
+}
+
+impl Source for KafkaSource {
+    fn poll(&mut self, t: Millis, max: usize, out: &mut Vec<RawRecord>) -> Polled {
+        let mut n = 0;
+        while n < max {
+            let m = match self.consumer.poll(Duration::ZERO) {
+                None => break,
+                Some(Ok(m)) => m,
+                Some(Err(e)) => {
+                    metrics::counter!("stockflow_kafka_errors_total").increment(1);
+                    tracing::warn!(error = %e, "reading from Kafka failed; the client retries");
+                    break;
+                }
+            };
+            let Some(ti) = self.topics.iter().position(|(name, _)| name == m.topic()) else {
+                continue;
+            };
+            let Some(&i) = self.index.get(&(ti, m.partition())) else {
+                continue;
+            };
+            let part = &mut self.parts[i];
+            let offset = m.offset();
+            part.next = offset + 1;
+            match part.admitted.back_mut() {
+                Some(last) if last.0 == t => last.1 = part.next,
+                _ => part.admitted.push_back((t, part.next)),
+            }
+            out.push(RawRecord {
+                key: m.key().map(<[u8]>::to_vec),
+                value: m.payload().unwrap_or_default().to_vec(),
+                position: Position::new(m.topic(), m.partition(), offset),
+                stream: Some(self.topics[ti].1),
+                dead_lettered: offset < part.committed_at_start,
+            });
+            n += 1;
+        }
+        if !self.caught_up {
+            self.caught_up = self.parts.iter().all(|p| p.next >= p.end_at_start);
+        }
+        if n > 0 {
+            Polled::Records
+        } else {
+            Polled::Idle
+        }
+    }
+
+    fn caught_up(&self) -> bool {
+        self.caught_up
+    }
+
+    fn durable(&mut self, t: Millis) {
+        let mut tpl = TopicPartitionList::new();
+        for part in &mut self.parts {
+            let mut next = None;
+            while part.admitted.front().is_some_and(|a| a.0 < t) {
+                next = part.admitted.pop_front().map(|a| a.1);
+            }
+            if let Some(next) = next {
+                let topic = &self.topics[part.topic].0;
+                if tpl
+                    .add_partition_offset(topic, part.partition, Offset::Offset(next))
+                    .is_ok()
+                {
+                    part.stored = Some(next);
+                }
+            }
+        }
+        if tpl.count() > 0 {
+            if let Err(e) = self.consumer.store_offsets(&tpl) {
+                tracing::warn!(error = %e, "storing Kafka offsets failed");
+            }
+        }
+    }
+
+    fn close(&mut self) {
+        let mut tpl = TopicPartitionList::new();
+        for part in &self.parts {
+            if let Some(next) = part.stored {
+                let _ = tpl.add_partition_offset(
+                    &self.topics[part.topic].0,
+                    part.partition,
+                    Offset::Offset(next),
+                );
+            }
+        }
+        if tpl.count() > 0 {
+            match self.consumer.commit(&tpl, CommitMode::Sync) {
+                Ok(()) => tracing::info!(partitions = tpl.count(), "final offsets committed"),
+                Err(e) => tracing::warn!(error = %e, "the final offset commit failed"),
+            }
+        }
+    }
+}
+
+/// Creates the inventory, orders and dead-letter topics if they are missing, with
+/// `kafka.create_partitions` partitions (one for the dead-letter topic) and replication 1: for
+/// local runs and tests; production topics are made by their owners (`create_partitions = 0`).
+pub async fn ensure_topics(k: &KafkaConfig) -> Result<(), KafkaSourceError> {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    use rdkafka::types::RDKafkaErrorCode;
+    if k.create_partitions <= 0 {
+        return Ok(());
+    }
+    let admin: AdminClient<DefaultClientContext> = client_config(k)
+        .create()
+        .map_err(kafka("creating the Kafka admin client"))?;
+    let topics = [
+        NewTopic::new(
+            &k.inventory_topic,
+            k.create_partitions,
+            TopicReplication::Fixed(1),
+        ),
+        NewTopic::new(&k.orders_topic, k.create_partitions, TopicReplication::Fixed(1)),
+        NewTopic::new(&k.dead_letter_topic, 1, TopicReplication::Fixed(1)),
+    ];
+    let opts = AdminOptions::new().operation_timeout(Some(START_TIMEOUT));
+    let results = admin
+        .create_topics(&topics, &opts)
+        .await
+        .map_err(kafka("creating topics"))?;
+    for r in results {
+        match r {
+            Ok(name) => tracing::info!(topic = %name, "created topic"),
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((name, code)) => {
+                return Err(KafkaSourceError::Kafka {
+                    what: format!("creating topic {name:?}"),
+                    source: KafkaError::AdminOp(code),
+                })
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,372 @@
+//! The operator that hands changes over, and the task that writes them.
+
+use super::schema::{ddl, Reservation, SalesWindow, StockLevel};
+use clickhouse::Client;
+use differential_dataflow::{AsCollection, VecCollection};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use stockflow_types::config::{ClickHouseConfig, WindowSpec};
+use stockflow_types::progress::Progress;
+use stockflow_types::rows::Change;
+use stockflow_types::{Millis, Name};
+use timely::dataflow::operators::core::Inspect;
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
+
+type Update = (Change, Millis, i64);
+
+/// What the workers hold to feed the sink: cheap to clone.
+#[derive(Clone)]
+pub struct SinkHandle {
+    tx: UnboundedSender<Vec<Update>>,
+    frontiers: Arc<[AtomicU64]>,
+    progress: Arc<Progress>,
+}
+
+/// Passes `changes` through unchanged, handing every update to the sink and publishing the
+/// frontier of local worker `worker`.
+pub fn attach<'s>(
+    changes: VecCollection<'s, Millis, Change, i64>,
+    handle: SinkHandle,
+    worker: usize,
+) -> VecCollection<'s, Millis, Change, i64> {
+    changes
+        .inner
+        .inspect_core(move |event| match event {
+            Ok((_, data)) if !data.is_empty() => {
+                handle.progress.add_buffered(data.len());
+                // The receiver lives until every handle is dropped.
+                let _ = handle.tx.send(data.clone());
+            }
+            Ok(_) => {}
+            // Called before the data of the same activation, all of which is at or beyond the
+            // new frontier: once the task has read a frontier and then drained the channel, it
+            // holds every update before that frontier.
+            Err(frontier) => handle.frontiers[worker].store(
+                frontier.iter().copied().min().unwrap_or(Millis::MAX),
+                Ordering::Release,
+            ),
+        })
+        .as_collection()
+}
+
+/// The sink task and what stops it.
+pub struct ClickHouseSink {
+    handle: Option<SinkHandle>,
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ClickHouseSink {
+    /// Starts the task on `runtime` for `workers` local workers. It creates the database and
+    /// tables when it first reaches the server.
+    pub fn start(
+        runtime: &tokio::runtime::Handle,
+        cfg: &ClickHouseConfig,
+        windows: &[WindowSpec],
+        workers: usize,
+        progress: Arc<Progress>,
+    ) -> Self {
+        let (tx, rx) = unbounded_channel();
+        let frontiers: Arc<[AtomicU64]> = (0..workers).map(|_| AtomicU64::new(0)).collect();
+        let stop = Arc::new(AtomicBool::new(false));
+        let writer = Writer {
+            server: Client::default()
+                .with_url(&cfg.url)
+                .with_user(&cfg.user)
+                .with_password(&cfg.password)
+                .with_validation(false),
+            database: cfg.database.clone(),
+            cfg: cfg.clone(),
+            window_names: windows
+                .iter()
+                .map(|w| (w.size_ms, w.name.clone()))
+                .collect(),
+            rx,
+            frontiers: Arc::clone(&frontiers),
+            progress: Arc::clone(&progress),
+            stop: Arc::clone(&stop),
+            pending: BTreeMap::new(),
+            staged: HashMap::new(),
+            staged_updates: 0,
+            staged_through: 0,
+            durable: 0,
+            schema_ready: false,
+        };
+        let task = runtime.spawn(writer.run());
+        ClickHouseSink {
+            handle: Some(SinkHandle {
+                tx,
+                frontiers,
+                progress,
+            }),
+            stop,
+            task,
+        }
+    }
+
+    /// A handle for a worker.
+    pub fn handle(&self) -> SinkHandle {
+        self.handle.clone().expect("until finish")
+    }
+
+    /// Writes what is complete and stops, waiting at most `timeout` (ClickHouse may be down:
+    /// what is not written by then is not durable, its offsets are not stored, and the next
+    /// start writes it again).
+    pub async fn finish(mut self, timeout: Duration) {
+        self.handle.take();
+        self.stop.store(true, Ordering::Release);
+        if tokio::time::timeout(timeout, &mut self.task).await.is_err() {
+            tracing::warn!("ClickHouse did not take the last changes in time; the next start writes them");
+            self.task.abort();
+        }
+    }
+}
+
+#[derive(Hash, PartialEq, Eq)]
+enum Key {
+    Stock(Name, Name),
+    Reservation(Name),
+    Window(Millis, Millis, Name, Name),
+}
+
+fn key(c: &Change) -> Key {
+    match c {
+        Change::Stock(r) => Key::Stock(r.sku.clone(), r.location.clone()),
+        Change::Reservation(r) => Key::Reservation(r.reservation_id.clone()),
+        Change::Window(r) => Key::Window(
+            r.window_ms,
+            r.window_start,
+            r.sku.clone(),
+            r.location.clone(),
+        ),
+    }
+}
+
+/// The net updates of one key since its last write, and the time of the latest.
+#[derive(Default)]
+struct Staged {
+    rows: Vec<(Change, i64)>,
+    version: Millis,
+}
+
+impl Staged {
+    fn add(&mut self, c: Change, diff: i64, t: Millis) {
+        self.version = self.version.max(t);
+        match self.rows.iter().position(|(r, _)| *r == c) {
+            Some(i) => {
+                self.rows[i].1 += diff;
+                if self.rows[i].1 == 0 {
+                    self.rows.swap_remove(i);
+                }
+            }
+            None => self.rows.push((c, diff)),
+        }
+    }
+
+    /// The row to write and whether it is a deletion; `None` if nothing changed.
+    fn outcome(&self) -> Option<(&Change, bool)> {
+        if let Some((c, _)) = self.rows.iter().find(|(_, d)| *d > 0) {
+            return Some((c, false));
+        }
+        self.rows.first().map(|(c, _)| (c, true))
+    }
+}
+
+struct Writer {
+    server: Client,
+    database: String,
+    cfg: ClickHouseConfig,
+    window_names: HashMap<Millis, String>,
+    rx: UnboundedReceiver<Vec<Update>>,
+    frontiers: Arc<[AtomicU64]>,
+    progress: Arc<Progress>,
+    stop: Arc<AtomicBool>,
+    /// Updates at times some worker has not completed.
+    pending: BTreeMap<Millis, Vec<(Change, i64)>>,
+    /// Net updates of complete times, one entry per key.
+    staged: HashMap<Key, Staged>,
+    /// Updates folded into `staged`.
+    staged_updates: usize,
+    /// `staged` holds every update before this time.
+    staged_through: Millis,
+    /// ClickHouse holds every update before this time.
+    durable: Millis,
+    schema_ready: bool,
+}
+
+impl Writer {
+    async fn run(mut self) {
+        let mut last_write = Instant::now();
+        let mut last_ping = Instant::now();
+        loop {
+            let stopping = self.stop.load(Ordering::Acquire);
+            self.stage();
+            let full = self.staged.len() >= self.cfg.batch_rows;
+            let due = full || stopping || last_write.elapsed() >= self.cfg.flush_interval;
+            // While the pipeline replays its start backlog, intermediate states would make
+            // ClickHouse go back in time: hold them (one row per key) unless the batch is full.
+            let replaying = self.staged_through <= self.progress.caught_up();
+            if due && self.staged_through > self.durable && (!replaying || full || stopping) {
+                self.write().await;
+                last_write = Instant::now();
+                last_ping = last_write;
+            } else if last_ping.elapsed() >= Duration::from_secs(2) {
+                let ok = self.server.query("SELECT 1").execute().await.is_ok();
+                self.progress.set_clickhouse_ok(ok);
+                last_ping = Instant::now();
+            }
+            if stopping {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Moves the updates of every complete time into `staged`.
+    fn stage(&mut self) {
+        // Frontier first, then drain: see `attach`.
+        let frontier = self
+            .frontiers
+            .iter()
+            .map(|f| f.load(Ordering::Acquire))
+            .min()
+            .unwrap_or(Millis::MAX);
+        while let Ok(batch) = self.rx.try_recv() {
+            for (c, t, d) in batch {
+                self.pending.entry(t).or_default().push((c, d));
+            }
+        }
+        if frontier <= self.staged_through {
+            return;
+        }
+        let later = self.pending.split_off(&frontier);
+        for (t, updates) in std::mem::replace(&mut self.pending, later) {
+            self.staged_updates += updates.len();
+            for (c, d) in updates {
+                self.staged.entry(key(&c)).or_default().add(c, d, t);
+            }
+        }
+        self.staged_through = frontier;
+    }
+
+    /// Writes `staged`, retrying until ClickHouse takes it (or the sink is stopping).
+    async fn write(&mut self) {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let started = Instant::now();
+            match self.try_write().await {
+                Ok(rows) => {
+                    metrics::histogram!("stockflow_clickhouse_insert_seconds")
+                        .record(started.elapsed().as_secs_f64());
+                    metrics::counter!("stockflow_clickhouse_rows_written_total").increment(rows);
+                    self.progress.set_clickhouse_ok(true);
+                    break;
+                }
+                Err(e) => {
+                    metrics::counter!("stockflow_clickhouse_insert_failures_total").increment(1);
+                    self.progress.set_clickhouse_ok(false);
+                    tracing::warn!(error = %e, retry_in = ?backoff, keys = self.staged.len(), "writing to ClickHouse failed");
+                    if self.stop.load(Ordering::Acquire) {
+                        return;
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(self.cfg.max_backoff);
+                }
+            }
+        }
+        self.staged.clear();
+        self.progress.remove_buffered(self.staged_updates);
+        self.staged_updates = 0;
+        self.durable = self.staged_through;
+        self.progress.set_sink_durable(self.durable);
+        metrics::gauge!("stockflow_clickhouse_durable_time_ms").set(self.durable as f64);
+    }
+
+    async fn try_write(&mut self) -> Result<u64, clickhouse::error::Error> {
+        if !self.schema_ready {
+            for statement in ddl(&self.database) {
+                self.server.query(&statement).execute().await?;
+            }
+            self.schema_ready = true;
+        }
+        let db = &self.database;
+        let client = self.server.clone().with_database(db);
+        let timeouts = Some(Duration::from_secs(30));
+        let mut stock = client
+            .insert::<StockLevel<'_>>("stock_levels")
+            .await?
+            .with_timeouts(timeouts, timeouts);
+        let mut reservations = client
+            .insert::<Reservation<'_>>("reservations")
+            .await?
+            .with_timeouts(timeouts, timeouts);
+        let mut windows = client
+            .insert::<SalesWindow<'_>>("sales_windows")
+            .await?
+            .with_timeouts(timeouts, timeouts);
+        let mut rows = 0;
+        for staged in self.staged.values() {
+            let Some((change, deleted)) = staged.outcome() else {
+                continue;
+            };
+            let v = staged.version;
+            match change {
+                Change::Stock(r) => stock.write(&StockLevel::new(r, v, deleted)).await?,
+                Change::Reservation(r) => {
+                    reservations
+                        .write(&Reservation::new(r, v, deleted))
+                        .await?
+                }
+                Change::Window(r) => {
+                    let name = self
+                        .window_names
+                        .get(&r.window_ms)
+                        .map_or("?", String::as_str);
+                    windows
+                        .write(&SalesWindow::new(r, name, v, deleted))
+                        .await?
+                }
+            }
+            rows += 1;
+        }
+        stock.end().await?;
+        reservations.end().await?;
+        windows.end().await?;
+        Ok(rows)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use stockflow_types::rows::StockRow;
+
+    fn stock(on_hand: i64) -> Change {
+        Change::Stock(StockRow {
+            sku: "A".into(),
+            location: "L".into(),
+            on_hand,
+            reserved: 0,
+            available: on_hand,
+        })
+    }
+
+    #[test]
+    fn staged_rows_net_out() {
+        let mut s = Staged::default();
+        s.add(stock(1), 1, 10);
+        s.add(stock(1), -1, 11);
+        s.add(stock(2), 1, 11);
+        assert_eq!(s.outcome(), Some((&stock(2), false)));
+        assert_eq!(s.version, 11);
+        let mut s = Staged::default();
+        s.add(stock(2), -1, 12);
+        assert_eq!(s.outcome(), Some((&stock(2), true)));
+        let mut s = Staged::default();
+        s.add(stock(2), -1, 12);
+        s.add(stock(2), 1, 13);
+        assert_eq!(s.outcome(), None);
+    }
+}

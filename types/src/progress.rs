@@ -1,0 +1,129 @@
+//! What the parts of a running pipeline tell each other about progress, lock-free: how far the
+//! sources have read, how far the sinks have made the results durable, whether the servers are
+//! reachable. The ingest loop reads it to decide which Kafka offsets may be stored and whether to
+//! slow down; `/readyz` reads it to decide readiness.
+
+use crate::Millis;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+
+/// Not yet: a time no pipeline reaches.
+pub const NOT_YET: Millis = Millis::MAX;
+
+/// Progress shared by the workers, the sinks and HTTP of one process.
+#[derive(Debug)]
+pub struct Progress {
+    caught_up: Vec<AtomicU64>,
+    has_sink: bool,
+    sink_durable: AtomicU64,
+    sink_buffered: AtomicUsize,
+    kafka: Option<AtomicBool>,
+    clickhouse: Option<AtomicBool>,
+}
+
+impl Progress {
+    /// For `workers` local workers; `kafka` and `clickhouse` say which servers are in use (their
+    /// health starts unknown, i.e. not reachable). With no sink, results are durable when the
+    /// dataflow has absorbed them.
+    pub fn new(workers: usize, kafka: bool, clickhouse: bool) -> Self {
+        Progress {
+            caught_up: (0..workers).map(|_| AtomicU64::new(NOT_YET)).collect(),
+            has_sink: clickhouse,
+            sink_durable: AtomicU64::new(0),
+            sink_buffered: AtomicUsize::new(0),
+            kafka: kafka.then(|| AtomicBool::new(false)),
+            clickhouse: clickhouse.then(|| AtomicBool::new(false)),
+        }
+    }
+
+    /// Worker `w` (its index modulo the local workers) has admitted, at pipeline times at or
+    /// before `t`, every record its sources held when the process started (the end offsets as
+    /// of the start).
+    pub fn set_caught_up(&self, w: usize, t: Millis) {
+        let n = self.caught_up.len();
+        self.caught_up[w % n].store(t, Ordering::Release);
+    }
+
+    /// The pipeline time at or before which every worker has admitted its start backlog, or
+    /// [`NOT_YET`].
+    pub fn caught_up(&self) -> Millis {
+        self.caught_up
+            .iter()
+            .map(|c| c.load(Ordering::Acquire))
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Whether a sink takes part in durability.
+    pub fn has_sink(&self) -> bool {
+        self.has_sink
+    }
+
+    /// The sink has durably written every change at times before `t`.
+    pub fn set_sink_durable(&self, t: Millis) {
+        self.sink_durable.fetch_max(t, Ordering::AcqRel);
+    }
+
+    /// Every change at times before this is durable in the sink.
+    pub fn sink_durable(&self) -> Millis {
+        self.sink_durable.load(Ordering::Acquire)
+    }
+
+    /// Changes handed to the sink but not yet durable.
+    pub fn sink_buffered(&self) -> usize {
+        self.sink_buffered.load(Ordering::Relaxed)
+    }
+
+    /// `n` more changes wait for the sink.
+    pub fn add_buffered(&self, n: usize) {
+        self.sink_buffered.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// `n` changes left the sink's buffer.
+    pub fn remove_buffered(&self, n: usize) {
+        self.sink_buffered.fetch_sub(n, Ordering::Relaxed);
+    }
+
+    /// Records the outcome of the latest contact with Kafka.
+    pub fn set_kafka_ok(&self, ok: bool) {
+        if let Some(k) = &self.kafka {
+            k.store(ok, Ordering::Relaxed);
+        }
+    }
+
+    /// Records the outcome of the latest contact with ClickHouse.
+    pub fn set_clickhouse_ok(&self, ok: bool) {
+        if let Some(c) = &self.clickhouse {
+            c.store(ok, Ordering::Relaxed);
+        }
+    }
+
+    /// `None` if Kafka is not used, else whether it was reachable at the latest contact.
+    pub fn kafka_ok(&self) -> Option<bool> {
+        self.kafka.as_ref().map(|k| k.load(Ordering::Relaxed))
+    }
+
+    /// `None` if ClickHouse is not used, else whether it was reachable at the latest contact.
+    pub fn clickhouse_ok(&self) -> Option<bool> {
+        self.clickhouse.as_ref().map(|c| c.load(Ordering::Relaxed))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn caught_up_waits_for_every_worker() {
+        let p = Progress::new(2, true, false);
+        assert_eq!(p.caught_up(), NOT_YET);
+        p.set_caught_up(0, 10);
+        assert_eq!(p.caught_up(), NOT_YET);
+        p.set_caught_up(1, 7);
+        assert_eq!(p.caught_up(), 10);
+        assert_eq!(p.kafka_ok(), Some(false));
+        assert_eq!(p.clickhouse_ok(), None);
+        p.set_sink_durable(5);
+        p.set_sink_durable(3);
+        assert_eq!(p.sink_durable(), 5);
+    }
+}

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh clone: the README's test command, and what .ci/run calls.
-# It installs what it needs (rustfmt, clippy), then runs the same gates as CI:
-# formatting, clippy with warnings as errors, and every test of the workspace (unit, oracle
-# property tests with several workers, the binary end to end, doc examples).
+# It installs what it needs (rustfmt, clippy, the tansu broker, ClickHouse) and starts the servers
+# (scripts/services.sh), then runs the same gates as CI: formatting, clippy with warnings as
+# errors, and every test of the workspace (unit, oracle property tests with several workers, the
+# binary end to end from a file and from Kafka to HTTP and ClickHouse, crash and outage tests,
+# doc examples).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,6 +19,9 @@ if command -v rustup >/dev/null 2>&1; then
     rustup component list --installed 2>/dev/null | grep -q "^${component}" || rustup component add "$component"
   done
 fi
+
+step "services: Kafka-protocol broker and ClickHouse on loopback (scripts/services.sh)"
+./scripts/services.sh up
 
 step "cargo fmt --check"
 cargo fmt --all --check

@@ -82,7 +82,10 @@ impl ClientContext for SourceContext {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        if matches!(error.rdkafka_error_code(), Some(rdkafka::types::RDKafkaErrorCode::AllBrokersDown)) {
+        if matches!(
+            error.rdkafka_error_code(),
+            Some(rdkafka::types::RDKafkaErrorCode::AllBrokersDown)
+        ) {
             self.progress.set_kafka_ok(false);
         }
         tracing::warn!(%error, reason, "kafka client error");
@@ -159,7 +162,9 @@ impl KafkaSource {
                 }
                 let (_, end) = consumer
                     .fetch_watermarks(topic, partition, START_TIMEOUT)
-                    .map_err(kafka(format!("reading the end offset of {topic}/{partition}")))?;
+                    .map_err(kafka(format!(
+                        "reading the end offset of {topic}/{partition}"
+                    )))?;
                 assignment
                     .add_partition_offset(topic, partition, Offset::Beginning)
                     .map_err(kafka("assigning partitions"))?;
@@ -327,7 +332,11 @@ pub async fn ensure_topics(k: &KafkaConfig) -> Result<(), KafkaSourceError> {
             k.create_partitions,
             TopicReplication::Fixed(1),
         ),
-        NewTopic::new(&k.orders_topic, k.create_partitions, TopicReplication::Fixed(1)),
+        NewTopic::new(
+            &k.orders_topic,
+            k.create_partitions,
+            TopicReplication::Fixed(1),
+        ),
         NewTopic::new(&k.dead_letter_topic, 1, TopicReplication::Fixed(1)),
     ];
     let opts = AdminOptions::new().operation_timeout(Some(START_TIMEOUT));

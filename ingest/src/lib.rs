@@ -20,7 +20,9 @@ mod worker;
 
 pub use worker::{run_worker, WorkerIo, WorkerOptions};
 
-use stockflow_types::event::{decode, decode_from, Event, EventKind, RejectReason, Rejection, Stream};
+use stockflow_types::event::{
+    decode, decode_from, Event, EventKind, RejectReason, Rejection, Stream,
+};
 use stockflow_types::Millis;
 
 /// Where a record came from: enough to find it again.

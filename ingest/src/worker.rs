@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 use stockflow_dataflow::clock::{tick_floor, Clock};
 use stockflow_dataflow::Engine;
 use stockflow_sinks::dead_letter::{DeadLetter, DeadLetters};
+use stockflow_types::event::{RejectReason, Stream};
 use stockflow_types::progress::Progress;
 use stockflow_types::Millis;
-use stockflow_types::event::{RejectReason, Stream};
 use timely::worker::Worker;
 
 /// Knobs of the ingest loop.
@@ -154,7 +154,15 @@ pub fn run_worker(
             worker.step_or_park(Some(opts.park));
         }
     }
-    drain(worker, engine, &mut sources, clock, io, opts, &mut durability);
+    drain(
+        worker,
+        engine,
+        &mut sources,
+        clock,
+        io,
+        opts,
+        &mut durability,
+    );
     for s in &mut sources {
         s.close();
     }

@@ -45,11 +45,7 @@ pub fn run(settings: Settings) -> Result<()> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let shutdown = Arc::new(AtomicBool::new(false));
     let kafka = settings.source.kind == SourceKind::Kafka;
-    let progress = Arc::new(Progress::new(
-        workers,
-        kafka,
-        settings.clickhouse.enabled,
-    ));
+    let progress = Arc::new(Progress::new(workers, kafka, settings.clickhouse.enabled));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(settings.http.threads)
         .thread_name("http")
@@ -61,8 +57,8 @@ pub fn run(settings: Settings) -> Result<()> {
     let (dead_letters, dead_letter_file): (Arc<dyn DeadLetters>, Option<DeadLetterFile>) = if kafka
     {
         runtime.block_on(ensure_topics(&settings.kafka))?;
-        let producer = KafkaDeadLetters::new(&settings.kafka)
-            .context("creating the dead-letter producer")?;
+        let producer =
+            KafkaDeadLetters::new(&settings.kafka).context("creating the dead-letter producer")?;
         (Arc::new(producer), None)
     } else {
         let file = DeadLetterFile::create(&settings.dead_letter.path)?;
@@ -102,12 +98,16 @@ pub fn run(settings: Settings) -> Result<()> {
         timely::execute(timely_config, move |worker| {
             let local = worker.index() % workers;
             let sink = sink.clone();
-            let mut engine = Engine::build(worker, Arc::clone(&cfg), Arc::clone(&store), |c| {
-                match sink {
-                    Some(handle) => clickhouse::attach(c, handle, local),
-                    None => c,
-                }
-            });
+            let mut engine =
+                Engine::build(
+                    worker,
+                    Arc::clone(&cfg),
+                    Arc::clone(&store),
+                    |c| match sink {
+                        Some(handle) => clickhouse::attach(c, handle, local),
+                        None => c,
+                    },
+                );
             let mine = std::mem::take(&mut sources.lock().expect("not poisoned")[local]);
             let io = WorkerIo {
                 dead_letters: dead_letters.as_ref(),

@@ -522,13 +522,20 @@ impl Settings {
                 }
             }
             if k.inventory_topic == k.orders_topic {
-                return Err(bad("kafka.orders_topic", "must differ from kafka.inventory_topic"));
+                return Err(bad(
+                    "kafka.orders_topic",
+                    "must differ from kafka.inventory_topic",
+                ));
             }
             if k.commit_interval.is_zero() {
                 return Err(bad("kafka.commit_interval", "must be positive"));
             }
         }
-        if let Some(key) = k.options.keys().find(|o| RESERVED_KAFKA_OPTIONS.contains(&o.as_str())) {
+        if let Some(key) = k
+            .options
+            .keys()
+            .find(|o| RESERVED_KAFKA_OPTIONS.contains(&o.as_str()))
+        {
             return Err(bad(
                 "kafka.options",
                 format!("{key:?} is set by stockflow (use the kafka section's own fields)"),
@@ -537,10 +544,16 @@ impl Settings {
         let c = &self.clickhouse;
         if c.enabled {
             if !(c.url.starts_with("http://") || c.url.starts_with("https://")) {
-                return Err(bad("clickhouse.url", "must be an http:// or https:// address"));
+                return Err(bad(
+                    "clickhouse.url",
+                    "must be an http:// or https:// address",
+                ));
             }
             if c.database.is_empty()
-                || !c.database.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '_')
+                || !c
+                    .database
+                    .chars()
+                    .all(|ch| ch.is_ascii_alphanumeric() || ch == '_')
             {
                 return Err(bad("clickhouse.database", "must be letters, digits and _"));
             }

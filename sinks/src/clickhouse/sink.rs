@@ -118,7 +118,9 @@ impl ClickHouseSink {
         self.handle.take();
         self.stop.store(true, Ordering::Release);
         if tokio::time::timeout(timeout, &mut self.task).await.is_err() {
-            tracing::warn!("ClickHouse did not take the last changes in time; the next start writes them");
+            tracing::warn!(
+                "ClickHouse did not take the last changes in time; the next start writes them"
+            );
             self.task.abort();
         }
     }
@@ -315,9 +317,7 @@ impl Writer {
             match change {
                 Change::Stock(r) => stock.write(&StockLevel::new(r, v, deleted)).await?,
                 Change::Reservation(r) => {
-                    reservations
-                        .write(&Reservation::new(r, v, deleted))
-                        .await?
+                    reservations.write(&Reservation::new(r, v, deleted)).await?
                 }
                 Change::Window(r) => {
                     let name = self

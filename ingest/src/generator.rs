@@ -43,7 +43,7 @@ pub struct Generator {
     limit: u64,
     rate: u64,
     started_ms: u64,
-    last: Option<Vec<u8>>,
+    last: Option<(Vec<u8>, Vec<u8>)>,
 }
 
 impl Generator {
@@ -180,10 +180,10 @@ impl Generator {
     pub fn next_record(&mut self) -> RawRecord {
         let offset = self.made as i64;
         let position = Position::new("generator", self.worker as i32, offset);
-        if let Some(last) = self.last.take() {
+        if let Some((key, value)) = self.last.take() {
             if self.rng.random_bool(self.cfg.duplicate_ratio) {
                 self.made += 1;
-                return RawRecord::new(None, last, position);
+                return RawRecord::new(Some(key), value, position);
             }
         }
         if self.rng.random_bool(self.cfg.bad_ratio) {
@@ -198,8 +198,9 @@ impl Generator {
         }
         let ev = self.next_event();
         let value = encode(&ev).into_bytes();
-        self.last = Some(value.clone());
-        RawRecord::new(Some(ev.sku.into_bytes()), value, position)
+        let key = ev.sku.into_bytes();
+        self.last = Some((key.clone(), value.clone()));
+        RawRecord::new(Some(key), value, position)
     }
 }
 

@@ -34,8 +34,9 @@ use stockflow_types::progress::Progress;
 use stockflow_types::Millis;
 use thiserror::Error;
 
-/// Metadata and offsets are asked for at start with this timeout.
-const START_TIMEOUT: Duration = Duration::from_secs(10);
+/// Metadata and offsets are asked for at start with this timeout (generous: a busy broker may
+/// take seconds, and failing the start is worse than waiting).
+const START_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Opening the Kafka source failed.
 #[derive(Debug, Error)]

@@ -88,8 +88,14 @@ pub fn run_worker(
         // source (Kafka, the file's bounded channel) rather than buffering them in memory.
         if engine.pending(t.saturating_sub(opts.max_lag_ms)) {
             busy = true;
-        } else if io.progress.sink_buffered() <= opts.max_sink_buffered {
-            sources.retain_mut(|s| match s.poll(t, opts.max_batch, &mut batch) {
+        } else if let Some(room) = opts
+            .max_sink_buffered
+            .checked_sub(io.progress.sink_buffered())
+            .filter(|r| *r > 0)
+        {
+            // Each record makes at least about one change: take no more than there is room for.
+            let max = opts.max_batch.min(room);
+            sources.retain_mut(|s| match s.poll(t, max, &mut batch) {
                 Polled::Records => {
                     busy = true;
                     true

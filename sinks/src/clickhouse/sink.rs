@@ -268,6 +268,8 @@ impl Writer {
                 }
                 Err(e) => {
                     metrics::counter!("stockflow_clickhouse_insert_failures_total").increment(1);
+                    metrics::gauge!("stockflow_clickhouse_buffered_changes")
+                        .set(self.progress.sink_buffered() as f64);
                     self.progress.set_clickhouse_ok(false);
                     tracing::warn!(error = %e, retry_in = ?backoff, keys = self.staged.len(), "writing to ClickHouse failed");
                     if self.stop.load(Ordering::Acquire) {
@@ -284,6 +286,8 @@ impl Writer {
         self.durable = self.staged_through;
         self.progress.set_sink_durable(self.durable);
         metrics::gauge!("stockflow_clickhouse_durable_time_ms").set(self.durable as f64);
+        metrics::gauge!("stockflow_clickhouse_buffered_changes")
+            .set(self.progress.sink_buffered() as f64);
     }
 
     async fn try_write(&mut self) -> Result<u64, clickhouse::error::Error> {

@@ -1,0 +1,310 @@
+//! End-to-end ingest from Kafka, side by side with a plain rdkafka consumer on the same broker
+//! and the same messages, plus the ClickHouse sink's rate.
+//!
+//! `cargo build --release -p stockflow -p stockflow-benchmarks &&
+//!  target/release/kafka-bench [EVENTS] [WORKERS]`
+//!
+//! 1. Starts the services (`scripts/services.sh`), produces EVENTS records of the generator's
+//!    workload (duplicates and bad records included) into fresh topics of 4 partitions with
+//!    `stockflow produce`.
+//! 2. Baseline: one rdkafka `BaseConsumer` per worker thread, the same partition split as
+//!    stockflow, reads every message from the beginning and discards it.
+//! 3. stockflow (the release binary, WORKERS workers) reads the same topics from the beginning:
+//!    once without a sink, once writing to ClickHouse. The time runs from the process start
+//!    until `/readyz` says the backlog is absorbed (and, with ClickHouse, until the sink has
+//!    written everything); the start-up of the process is included.
+//!
+//! The broker is tansu on loopback, not Apache Kafka: only the ratio means something.
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::ClientConfig;
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+const PARTITIONS: i32 = 4;
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// KAFKA_BENCH_BROKERS points the run at another broker (a real Kafka, say).
+fn brokers() -> String {
+    std::env::var("KAFKA_BENCH_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
+}
+
+fn bin() -> PathBuf {
+    std::env::current_exe()
+        .expect("own path")
+        .with_file_name("stockflow")
+}
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let events: u64 = args.next().map_or(500_000, |a| a.parse().expect("EVENTS"));
+    let workers: usize = args.next().map_or(2, |a| a.parse().expect("WORKERS"));
+    assert!(
+        bin().exists(),
+        "build the binary first: cargo build --release -p stockflow"
+    );
+    let status = Command::new(repo().join("scripts/services.sh"))
+        .stdout(Stdio::null())
+        .status()
+        .expect("scripts/services.sh");
+    assert!(status.success(), "services did not start");
+
+    let stamp = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    // KAFKA_BENCH_REUSE=PREFIX reads topics an earlier run produced (EVENTS must match).
+    let reuse = std::env::var("KAFKA_BENCH_REUSE").ok();
+    let prefix = reuse.clone().unwrap_or_else(|| format!("bench_{stamp}"));
+    let sets = |extra: &[String]| -> Vec<String> {
+        let mut v = vec![
+            format!("kafka.brokers={}", brokers()),
+            format!("kafka.inventory_topic={prefix}_inventory"),
+            format!("kafka.orders_topic={prefix}_orders"),
+            format!("kafka.dead_letter_topic={prefix}_dlq"),
+            format!("kafka.create_partitions={PARTITIONS}"),
+        ];
+        v.extend_from_slice(extra);
+        v
+    };
+
+    if reuse.is_none() {
+        println!("producing {events} records into {prefix}_inventory / {prefix}_orders ({PARTITIONS} partitions each)");
+        let t = Instant::now();
+        run_to_end(
+            Command::new(bin())
+                .arg("produce")
+                .arg("--rate=0")
+                .arg(format!("--limit={events}"))
+                .args(sets(&[]).iter().flat_map(|s| ["--set", s.as_str()])),
+        );
+        println!("  produced in {:.1} s", t.elapsed().as_secs_f64());
+    }
+
+    let topics = [format!("{prefix}_inventory"), format!("{prefix}_orders")];
+    let baseline = plain_consumer(&topics, workers, events);
+    println!(
+        "  plain consumer: {:.0} records/s",
+        events as f64 / baseline.secs
+    );
+    let bare = stockflow(
+        &sets(&[
+            format!("kafka.group_id={prefix}_bare"),
+            format!("pipeline.workers={workers}"),
+            "clickhouse.enabled=false".into(),
+        ]),
+        events,
+        None,
+    );
+    let db = format!("{prefix}_db");
+    let with_sink = stockflow(
+        &sets(&[
+            format!("kafka.group_id={prefix}_ch"),
+            format!("pipeline.workers={workers}"),
+            format!("clickhouse.database={db}"),
+        ]),
+        events,
+        Some(&db),
+    );
+
+    println!();
+    println!("| scenario ({events} records, {workers} workers, tansu on loopback) | records/s | ratio | CPU µs per record | ratio |");
+    println!("|---|---:|---:|---:|---:|");
+    let per = |r: &Run| r.cpu * 1e6 / events as f64;
+    let row = |name: &str, r: &Run| {
+        println!(
+            "| {name} | {:.0} | {:.2}x | {:.1} | {:.1}x |",
+            events as f64 / r.secs,
+            baseline.secs / r.secs,
+            per(r),
+            per(r) / per(&baseline).max(1e-9)
+        );
+    };
+    row("plain rdkafka consumer, read and discard", &baseline);
+    row("stockflow, no sink (HTTP views only)", &bare);
+    row("stockflow with the ClickHouse sink", &with_sink);
+    if let Some((rows, insert_secs)) = with_sink.sink {
+        println!();
+        println!(
+            "ClickHouse sink: {rows} rows written ({:.1} rows per record after consolidation), {:.0} rows/s over the run, {:.0} rows/s while inserting ({:.2} s in inserts)",
+            rows as f64 / events as f64,
+            rows as f64 / with_sink.secs,
+            rows as f64 / insert_secs,
+            insert_secs
+        );
+    }
+}
+
+/// CPU seconds (user + system) a process has used so far, from /proc.
+fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces): utime and stime are the 12th and
+    // 13th, in clock ticks.
+    let rest = stat.rsplit(')').next().unwrap_or_default();
+    let f: Vec<f64> = rest
+        .split_whitespace()
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let ticks = Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok()?.trim().parse::<f64>().ok())
+        .unwrap_or(100.0);
+    f.get(11)
+        .zip(f.get(12))
+        .map_or(0.0, |(u, s)| (u + s) / ticks)
+}
+
+fn run_to_end(cmd: &mut Command) {
+    let status = cmd.status().expect("runs");
+    assert!(status.success(), "{cmd:?} failed");
+}
+
+/// One consumer per worker reads every message of `topics` and discards it.
+fn plain_consumer(topics: &[String; 2], workers: usize, events: u64) -> Run {
+    let started = Instant::now();
+    let cpu0 = cpu_secs(std::process::id());
+    let threads: Vec<_> = (0..workers)
+        .map(|w| {
+            let topics = topics.clone();
+            std::thread::spawn(move || {
+                let consumer: BaseConsumer = ClientConfig::new()
+                    .set("bootstrap.servers", brokers())
+                    .set("group.id", "bench-plain")
+                    .set("enable.auto.commit", "false")
+                    .create()
+                    .expect("consumer");
+                let mut tpl = TopicPartitionList::new();
+                for t in &topics {
+                    for p in (0..PARTITIONS).filter(|p| *p as usize % workers == w) {
+                        tpl.add_partition_offset(t, p, Offset::Beginning).unwrap();
+                    }
+                }
+                consumer.assign(&tpl).expect("assign");
+                let mut ends = 0;
+                for t in &topics {
+                    for p in (0..PARTITIONS).filter(|p| *p as usize % workers == w) {
+                        ends += consumer
+                            .fetch_watermarks(t, p, Duration::from_secs(10))
+                            .expect("watermarks")
+                            .1;
+                    }
+                }
+                let mut n = 0i64;
+                let mut bytes = 0usize;
+                while n < ends {
+                    match consumer.poll(Duration::from_millis(100)) {
+                        Some(Ok(m)) => {
+                            bytes += rdkafka::Message::payload(&m).map_or(0, <[u8]>::len);
+                            n += 1;
+                        }
+                        Some(Err(e)) => eprintln!("plain consumer: {e}"),
+                        None => {}
+                    }
+                }
+                std::hint::black_box(bytes);
+                n
+            })
+        })
+        .collect();
+    let read: i64 = threads.into_iter().map(|t| t.join().unwrap()).sum();
+    assert_eq!(read as u64, events, "the plain consumer read everything");
+    Run {
+        secs: started.elapsed().as_secs_f64(),
+        cpu: cpu_secs(std::process::id()) - cpu0,
+        sink: None,
+    }
+}
+
+struct Run {
+    secs: f64,
+    /// CPU seconds the consumer (the whole stockflow process) used.
+    cpu: f64,
+    /// (rows written, seconds spent in inserts)
+    sink: Option<(u64, f64)>,
+}
+
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Starts the binary and waits until it has absorbed `events` records (and, with a database,
+/// until the sink has written everything). Seconds from spawn.
+fn stockflow(sets: &[String], events: u64, db: Option<&str>) -> Run {
+    let started = Instant::now();
+    let mut child: Child = Command::new(bin())
+        .arg("--config")
+        .arg(repo().join("configs/kafka.toml"))
+        .args(sets.iter().flat_map(|s| ["--set", s.as_str()]))
+        .arg("--set")
+        .arg("http.listen=127.0.0.1:0")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("stockflow starts");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let base = loop {
+        let line = lines.next().expect("address line").expect("utf-8");
+        if let Some(rest) = line.trim().strip_prefix("curl -s http://") {
+            break format!("http://{}", rest.split('/').next().unwrap());
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    let get = |path: &str| -> Option<String> {
+        ureq::get(&format!("{base}{path}"))
+            .call()
+            .ok()
+            .and_then(|r| r.into_string().ok())
+    };
+    let mut ready_as_of: Option<f64> = None;
+    let secs = loop {
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(
+            started.elapsed() < Duration::from_secs(1800),
+            "stockflow did not finish in 30 minutes"
+        );
+        let Some(m) = get("/metrics") else { continue };
+        if ready_as_of.is_none() {
+            let seen = metric(&m, "stockflow_events_ingested_total")
+                + metric(&m, "stockflow_events_rejected_total");
+            if (seen as u64) < events {
+                continue;
+            }
+            // Ready: the backlog as of the start is absorbed, as of this pipeline time.
+            let Some(body) = get("/readyz") else { continue };
+            let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+            ready_as_of = v["as_of"].as_f64();
+            if db.is_none() {
+                break started.elapsed().as_secs_f64();
+            }
+        }
+        // With the sink: until ClickHouse holds every change up to that time.
+        if metric(&m, "stockflow_clickhouse_durable_time_ms") > ready_as_of.unwrap_or(f64::MAX) {
+            break started.elapsed().as_secs_f64();
+        }
+    };
+    let cpu = cpu_secs(child.id());
+    let m = get("/metrics").unwrap_or_default();
+    let sink = db.map(|_| {
+        (
+            metric(&m, "stockflow_clickhouse_rows_written_total") as u64,
+            metric(&m, "stockflow_clickhouse_insert_seconds_sum"),
+        )
+    });
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    let _ = child.wait();
+    Run { secs, cpu, sink }
+}

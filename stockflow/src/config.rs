@@ -75,6 +75,39 @@ mod tests {
     }
 
     #[test]
+    fn shipped_configs_load() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs");
+        let kafka = load(Some(&dir.join("kafka.toml")), &[]).unwrap();
+        assert_eq!(
+            kafka.source.kind,
+            stockflow_types::config::SourceKind::Kafka
+        );
+        assert!(kafka.clickhouse.enabled);
+        // Everything but the source and the sink as the embedded default.
+        let mut same = kafka.clone();
+        same.source = Settings::default().source;
+        same.clickhouse.enabled = false;
+        assert_eq!(
+            same,
+            Settings::default(),
+            "configs/kafka.toml drifted from local.toml"
+        );
+        let docker = load(Some(&dir.join("docker.toml")), &[]).unwrap();
+        assert_eq!(docker.kafka.brokers, "kafka:9092");
+        assert_eq!(docker.clickhouse.url, "http://clickhouse:8123");
+        load(Some(&dir.join("bench.toml")), &[]).unwrap();
+        let err = format!(
+            "{:#}",
+            load(
+                Some(&dir.join("kafka.toml")),
+                &["kafka.options.\"group.id\"=x".into()]
+            )
+            .unwrap_err()
+        );
+        assert!(err.contains("is set by stockflow"), "{err}");
+    }
+
+    #[test]
     fn sets_override_and_unknown_keys_fail() {
         let s = load(
             None,

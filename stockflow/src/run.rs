@@ -70,6 +70,7 @@ pub fn run(settings: Settings) -> Result<()> {
             runtime.handle(),
             &settings.clickhouse,
             &cfg.windows,
+            cfg.window_retention_ms,
             workers,
             Arc::clone(&progress),
         )

@@ -6,7 +6,9 @@
 //! a time, it folds that time's updates into one pending row per key (the latest state wins).
 //! A batch is written when it holds `batch_rows` keys or `flush_interval` after the last write:
 //! per key, the row as it now is with `version` = the pipeline time of its latest change and
-//! `deleted = 0`, or the last row it had with `deleted = 1` when it no longer exists. Tables are
+//! `deleted = 0`, or the last row it had with `deleted = 1` when it ceased to exist (rows the
+//! pipeline merely forgets for retention, ended reservations and old windows, stay as they were:
+//! ClickHouse keeps the history). Tables are
 //! `ReplacingMergeTree(version)` (contract §4), so `FINAL ... WHERE deleted = 0` reads the
 //! current values, and writing the same state again (a retry, a replay after a restart) changes
 //! no answer.

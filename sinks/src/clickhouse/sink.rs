@@ -60,11 +60,13 @@ pub struct ClickHouseSink {
 
 impl ClickHouseSink {
     /// Starts the task on `runtime` for `workers` local workers. It creates the database and
-    /// tables when it first reaches the server.
+    /// tables when it first reaches the server. `window_retention_ms` tells evictions of windows
+    /// (which ClickHouse keeps as history) from windows that ceased to exist.
     pub fn start(
         runtime: &tokio::runtime::Handle,
         cfg: &ClickHouseConfig,
         windows: &[WindowSpec],
+        window_retention_ms: u64,
         workers: usize,
         progress: Arc<Progress>,
     ) -> Self {
@@ -83,6 +85,7 @@ impl ClickHouseSink {
                 .iter()
                 .map(|w| (w.size_ms, w.name.clone()))
                 .collect(),
+            window_retention_ms,
             rx,
             frontiers: Arc::clone(&frontiers),
             progress: Arc::clone(&progress),
@@ -181,6 +184,7 @@ struct Writer {
     database: String,
     cfg: ClickHouseConfig,
     window_names: HashMap<Millis, String>,
+    window_retention_ms: u64,
     rx: UnboundedReceiver<Vec<Update>>,
     frontiers: Arc<[AtomicU64]>,
     progress: Arc<Progress>,
@@ -318,6 +322,9 @@ impl Writer {
                 continue;
             };
             let v = staged.version;
+            if deleted && forgotten(change, v, self.window_retention_ms) {
+                continue; // ClickHouse keeps the history the pipeline no longer holds
+            }
             match change {
                 Change::Stock(r) => stock.write(&StockLevel::new(r, v, deleted)).await?,
                 Change::Reservation(r) => {
@@ -342,6 +349,18 @@ impl Writer {
     }
 }
 
+/// Whether the disappearance of `row` at `t` is the pipeline forgetting it for retention rather
+/// than the row ceasing to exist: a reservation is only ever forgotten (`pipeline.retention`
+/// after it ended), a window is evicted `window_retention` after its end (before that, it
+/// disappears only when late corrections bring every figure back to zero).
+fn forgotten(row: &Change, t: Millis, window_retention_ms: u64) -> bool {
+    match row {
+        Change::Stock(_) => false,
+        Change::Reservation(_) => true,
+        Change::Window(w) => w.window_start + w.window_ms + window_retention_ms <= t,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -355,6 +374,24 @@ mod tests {
             reserved: 0,
             available: on_hand,
         })
+    }
+
+    #[test]
+    fn evictions_are_history_not_deletions() {
+        use stockflow_types::rows::{WindowFigures, WindowRow};
+        let w = Change::Window(WindowRow {
+            window_ms: 60_000,
+            window_start: 0,
+            sku: "A".into(),
+            location: "L".into(),
+            figures: WindowFigures::default(),
+        });
+        assert!(
+            !forgotten(&w, 60_000 + 999, 1000),
+            "a retained window emptied by a correction"
+        );
+        assert!(forgotten(&w, 61_000, 1000), "evicted");
+        assert!(!forgotten(&stock(1), u64::MAX, 0));
     }
 
     #[test]

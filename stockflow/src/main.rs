@@ -26,8 +26,8 @@ struct Cli {
 enum Command {
     /// Run the pipeline and serve HTTP (the default).
     Run(RunArgs),
-    /// Write the generator's workload into the Kafka topics (rate and limit from the
-    /// `generator` section), then exit.
+    /// Write the generator's workload (rate and limit from the `generator` section) or a
+    /// JSON-lines file into the Kafka topics, then exit.
     Produce(ProduceArgs),
     /// Print the effective configuration.
     Config,
@@ -56,6 +56,9 @@ struct ProduceArgs {
     /// Stop after N records (0 = never).
     #[arg(long, value_name = "N")]
     limit: Option<u64>,
+    /// Produce the JSON lines of PATH (`-` for stdin) instead of the generator's workload.
+    #[arg(long, value_name = "PATH")]
+    input_file: Option<PathBuf>,
 }
 
 fn main() -> Result<()> {
@@ -76,7 +79,7 @@ fn main() -> Result<()> {
             sets.extend(p.rate.map(|r| format!("generator.rate={r}")));
             sets.extend(p.limit.map(|l| format!("generator.limit={l}")));
             let s = config::load(cli.config.as_deref(), &sets)?;
-            return produce::produce(&s);
+            return produce::produce(&s, p.input_file.as_deref());
         }
         Some(Command::Config) => {
             let s = config::load(cli.config.as_deref(), &cli.sets)?;

@@ -1,22 +1,26 @@
-//! `stockflow produce`: writes the generator's workload (duplicates and bad records included)
-//! into the Kafka topics, keyed by SKU, as an upstream producer would. For demos, tests and the
-//! end-to-end benchmark.
+//! `stockflow produce`: writes the generator's workload (duplicates and bad records included),
+//! or JSON lines from a file, into the Kafka topics, keyed by SKU, as an upstream producer
+//! would: valid events to the topic of their type, anything else to the inventory topic. For
+//! demos, tests and the end-to-end benchmark.
 
 use anyhow::{Context, Result};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use stockflow_dataflow::clock::{Clock, SystemClock};
 use stockflow_ingest::generator::Generator;
+use stockflow_ingest::jsonl::JsonLinesSource;
 use stockflow_ingest::kafka::ensure_topics;
 use stockflow_ingest::{Polled, RawRecord, Source};
 use stockflow_sinks::kafka::client_config;
 use stockflow_types::config::Settings;
 use stockflow_types::event::{decode, Stream};
 
-/// Produces `generator.limit` records (0 = until interrupted) at `generator.rate` per second.
-pub fn produce(settings: &Settings) -> Result<()> {
+/// Produces `generator.limit` records (0 = until interrupted) at `generator.rate` per second,
+/// or, with `input`, the JSON lines of that file (`-`: standard input) as fast as possible.
+pub fn produce(settings: &Settings, input: Option<&Path>) -> Result<()> {
     let k = &settings.kafka;
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -32,17 +36,20 @@ pub fn produce(settings: &Settings) -> Result<()> {
         .context("creating the Kafka producer")?;
     let clock = SystemClock;
     let started = clock.now_ms();
-    let mut generator = Generator::new(
-        &settings.generator,
-        0,
-        1,
-        Arc::new(move || SystemClock.now_ms()),
-    );
+    let mut source: Box<dyn Source> = match input {
+        Some(path) => Box::new(JsonLinesSource::open(path)?),
+        None => Box::new(Generator::new(
+            &settings.generator,
+            0,
+            1,
+            Arc::new(move || SystemClock.now_ms()),
+        )),
+    };
     let t0 = Instant::now();
     let mut sent = 0u64;
     let mut batch: Vec<RawRecord> = Vec::new();
     loop {
-        match generator.poll(started, 10_000, &mut batch) {
+        match source.poll(started, 10_000, &mut batch) {
             Polled::Done => break,
             Polled::Idle => std::thread::sleep(Duration::from_millis(1)),
             Polled::Records => {}
@@ -53,8 +60,13 @@ pub fn produce(settings: &Settings) -> Result<()> {
                 Ok(Stream::Orders) => &k.orders_topic,
                 _ => &k.inventory_topic,
             };
+            // The key is the SKU (contract §1); JSON lines carry none, so take it from the event.
+            let key = rec
+                .key
+                .clone()
+                .or_else(|| decode(&rec.value).ok().map(|ev| ev.sku.into_bytes()));
             let mut record = BaseRecord::<[u8], [u8]>::to(topic).payload(&rec.value[..]);
-            if let Some(key) = &rec.key {
+            if let Some(key) = &key {
                 record = record.key(&key[..]);
             }
             loop {

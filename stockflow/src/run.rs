@@ -206,10 +206,11 @@ async fn shutdown_signal() {
 
 fn print_try_lines(settings: &Settings, addr: &str) {
     let (sku, loc, res) = match settings.source.kind {
-        SourceKind::Generator => (sku_name(1), location_name(1), reservation_name(0, 1)),
-        SourceKind::File | SourceKind::Kafka => {
-            ("SKU".into(), "LOCATION".into(), "RESERVATION_ID".into())
+        // `stockflow produce` writes the generator's workload into Kafka: same names.
+        SourceKind::Generator | SourceKind::Kafka => {
+            (sku_name(1), location_name(1), reservation_name(0, 1))
         }
+        SourceKind::File => ("SKU".into(), "LOCATION".into(), "RESERVATION_ID".into()),
     };
     let base = format!("http://{addr}");
     println!("stockflow is up. Try:");

@@ -84,7 +84,7 @@ mod tests {
         );
         assert!(kafka.clickhouse.enabled);
         // Everything but the source and the sink as the embedded default.
-        let mut same = kafka.clone();
+        let mut same = kafka;
         same.source = Settings::default().source;
         same.clickhouse.enabled = false;
         assert_eq!(

@@ -1,8 +1,10 @@
 //! End to end through the real binary: a JSON-lines file in, HTTP answers and dead letters out.
 
+mod support;
+
 use serde_json::Value;
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, Command, Stdio};
+use std::io::Write;
+use std::process::{Child, Command};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 struct Running {
@@ -18,25 +20,7 @@ impl Drop for Running {
 }
 
 fn start(args: &[&str]) -> Running {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_stockflow"))
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("the binary starts");
-    let mut lines = BufReader::new(child.stdout.take().expect("piped")).lines();
-    let base = loop {
-        let line = lines
-            .next()
-            .expect("the binary prints its address")
-            .expect("utf-8");
-        if let Some(rest) = line.trim().strip_prefix("curl -s http://") {
-            let addr = rest.split('/').next().expect("an address");
-            break format!("http://{addr}");
-        }
-    };
-    std::thread::spawn(move || for _ in lines {}); // keep draining stdout
+    let (child, base) = support::start_serving(args);
     Running { child, base }
 }
 

@@ -10,6 +10,7 @@
 
 #[path = "../../dataflow/tests/support/reference.rs"]
 mod reference;
+mod support;
 
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -20,7 +21,6 @@ use rdkafka::ClientConfig;
 use reference::{reference, Admitted, Views};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, Once};
@@ -270,33 +270,19 @@ impl Pipeline {
     }
 
     fn start_with(names: &Names, extra: &[&str]) -> Self {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_stockflow"));
-        cmd.arg("--config").arg(repo().join("configs/kafka.toml"));
+        let mut args = vec![
+            "--config".to_string(),
+            repo().join("configs/kafka.toml").display().to_string(),
+        ];
         for s in names
             .sets()
-            .iter()
-            .map(String::as_str)
-            .chain(extra.iter().copied())
+            .into_iter()
+            .chain(extra.iter().map(|e| e.to_string()))
         {
-            cmd.arg("--set").arg(s);
+            args.push("--set".into());
+            args.push(s);
         }
-        let mut child = cmd
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("the binary starts");
-        let mut lines = BufReader::new(child.stdout.take().expect("piped")).lines();
-        let base = loop {
-            let line = lines
-                .next()
-                .expect("the binary prints its address")
-                .expect("utf-8");
-            if let Some(rest) = line.trim().strip_prefix("curl -s http://") {
-                break format!("http://{}", rest.split('/').next().expect("an address"));
-            }
-        };
-        std::thread::spawn(move || for _ in lines {});
+        let (child, base) = support::start_serving(args);
         Pipeline { child, base }
     }
 

@@ -260,7 +260,8 @@ impl Writer {
     /// Writes `staged`, retrying until ClickHouse takes it (or the sink is stopping).
     async fn write(&mut self) {
         let mut backoff = Duration::from_millis(100);
-        loop {
+        // Times without changes are durable without asking the server.
+        while self.staged.values().any(|s| s.outcome().is_some()) {
             let started = Instant::now();
             match self.try_write().await {
                 Ok(rows) => {

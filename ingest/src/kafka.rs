@@ -14,8 +14,9 @@
 //! the dead-letter topic, so that replay does not send them twice. The end offsets as of the
 //! start tell when the worker has caught up ([`Source::caught_up`], `/readyz`).
 //!
-//! Consumer lag per partition comes from librdkafka's statistics, every second, as the gauge
-//! `stockflow_kafka_consumer_lag{topic,partition}`.
+//! Lag per partition comes from librdkafka's statistics, every second: the gauge
+//! `stockflow_kafka_consumer_lag{topic,partition}` counts the records after the committed
+//! offset (the consumer group's lag: what is read but not yet durable, or not yet read).
 
 use crate::{Polled, Position, RawRecord, Source};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
@@ -74,8 +75,16 @@ impl ClientContext for SourceContext {
         self.progress.set_kafka_ok(up);
         for (topic, t) in &stats.topics {
             for (partition, p) in &t.partitions {
-                if p.partition >= 0 && p.consumer_lag >= 0 {
-                    metrics::gauge!("stockflow_kafka_consumer_lag", "topic" => topic.clone(), "partition" => partition.to_string())
+                if p.partition < 0 {
+                    continue; // librdkafka's internal "unassigned" partition
+                }
+                let labels = [
+                    ("topic", topic.clone()),
+                    ("partition", partition.to_string()),
+                ];
+                // Consumer-group lag: records after the committed (durable) offset.
+                if p.consumer_lag >= 0 {
+                    metrics::gauge!("stockflow_kafka_consumer_lag", &labels)
                         .set(p.consumer_lag as f64);
                 }
             }

@@ -90,10 +90,12 @@ pub fn run_worker(
             busy = true;
         } else if let Some(room) = opts
             .max_sink_buffered
-            .checked_sub(io.progress.sink_buffered())
+            .checked_sub(io.progress.sink_buffered().max(durability.outstanding))
             .filter(|r| *r > 0)
         {
-            // Each record makes at least about one change: take no more than there is room for.
+            // Records read but not yet durable count as well as changes waiting in the sink:
+            // the sink sees a record's changes only after its time completes, and by then the
+            // loop may have read many more. Take no more than there is room for.
             let max = opts.max_batch.min(room);
             sources.retain_mut(|s| match s.poll(t, max, &mut batch) {
                 Polled::Records => {
@@ -103,6 +105,10 @@ pub fn run_worker(
                 Polled::Idle => true,
                 Polled::Done => false,
             });
+            if io.progress.has_sink() {
+                durability.admitted(t, batch.len());
+            }
+
             for rec in batch.drain(..) {
                 match admit(&rec, t, opts.retention_ms) {
                     Ok(ev) => {
@@ -213,9 +219,22 @@ struct Durability {
     marks: VecDeque<(Millis, u64)>,
     /// Dead letters of records admitted before this time are settled.
     dead_letters_through: Millis,
+    /// (admission time, records) not yet durable in the sink, oldest first.
+    undurable: VecDeque<(Millis, usize)>,
+    /// Their sum.
+    outstanding: usize,
 }
 
 impl Durability {
+    /// `n` records were admitted at `t`.
+    fn admitted(&mut self, t: Millis, n: usize) {
+        match self.undurable.back_mut() {
+            Some(last) if last.0 == t => last.1 += n,
+            _ => self.undurable.push_back((t, n)),
+        }
+        self.outstanding += n;
+    }
+
     /// Hands the durable time to the sources and returns it.
     fn hand_over(
         &mut self,
@@ -239,6 +258,13 @@ impl Durability {
         }
         for s in sources.iter_mut() {
             s.durable(through);
+        }
+        while let Some(&(at, n)) = self.undurable.front() {
+            if at >= through {
+                break;
+            }
+            self.outstanding -= n;
+            self.undurable.pop_front();
         }
         through
     }

@@ -205,7 +205,10 @@ struct Writer {
 impl Writer {
     async fn run(mut self) {
         let mut last_write = Instant::now();
-        let mut last_ping = Instant::now();
+        // Ping at once: /readyz waits for the first contact.
+        let mut last_ping = Instant::now()
+            .checked_sub(Duration::from_secs(2))
+            .unwrap_or_else(Instant::now);
         loop {
             let stopping = self.stop.load(Ordering::Acquire);
             self.stage();
@@ -215,10 +218,13 @@ impl Writer {
             // ClickHouse go back in time: hold them (one row per key) unless the batch is full.
             let replaying = self.staged_through <= self.progress.caught_up();
             if due && self.staged_through > self.durable && (!replaying || full || stopping) {
-                self.write().await;
+                if self.write().await {
+                    last_ping = Instant::now();
+                }
                 last_write = Instant::now();
-                last_ping = last_write;
-            } else if last_ping.elapsed() >= Duration::from_secs(2) {
+            }
+            // Health for /readyz when no write has talked to the server lately.
+            if !stopping && last_ping.elapsed() >= Duration::from_secs(2) {
                 let ok = self.server.query("SELECT 1").execute().await.is_ok();
                 self.progress.set_clickhouse_ok(ok);
                 last_ping = Instant::now();
@@ -257,11 +263,14 @@ impl Writer {
         self.staged_through = frontier;
     }
 
-    /// Writes `staged`, retrying until ClickHouse takes it (or the sink is stopping).
-    async fn write(&mut self) {
+    /// Writes `staged`, retrying until ClickHouse takes it (or the sink is stopping). Returns
+    /// whether it talked to the server.
+    async fn write(&mut self) -> bool {
         let mut backoff = Duration::from_millis(100);
+        let mut contacted = false;
         // Times without changes are durable without asking the server.
         while self.staged.values().any(|s| s.outcome().is_some()) {
+            contacted = true;
             let started = Instant::now();
             match self.try_write().await {
                 Ok(rows) => {
@@ -278,7 +287,7 @@ impl Writer {
                     self.progress.set_clickhouse_ok(false);
                     tracing::warn!(error = %e, retry_in = ?backoff, keys = self.staged.len(), "writing to ClickHouse failed");
                     if self.stop.load(Ordering::Acquire) {
-                        return;
+                        return contacted;
                     }
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(self.cfg.max_backoff);
@@ -293,6 +302,7 @@ impl Writer {
         metrics::gauge!("stockflow_clickhouse_durable_time_ms").set(self.durable as f64);
         metrics::gauge!("stockflow_clickhouse_buffered_changes")
             .set(self.progress.sink_buffered() as f64);
+        contacted
     }
 
     async fn try_write(&mut self) -> Result<u64, clickhouse::error::Error> {

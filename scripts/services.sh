@@ -15,10 +15,11 @@
 #
 # Ports: STOCKFLOW_KAFKA_PORT (9092), STOCKFLOW_CLICKHOUSE_PORT (HTTP, 8123),
 # STOCKFLOW_CLICKHOUSE_TCP_PORT (native protocol for clickhouse-client, 9000).
-# State (data, logs, pid files): STOCKFLOW_SERVICES_DIR (target/services in the repository).
+# State (data, logs, pid files): STOCKFLOW_SERVICES_DIR (/var/tmp/stockflow-services).
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
-dir="${STOCKFLOW_SERVICES_DIR:-$repo/target/services}"
+# One place per machine, so that every clone and worktree reuses (and can stop) the same servers.
+dir="${STOCKFLOW_SERVICES_DIR:-/var/tmp/stockflow-services}"
 kafka_port="${STOCKFLOW_KAFKA_PORT:-9092}"
 ch_port="${STOCKFLOW_CLICKHOUSE_PORT:-8123}"
 ch_tcp_port="${STOCKFLOW_CLICKHOUSE_TCP_PORT:-9000}"
@@ -156,6 +157,17 @@ start_clickhouse() {
     log "reusing ClickHouse on 127.0.0.1:$ch_port"
     return
   fi
+  if [ -s "$dir/clickhouse/cmdline" ]; then
+    # Stopped by stop-clickhouse: start the very same server again (same config, same data).
+    log "restarting ClickHouse as it ran before: $(tr '\0' ' ' <"$dir/clickhouse/cmdline")"
+    local cmd
+    mapfile -d '' -t cmd <"$dir/clickhouse/cmdline"
+    nohup "${cmd[@]}" >"$dir/clickhouse/restart.log" 2>&1 </dev/null &
+    echo $! >"$dir/clickhouse/pid"
+    rm -f "$dir/clickhouse/cmdline"
+    wait_for "ClickHouse" 60 clickhouse_up
+    return
+  fi
   install_clickhouse
   write_clickhouse_config
   log "starting ClickHouse on 127.0.0.1:$ch_port (data: $dir/clickhouse/data)"
@@ -178,6 +190,21 @@ stop_pidfile() { # name, pidfile
   rm -f "$2"
 }
 
+# Stops the ClickHouse that answers on the port, whoever started it, and remembers its command
+# line so that start-clickhouse brings the same server back (for outage tests).
+stop_clickhouse() {
+  local pid
+  pid=$(ss -ltnpH "sport = :$ch_port" 2>/dev/null | grep -o 'pid=[0-9]*' | head -1 | cut -d= -f2)
+  if [ -z "$pid" ]; then
+    log "no ClickHouse listens on 127.0.0.1:$ch_port"
+    return
+  fi
+  mkdir -p "$dir/clickhouse"
+  cat "/proc/$pid/cmdline" >"$dir/clickhouse/cmdline"
+  echo "$pid" >"$dir/clickhouse/pid"
+  stop_pidfile ClickHouse "$dir/clickhouse/pid"
+}
+
 print_env() {
   echo "STOCKFLOW_KAFKA__BROKERS=127.0.0.1:$kafka_port"
   echo "STOCKFLOW_CLICKHOUSE__URL=http://127.0.0.1:$ch_port"
@@ -186,6 +213,7 @@ print_env() {
 case "${1:-up}" in
   up)
     command -v curl >/dev/null 2>&1 || as_root apt-get install -y -qq curl >/dev/null
+    command -v ss >/dev/null 2>&1 || as_root apt-get install -y -qq iproute2 >/dev/null
     start_clickhouse
     start_kafka
     create_topics
@@ -195,7 +223,7 @@ case "${1:-up}" in
     stop_pidfile ClickHouse "$dir/clickhouse/pid"
     stop_pidfile tansu "$dir/kafka/pid"
     ;;
-  stop-clickhouse) stop_pidfile ClickHouse "$dir/clickhouse/pid" ;;
+  stop-clickhouse) stop_clickhouse ;;
   start-clickhouse) start_clickhouse ;;
   env) print_env ;;
   *)

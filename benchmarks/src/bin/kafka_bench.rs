@@ -14,6 +14,11 @@
 //!    until `/readyz` says the backlog is absorbed (and, with ClickHouse, until the sink has
 //!    written everything); the start-up of the process is included.
 //!
+//! 4. Freshness: while the pipeline with the sink runs under demo traffic at half the rate the
+//!    plain consumer sustained, 100 probe events are produced one at a time and timed until
+//!    `GET /v1/stock/freshness-probe/{location}` has them; the same for a plain consumer
+//!    positioned at the end of the partitions (the broker's own latency), under the same traffic.
+//!
 //! The broker is tansu on loopback, not Apache Kafka: only the ratio means something.
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -101,8 +106,11 @@ fn main() {
         ]),
         events,
         None,
+        None,
     );
     let db = format!("{prefix}_db");
+    // Freshness probes under traffic at half the rate this broker sustained for the plain consumer.
+    let probe_rate = (events as f64 / baseline.secs / 2.0).max(1.0) as u64;
     let with_sink = stockflow(
         &sets(&[
             format!("kafka.group_id={prefix}_ch"),
@@ -111,6 +119,7 @@ fn main() {
         ]),
         events,
         Some(&db),
+        Some(probe_rate),
     );
 
     println!();
@@ -129,6 +138,25 @@ fn main() {
     row("plain rdkafka consumer, read and discard", &baseline);
     row("stockflow, no sink (HTTP views only)", &bare);
     row("stockflow with the ClickHouse sink", &with_sink);
+    if let Some(f) = with_sink.freshness.as_ref().filter(|f| !f.is_empty()) {
+        let broker = broker_latency(&topics[0], &sets(&[]), probe_rate);
+        let q = |f: &[f64], p: f64| f[((f.len() - 1) as f64 * p).round() as usize];
+        println!();
+        println!("| freshness: probe produced → seen ({} probes, demo traffic at {probe_rate} records/s, half the broker's rate) | p50 ms | p99 ms | max ms |", f.len());
+        println!("|---|---:|---:|---:|");
+        println!(
+            "| plain consumer polling the partition (the broker's own latency) | {:.1} | {:.1} | {:.1} |",
+            q(&broker, 0.5),
+            q(&broker, 0.99),
+            broker[broker.len() - 1]
+        );
+        println!(
+            "| stockflow: visible in `GET /v1/stock/{{sku}}/{{location}}` | {:.1} | {:.1} | {:.1} |",
+            q(f, 0.5),
+            q(f, 0.99),
+            f[f.len() - 1]
+        );
+    }
     if let Some((rows, insert_secs)) = with_sink.sink {
         println!();
         println!(
@@ -220,6 +248,7 @@ fn plain_consumer(topics: &[String; 2], workers: usize, events: u64) -> Run {
         secs: started.elapsed().as_secs_f64(),
         cpu: cpu_secs(std::process::id()) - cpu0,
         sink: None,
+        freshness: None,
     }
 }
 
@@ -229,6 +258,8 @@ struct Run {
     cpu: f64,
     /// (rows written, seconds spent in inserts)
     sink: Option<(u64, f64)>,
+    /// Milliseconds from producing a probe event to HTTP reflecting it, sorted.
+    freshness: Option<Vec<f64>>,
 }
 
 fn metric(text: &str, name: &str) -> f64 {
@@ -240,7 +271,7 @@ fn metric(text: &str, name: &str) -> f64 {
 
 /// Starts the binary and waits until it has absorbed `events` records (and, with a database,
 /// until the sink has written everything). Seconds from spawn.
-fn stockflow(sets: &[String], events: u64, db: Option<&str>) -> Run {
+fn stockflow(sets: &[String], events: u64, db: Option<&str>, probe_rate: Option<u64>) -> Run {
     let started = Instant::now();
     let mut child: Child = Command::new(bin())
         .arg("--config")
@@ -294,6 +325,7 @@ fn stockflow(sets: &[String], events: u64, db: Option<&str>) -> Run {
         }
     };
     let cpu = cpu_secs(child.id());
+    let freshness = probe_rate.map(|rate| freshness(&base, sets, rate));
     let m = get("/metrics").unwrap_or_default();
     let sink = db.map(|_| {
         (
@@ -306,5 +338,134 @@ fn stockflow(sets: &[String], events: u64, db: Option<&str>) -> Run {
         .arg(child.id().to_string())
         .status();
     let _ = child.wait();
-    Run { secs, cpu, sink }
+    Run {
+        secs,
+        cpu,
+        sink,
+        freshness,
+    }
+}
+
+/// Demo traffic into the topics of `sets` at `rate` records/s, until killed.
+fn traffic(sets: &[String], rate: u64) -> Child {
+    Command::new(bin())
+        .arg("produce")
+        .arg(format!("--rate={rate}"))
+        .arg("--limit=0")
+        .args(sets.iter().flat_map(|s| ["--set", s.as_str()]))
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("traffic producer")
+}
+
+/// Produces probe events (a `received` of 1 unit at a new location of SKU `freshness-probe`)
+/// one at a time while `stockflow produce` adds traffic at `rate` records/s, and times each from
+/// the send to the first HTTP answer that has it (polled every 0.5 ms).
+fn freshness(base: &str, sets: &[String], rate: u64) -> Vec<f64> {
+    use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
+    let mut traffic = traffic(sets, rate);
+    let topic = sets
+        .iter()
+        .find_map(|s| s.strip_prefix("kafka.inventory_topic="))
+        .expect("the inventory topic")
+        .to_string();
+    let producer: ThreadedProducer<_> = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("linger.ms", "0")
+        .create()
+        .expect("probe producer");
+    std::thread::sleep(Duration::from_secs(1));
+    let mut out = Vec::new();
+    for i in 0..100 {
+        let loc = format!("p{i}");
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_millis();
+        let value = format!(
+            r#"{{"event_id":"probe-{now}-{i}","type":"received","sku":"freshness-probe","ts":{now},"location":"{loc}","qty":1}}"#
+        );
+        let sent = Instant::now();
+        producer
+            .send(
+                BaseRecord::to(&topic)
+                    .key("freshness-probe")
+                    .payload(&value),
+            )
+            .map_err(|(e, _)| e)
+            .expect("probe queued");
+        let url = format!("{base}/v1/stock/freshness-probe/{loc}");
+        loop {
+            if ureq::get(&url).call().is_ok() {
+                break;
+            }
+            assert!(
+                sent.elapsed() < Duration::from_secs(60),
+                "probe {i} not visible in 60 s"
+            );
+            std::thread::sleep(Duration::from_micros(500));
+        }
+        out.push(sent.elapsed().as_secs_f64() * 1e3);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = producer.flush(Duration::from_secs(5));
+    let _ = traffic.kill();
+    let _ = traffic.wait();
+    out.sort_by(f64::total_cmp);
+    out
+}
+
+/// The broker's part of freshness: a consumer positioned at the end of every partition of
+/// `topic` polls while probes are produced one at a time; milliseconds from send to receipt.
+fn broker_latency(topic: &str, sets: &[String], rate: u64) -> Vec<f64> {
+    let mut traffic = traffic(sets, rate);
+    use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("group.id", "bench-latency")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..PARTITIONS {
+        tpl.add_partition_offset(topic, p, Offset::End).unwrap();
+    }
+    consumer.assign(&tpl).expect("assign");
+    let producer: ThreadedProducer<_> = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("linger.ms", "0")
+        .create()
+        .expect("producer");
+    // Let the consumer settle at the end offsets.
+    let settle = Instant::now();
+    while settle.elapsed() < Duration::from_secs(2) {
+        let _ = consumer.poll(Duration::from_millis(50));
+    }
+    let mut out = Vec::new();
+    for i in 0..100u32 {
+        let key = format!("latency-probe-{i}");
+        let sent = Instant::now();
+        producer
+            .send(BaseRecord::to(topic).key(&key).payload("{}"))
+            .map_err(|(e, _)| e)
+            .expect("queued");
+        loop {
+            if let Some(Ok(m)) = consumer.poll(Duration::from_millis(1)) {
+                if rdkafka::Message::key(&m) == Some(key.as_bytes()) {
+                    break;
+                }
+            }
+            assert!(
+                sent.elapsed() < Duration::from_secs(60),
+                "probe {i} not seen"
+            );
+        }
+        out.push(sent.elapsed().as_secs_f64() * 1e3);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = producer.flush(Duration::from_secs(5));
+    let _ = traffic.kill();
+    let _ = traffic.wait();
+    out.sort_by(f64::total_cmp);
+    out
 }

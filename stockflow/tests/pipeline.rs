@@ -85,6 +85,14 @@ impl Names {
     fn dlq(&self) -> String {
         format!("{}_dlq", self.prefix)
     }
+    /// Drops the test's ClickHouse database. (Its topics stay: deleting a topic makes tansu
+    /// rewrite its SQLite file, which stalls the broker for the tests that follow.)
+    fn clean_up(self) {
+        if let Err(e) = clickhouse_exec(&format!("DROP DATABASE IF EXISTS {}", self.prefix)) {
+            eprintln!("dropping the test database failed: {e}");
+        }
+    }
+
     fn sets(&self) -> Vec<String> {
         vec![
             format!("kafka.brokers={}", kafka_addr()),
@@ -431,6 +439,13 @@ fn reservation_row(v: &Value) -> stockflow_types::rows::ReservationRow {
     }
 }
 
+fn clickhouse_exec(statement: &str) -> Result<(), String> {
+    ureq::post(&clickhouse_url())
+        .send_string(statement)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
 fn clickhouse(query: &str) -> Result<Vec<Value>, String> {
     let r = ureq::post(&clickhouse_url())
         .send_string(&format!("{query} FORMAT JSONEachRow"))
@@ -626,6 +641,8 @@ fn kafka_in_http_and_clickhouse_out_exactly() {
     p.wait_ready();
     check_all(&p, &names, &w);
     check_dead_letters(&names, &w, true);
+    drop(p);
+    names.clean_up();
 }
 
 /// SIGKILL while reading a stream, then a restart: nothing lost, nothing counted twice.
@@ -662,6 +679,8 @@ fn sigkill_mid_stream_then_restart() {
     check_all(&p, &names, &w);
     // A crash may resend the dead letters of records read after the last commit; none is lost.
     check_dead_letters(&names, &w, false);
+    drop(p);
+    names.clean_up();
 }
 
 /// ClickHouse stops for a while: the pipeline keeps serving HTTP, reports ClickHouse as
@@ -746,4 +765,6 @@ fn clickhouse_outage_loses_nothing() {
     p.wait_ready();
     check_all(&p, &names, &w);
     check_dead_letters(&names, &w, true);
+    drop(p);
+    names.clean_up();
 }

@@ -157,6 +157,9 @@ fn main() {
             f[f.len() - 1]
         );
     }
+    // The run's database is of no further use.
+    let _ =
+        ureq::post("http://127.0.0.1:8123").send_string(&format!("DROP DATABASE IF EXISTS {db}"));
     if let Some((rows, insert_secs)) = with_sink.sink {
         println!();
         println!(

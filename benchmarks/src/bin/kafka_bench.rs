@@ -328,7 +328,6 @@ fn stockflow(sets: &[String], events: u64, db: Option<&str>, probe_rate: Option<
         }
     };
     let cpu = cpu_secs(child.id());
-    let freshness = probe_rate.map(|rate| freshness(&base, sets, rate));
     let m = get("/metrics").unwrap_or_default();
     let sink = db.map(|_| {
         (
@@ -336,6 +335,8 @@ fn stockflow(sets: &[String], events: u64, db: Option<&str>, probe_rate: Option<
             metric(&m, "stockflow_clickhouse_insert_seconds_sum"),
         )
     });
+    // After the figures above: the probes add traffic.
+    let freshness = probe_rate.map(|rate| freshness(&base, sets, rate));
     let _ = Command::new("kill")
         .arg("-TERM")
         .arg(child.id().to_string())

@@ -219,8 +219,8 @@ struct Durability {
     marks: VecDeque<(Millis, u64)>,
     /// Dead letters of records admitted before this time are settled.
     dead_letters_through: Millis,
-    /// (admission time, records) not yet durable in the sink, oldest first.
-    undurable: VecDeque<(Millis, usize)>,
+    /// (admission time, records) whose changes the sink has not yet absorbed, oldest first.
+    unabsorbed: VecDeque<(Millis, usize)>,
     /// Their sum.
     outstanding: usize,
 }
@@ -228,9 +228,9 @@ struct Durability {
 impl Durability {
     /// `n` records were admitted at `t`.
     fn admitted(&mut self, t: Millis, n: usize) {
-        match self.undurable.back_mut() {
+        match self.unabsorbed.back_mut() {
             Some(last) if last.0 == t => last.1 += n,
-            _ => self.undurable.push_back((t, n)),
+            _ => self.unabsorbed.push_back((t, n)),
         }
         self.outstanding += n;
     }
@@ -259,12 +259,17 @@ impl Durability {
         for s in sources.iter_mut() {
             s.durable(through);
         }
-        while let Some(&(at, n)) = self.undurable.front() {
-            if at >= through {
+        // Records stop weighing on memory once the sink has folded their changes into its
+        // pending rows (bounded by the keys), written or not: a replay then proceeds while the
+        // sink holds its writes, and an outage still stops reading (the sink folds nothing
+        // while it retries).
+        let absorbed = engine.frontier().min(io.progress.sink_absorbed());
+        while let Some(&(at, n)) = self.unabsorbed.front() {
+            if at >= absorbed {
                 break;
             }
             self.outstanding -= n;
-            self.undurable.pop_front();
+            self.unabsorbed.pop_front();
         }
         through
     }

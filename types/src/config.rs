@@ -375,9 +375,9 @@ pub struct ClickHouseConfig {
     /// ...or this long after its first row.
     #[serde(default = "default_flush_interval", with = "humantime_serde")]
     pub flush_interval: Duration,
-    /// Changes waiting for ClickHouse (and records read but not yet durable, per worker), at
-    /// most; past it the pipeline stops reading Kafka until ClickHouse catches up (nothing is
-    /// dropped).
+    /// Changes and pending rows waiting for ClickHouse (and records per worker whose changes
+    /// the sink has not folded in), at most; past it the pipeline stops reading Kafka until
+    /// ClickHouse catches up (nothing is dropped).
     #[serde(default = "default_buffer_rows")]
     pub buffer_rows: usize,
     /// Longest wait between two attempts of a failed insert (the wait doubles from 100 ms).

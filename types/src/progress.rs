@@ -15,6 +15,7 @@ pub struct Progress {
     caught_up: Vec<AtomicU64>,
     has_sink: bool,
     sink_durable: AtomicU64,
+    sink_absorbed: AtomicU64,
     sink_buffered: AtomicUsize,
     kafka: Option<AtomicBool>,
     clickhouse: Option<AtomicBool>,
@@ -29,6 +30,7 @@ impl Progress {
             caught_up: (0..workers).map(|_| AtomicU64::new(NOT_YET)).collect(),
             has_sink: clickhouse,
             sink_durable: AtomicU64::new(0),
+            sink_absorbed: AtomicU64::new(0),
             sink_buffered: AtomicUsize::new(0),
             kafka: kafka.then(|| AtomicBool::new(false)),
             clickhouse: clickhouse.then(|| AtomicBool::new(false)),
@@ -68,17 +70,28 @@ impl Progress {
         self.sink_durable.load(Ordering::Acquire)
     }
 
-    /// Changes handed to the sink but not yet durable.
+    /// The sink holds every change at times before `t` in its own bounded form (one pending
+    /// row per key), written or not: records admitted before it no longer weigh on memory.
+    pub fn set_sink_absorbed(&self, t: Millis) {
+        self.sink_absorbed.fetch_max(t, Ordering::AcqRel);
+    }
+
+    /// See [`Progress::set_sink_absorbed`].
+    pub fn sink_absorbed(&self) -> Millis {
+        self.sink_absorbed.load(Ordering::Acquire)
+    }
+
+    /// What the sink holds in memory: changes not yet folded, plus pending rows (one per key).
     pub fn sink_buffered(&self) -> usize {
         self.sink_buffered.load(Ordering::Relaxed)
     }
 
-    /// `n` more changes wait for the sink.
+    /// `n` more changes (or pending rows) wait in the sink.
     pub fn add_buffered(&self, n: usize) {
         self.sink_buffered.fetch_add(n, Ordering::Relaxed);
     }
 
-    /// `n` changes left the sink's buffer.
+    /// `n` changes (or pending rows) left the sink's buffer.
     pub fn remove_buffered(&self, n: usize) {
         self.sink_buffered.fetch_sub(n, Ordering::Relaxed);
     }

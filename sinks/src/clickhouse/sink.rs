@@ -92,7 +92,6 @@ impl ClickHouseSink {
             stop: Arc::clone(&stop),
             pending: BTreeMap::new(),
             staged: HashMap::new(),
-            staged_updates: 0,
             staged_through: 0,
             durable: 0,
             schema_ready: false,
@@ -193,8 +192,6 @@ struct Writer {
     pending: BTreeMap<Millis, Vec<(Change, i64)>>,
     /// Net updates of complete times, one entry per key.
     staged: HashMap<Key, Staged>,
-    /// Updates folded into `staged`.
-    staged_updates: usize,
     /// `staged` holds every update before this time.
     staged_through: Millis,
     /// ClickHouse holds every update before this time.
@@ -254,13 +251,18 @@ impl Writer {
             return;
         }
         let later = self.pending.split_off(&frontier);
+        let (keys_before, mut folded) = (self.staged.len(), 0);
         for (t, updates) in std::mem::replace(&mut self.pending, later) {
-            self.staged_updates += updates.len();
+            folded += updates.len();
             for (c, d) in updates {
                 self.staged.entry(key(&c)).or_default().add(c, d, t);
             }
         }
+        // The buffer now holds pending rows (one per key) instead of the folded changes.
+        self.progress.add_buffered(self.staged.len() - keys_before);
+        self.progress.remove_buffered(folded);
         self.staged_through = frontier;
+        self.progress.set_sink_absorbed(frontier);
     }
 
     /// Writes `staged`, retrying until ClickHouse takes it (or the sink is stopping). Returns
@@ -294,9 +296,8 @@ impl Writer {
                 }
             }
         }
+        self.progress.remove_buffered(self.staged.len());
         self.staged.clear();
-        self.progress.remove_buffered(self.staged_updates);
-        self.staged_updates = 0;
         self.durable = self.staged_through;
         self.progress.set_sink_durable(self.durable);
         metrics::gauge!("stockflow_clickhouse_durable_time_ms").set(self.durable as f64);

@@ -22,8 +22,11 @@
 //! The broker is tansu on loopback, not Apache Kafka: only the ratio means something.
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::DefaultProducerContext;
+use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::ClientConfig;
+use rdkafka::Message;
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -127,12 +130,17 @@ fn main() {
     println!("|---|---:|---:|---:|---:|");
     let per = |r: &Run| r.cpu * 1e6 / events as f64;
     let row = |name: &str, r: &Run| {
+        // CPU time comes in clock ticks (10 ms): a tiny run may show none for the baseline.
+        let cpu_ratio = if baseline.cpu > 0.0 {
+            format!("{:.1}x", per(r) / per(&baseline))
+        } else {
+            "n/a".into()
+        };
         println!(
-            "| {name} | {:.0} | {:.2}x | {:.1} | {:.1}x |",
+            "| {name} | {:.0} | {:.2}x | {:.1} | {cpu_ratio} |",
             events as f64 / r.secs,
             baseline.secs / r.secs,
             per(r),
-            per(r) / per(&baseline).max(1e-9)
         );
     };
     row("plain rdkafka consumer, read and discard", &baseline);
@@ -233,7 +241,7 @@ fn plain_consumer(topics: &[String; 2], workers: usize, events: u64) -> Run {
                 while n < ends {
                     match consumer.poll(Duration::from_millis(100)) {
                         Some(Ok(m)) => {
-                            bytes += rdkafka::Message::payload(&m).map_or(0, <[u8]>::len);
+                            bytes += m.payload().map_or(0, <[u8]>::len);
                             n += 1;
                         }
                         Some(Err(e)) => eprintln!("plain consumer: {e}"),
@@ -362,68 +370,91 @@ fn traffic(sets: &[String], rate: u64) -> Child {
         .expect("traffic producer")
 }
 
-/// Produces probe events (a `received` of 1 unit at a new location of SKU `freshness-probe`)
-/// one at a time while `stockflow produce` adds traffic at `rate` records/s, and times each from
-/// the send to the first HTTP answer that has it (polled every 0.5 ms).
-fn freshness(base: &str, sets: &[String], rate: u64) -> Vec<f64> {
-    use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
-    let mut traffic = traffic(sets, rate);
-    let topic = sets
-        .iter()
-        .find_map(|s| s.strip_prefix("kafka.inventory_topic="))
-        .expect("the inventory topic")
-        .to_string();
-    let producer: ThreadedProducer<_> = ClientConfig::new()
+/// A producer that sends at once (no batching delay), for probes.
+fn probe_producer() -> ThreadedProducer<DefaultProducerContext> {
+    ClientConfig::new()
         .set("bootstrap.servers", brokers())
         .set("linger.ms", "0")
         .create()
-        .expect("probe producer");
-    std::thread::sleep(Duration::from_secs(1));
+        .expect("probe producer")
+}
+
+/// 100 probes, one at a time, 50 ms apart, while `traffic` runs: each timed from `send(i)` until
+/// `seen(i)` says so. Milliseconds, sorted.
+fn time_probes(
+    mut traffic: Child,
+    mut send: impl FnMut(u32),
+    mut seen: impl FnMut(u32) -> bool,
+) -> Vec<f64> {
     let mut out = Vec::new();
     for i in 0..100 {
-        let loc = format!("p{i}");
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_millis();
-        let value = format!(
-            r#"{{"event_id":"probe-{now}-{i}","type":"received","sku":"freshness-probe","ts":{now},"location":"{loc}","qty":1}}"#
-        );
         let sent = Instant::now();
-        producer
-            .send(
-                BaseRecord::to(&topic)
-                    .key("freshness-probe")
-                    .payload(&value),
-            )
-            .map_err(|(e, _)| e)
-            .expect("probe queued");
-        let url = format!("{base}/v1/stock/freshness-probe/{loc}");
-        loop {
-            if ureq::get(&url).call().is_ok() {
-                break;
-            }
+        send(i);
+        while !seen(i) {
             assert!(
                 sent.elapsed() < Duration::from_secs(60),
-                "probe {i} not visible in 60 s"
+                "probe {i} not seen in 60 s"
             );
-            std::thread::sleep(Duration::from_micros(500));
         }
         out.push(sent.elapsed().as_secs_f64() * 1e3);
         std::thread::sleep(Duration::from_millis(50));
     }
-    let _ = producer.flush(Duration::from_secs(5));
     let _ = traffic.kill();
     let _ = traffic.wait();
     out.sort_by(f64::total_cmp);
     out
 }
 
+/// Produces probe events (a `received` of 1 unit at a new location of SKU `freshness-probe`)
+/// while `stockflow produce` adds traffic at `rate` records/s, and times each from the send to
+/// the first HTTP answer that has it (polled every 0.5 ms).
+fn freshness(base: &str, sets: &[String], rate: u64) -> Vec<f64> {
+    let traffic = traffic(sets, rate);
+    let topic = sets
+        .iter()
+        .find_map(|s| s.strip_prefix("kafka.inventory_topic="))
+        .expect("the inventory topic")
+        .to_string();
+    let producer = probe_producer();
+    std::thread::sleep(Duration::from_secs(1));
+    let out = time_probes(
+        traffic,
+        |i| {
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap()
+                .as_millis();
+            let value = format!(
+                r#"{{"event_id":"probe-{now}-{i}","type":"received","sku":"freshness-probe","ts":{now},"location":"p{i}","qty":1}}"#
+            );
+            producer
+                .send(
+                    BaseRecord::to(&topic)
+                        .key("freshness-probe")
+                        .payload(&value),
+                )
+                .map_err(|(e, _)| e)
+                .expect("probe queued");
+        },
+        |i| {
+            let found = ureq::get(&format!("{base}/v1/stock/freshness-probe/p{i}"))
+                .call()
+                .is_ok();
+            if !found {
+                std::thread::sleep(Duration::from_micros(500));
+            }
+            found
+        },
+    );
+    let _ = producer.flush(Duration::from_secs(5));
+    out
+}
+
 /// The broker's part of freshness: a consumer positioned at the end of every partition of
-/// `topic` polls while probes are produced one at a time; milliseconds from send to receipt.
+/// `topic` polls while probes are produced one at a time under the same traffic; milliseconds
+/// from send to receipt.
 fn broker_latency(topic: &str, sets: &[String], rate: u64) -> Vec<f64> {
-    let mut traffic = traffic(sets, rate);
-    use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
+    let traffic = traffic(sets, rate);
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers())
         .set("group.id", "bench-latency")
@@ -435,41 +466,29 @@ fn broker_latency(topic: &str, sets: &[String], rate: u64) -> Vec<f64> {
         tpl.add_partition_offset(topic, p, Offset::End).unwrap();
     }
     consumer.assign(&tpl).expect("assign");
-    let producer: ThreadedProducer<_> = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
-        .set("linger.ms", "0")
-        .create()
-        .expect("producer");
+    let producer = probe_producer();
     // Let the consumer settle at the end offsets.
     let settle = Instant::now();
     while settle.elapsed() < Duration::from_secs(2) {
         let _ = consumer.poll(Duration::from_millis(50));
     }
-    let mut out = Vec::new();
-    for i in 0..100u32 {
-        let key = format!("latency-probe-{i}");
-        let sent = Instant::now();
-        producer
-            .send(BaseRecord::to(topic).key(&key).payload("{}"))
-            .map_err(|(e, _)| e)
-            .expect("queued");
-        loop {
-            if let Some(Ok(m)) = consumer.poll(Duration::from_millis(1)) {
-                if rdkafka::Message::key(&m) == Some(key.as_bytes()) {
-                    break;
-                }
-            }
-            assert!(
-                sent.elapsed() < Duration::from_secs(60),
-                "probe {i} not seen"
-            );
-        }
-        out.push(sent.elapsed().as_secs_f64() * 1e3);
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let out = time_probes(
+        traffic,
+        |i| {
+            producer
+                .send(
+                    BaseRecord::to(topic)
+                        .key(&format!("latency-probe-{i}"))
+                        .payload("{}"),
+                )
+                .map_err(|(e, _)| e)
+                .expect("queued");
+        },
+        |i| match consumer.poll(Duration::from_millis(1)) {
+            Some(Ok(m)) => m.key() == Some(format!("latency-probe-{i}").as_bytes()),
+            _ => false,
+        },
+    );
     let _ = producer.flush(Duration::from_secs(5));
-    let _ = traffic.kill();
-    let _ = traffic.wait();
-    out.sort_by(f64::total_cmp);
     out
 }

@@ -26,5 +26,5 @@
 mod schema;
 mod sink;
 
-pub use schema::{ddl, TABLES};
+pub use schema::ddl;
 pub use sink::{attach, ClickHouseSink, SinkHandle};

@@ -5,9 +5,6 @@ use serde::Serialize;
 use stockflow_types::rows::{ReservationRow, StockRow, WindowRow};
 use stockflow_types::Millis;
 
-/// The three tables, in the order [`ddl`] creates them.
-pub const TABLES: [&str; 3] = ["stock_levels", "reservations", "sales_windows"];
-
 /// `CREATE ... IF NOT EXISTS` statements for the database and its tables.
 pub fn ddl(database: &str) -> Vec<String> {
     vec![

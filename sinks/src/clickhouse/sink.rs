@@ -73,13 +73,15 @@ impl ClickHouseSink {
         let (tx, rx) = unbounded_channel();
         let frontiers: Arc<[AtomicU64]> = (0..workers).map(|_| AtomicU64::new(0)).collect();
         let stop = Arc::new(AtomicBool::new(false));
+        // Without a database for the DDL (the database may not exist yet), with it for inserts.
+        let server = Client::default()
+            .with_url(&cfg.url)
+            .with_user(&cfg.user)
+            .with_password(&cfg.password)
+            .with_validation(false);
         let writer = Writer {
-            server: Client::default()
-                .with_url(&cfg.url)
-                .with_user(&cfg.user)
-                .with_password(&cfg.password)
-                .with_validation(false),
-            database: cfg.database.clone(),
+            client: server.clone().with_database(&cfg.database),
+            server,
             cfg: cfg.clone(),
             window_names: windows
                 .iter()
@@ -180,7 +182,7 @@ impl Staged {
 
 struct Writer {
     server: Client,
-    database: String,
+    client: Client,
     cfg: ClickHouseConfig,
     window_names: HashMap<Millis, String>,
     window_retention_ms: u64,
@@ -308,23 +310,24 @@ impl Writer {
 
     async fn try_write(&mut self) -> Result<u64, clickhouse::error::Error> {
         if !self.schema_ready {
-            for statement in ddl(&self.database) {
+            for statement in ddl(&self.cfg.database) {
                 self.server.query(&statement).execute().await?;
             }
             self.schema_ready = true;
         }
-        let db = &self.database;
-        let client = self.server.clone().with_database(db);
         let timeouts = Some(Duration::from_secs(30));
-        let mut stock = client
+        let mut stock = self
+            .client
             .insert::<StockLevel<'_>>("stock_levels")
             .await?
             .with_timeouts(timeouts, timeouts);
-        let mut reservations = client
+        let mut reservations = self
+            .client
             .insert::<Reservation<'_>>("reservations")
             .await?
             .with_timeouts(timeouts, timeouts);
-        let mut windows = client
+        let mut windows = self
+            .client
             .insert::<SalesWindow<'_>>("sales_windows")
             .await?
             .with_timeouts(timeouts, timeouts);

@@ -55,16 +55,14 @@ pub fn produce(settings: &Settings, input: Option<&Path>) -> Result<()> {
             Polled::Records => {}
         }
         for rec in batch.drain(..) {
+            let event = decode(&rec.value).ok();
             // Malformed records go to the inventory topic: a producer bug, as seen in the wild.
-            let topic = match decode(&rec.value).map(|ev| ev.kind.stream()) {
-                Ok(Stream::Orders) => &k.orders_topic,
+            let topic = match event.as_ref().map(|ev| ev.kind.stream()) {
+                Some(Stream::Orders) => &k.orders_topic,
                 _ => &k.inventory_topic,
             };
             // The key is the SKU (contract §1); JSON lines carry none, so take it from the event.
-            let key = rec
-                .key
-                .clone()
-                .or_else(|| decode(&rec.value).ok().map(|ev| ev.sku.into_bytes()));
+            let key = rec.key.or_else(|| event.map(|ev| ev.sku.into_bytes()));
             let mut record = BaseRecord::<[u8], [u8]>::to(topic).payload(&rec.value[..]);
             if let Some(key) = &key {
                 record = record.key(&key[..]);

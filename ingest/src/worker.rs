@@ -252,7 +252,8 @@ impl Durability {
             self.dead_letters_through = mark_t + 1;
             self.marks.pop_front();
         }
-        let mut through = engine.frontier().min(self.dead_letters_through);
+        let frontier = engine.frontier();
+        let mut through = frontier.min(self.dead_letters_through);
         if io.progress.has_sink() {
             through = through.min(io.progress.sink_durable());
         }
@@ -263,7 +264,7 @@ impl Durability {
         // pending rows (bounded by the keys), written or not: a replay then proceeds while the
         // sink holds its writes, and an outage still stops reading (the sink folds nothing
         // while it retries).
-        let absorbed = engine.frontier().min(io.progress.sink_absorbed());
+        let absorbed = frontier.min(io.progress.sink_absorbed());
         while let Some(&(at, n)) = self.unabsorbed.front() {
             if at >= absorbed {
                 break;

@@ -3,7 +3,36 @@
 //! single-thread `HashMap` fold that computes the same stock levels from the same events.
 
 use hashbrown::HashMap;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
 use stockflow_types::event::{Event, EventKind};
+
+/// Starts a server process and waits for the address it serves on: stockflow's first
+/// `curl -s http://ADDR/...` line, or a `listening on ADDR` line. Its standard output keeps
+/// being drained; its logs are limited to stockflow's warnings (clients closing their
+/// connections at the end of a run are not worth a line).
+pub fn start_serving(mut cmd: Command) -> (Child, String) {
+    let mut child = cmd
+        .env("RUST_LOG", "stockflow=warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("the server starts");
+    let mut lines = BufReader::new(child.stdout.take().expect("piped")).lines();
+    let addr = loop {
+        let line = lines
+            .next()
+            .expect("the server prints its address")
+            .expect("utf-8");
+        if let Some(rest) = line.trim().strip_prefix("curl -s http://") {
+            break rest.split('/').next().expect("an address").to_string();
+        }
+        if let Some(rest) = line.trim().strip_prefix("listening on ") {
+            break rest.to_string();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    (child, addr)
+}
 
 /// Reads this process's resident set size in bytes (Linux), or 0.
 pub fn rss_bytes() -> u64 {

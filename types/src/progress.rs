@@ -13,7 +13,6 @@ pub const NOT_YET: Millis = Millis::MAX;
 #[derive(Debug)]
 pub struct Progress {
     caught_up: Vec<AtomicU64>,
-    has_sink: bool,
     sink_durable: AtomicU64,
     sink_absorbed: AtomicU64,
     sink_buffered: AtomicUsize,
@@ -28,7 +27,6 @@ impl Progress {
     pub fn new(workers: usize, kafka: bool, clickhouse: bool) -> Self {
         Progress {
             caught_up: (0..workers).map(|_| AtomicU64::new(NOT_YET)).collect(),
-            has_sink: clickhouse,
             sink_durable: AtomicU64::new(0),
             sink_absorbed: AtomicU64::new(0),
             sink_buffered: AtomicUsize::new(0),
@@ -57,7 +55,7 @@ impl Progress {
 
     /// Whether a sink takes part in durability.
     pub fn has_sink(&self) -> bool {
-        self.has_sink
+        self.clickhouse.is_some()
     }
 
     /// The sink has durably written every change at times before `t`.

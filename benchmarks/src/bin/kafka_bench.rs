@@ -27,10 +27,10 @@ use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::ClientConfig;
 use rdkafka::Message;
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use stockflow_benchmarks::start_serving;
 
 const PARTITIONS: i32 = 4;
 
@@ -214,12 +214,7 @@ fn plain_consumer(topics: &[String; 2], workers: usize, events: u64) -> Run {
         .map(|w| {
             let topics = topics.clone();
             std::thread::spawn(move || {
-                let consumer: BaseConsumer = ClientConfig::new()
-                    .set("bootstrap.servers", brokers())
-                    .set("group.id", "bench-plain")
-                    .set("enable.auto.commit", "false")
-                    .create()
-                    .expect("consumer");
+                let consumer = committing_nothing("bench-plain");
                 let mut tpl = TopicPartitionList::new();
                 for t in &topics {
                     for p in (0..PARTITIONS).filter(|p| *p as usize % workers == w) {
@@ -284,24 +279,14 @@ fn metric(text: &str, name: &str) -> f64 {
 /// until the sink has written everything). Seconds from spawn.
 fn stockflow(sets: &[String], events: u64, db: Option<&str>, probe_rate: Option<u64>) -> Run {
     let started = Instant::now();
-    let mut child: Child = Command::new(bin())
-        .arg("--config")
+    let mut cmd = Command::new(bin());
+    cmd.arg("--config")
         .arg(repo().join("configs/kafka.toml"))
         .args(sets.iter().flat_map(|s| ["--set", s.as_str()]))
         .arg("--set")
-        .arg("http.listen=127.0.0.1:0")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("stockflow starts");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let base = loop {
-        let line = lines.next().expect("address line").expect("utf-8");
-        if let Some(rest) = line.trim().strip_prefix("curl -s http://") {
-            break format!("http://{}", rest.split('/').next().unwrap());
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
+        .arg("http.listen=127.0.0.1:0");
+    let (mut child, addr) = start_serving(cmd);
+    let base = format!("http://{addr}");
     let get = |path: &str| -> Option<String> {
         ureq::get(&format!("{base}{path}"))
             .call()
@@ -368,6 +353,16 @@ fn traffic(sets: &[String], rate: u64) -> Child {
         .stderr(Stdio::null())
         .spawn()
         .expect("traffic producer")
+}
+
+/// A consumer that commits nothing (partitions are assigned by the caller).
+fn committing_nothing(group: &str) -> BaseConsumer {
+    ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer")
 }
 
 /// A producer that sends at once (no batching delay), for probes.
@@ -455,12 +450,7 @@ fn freshness(base: &str, sets: &[String], rate: u64) -> Vec<f64> {
 /// from send to receipt.
 fn broker_latency(topic: &str, sets: &[String], rate: u64) -> Vec<f64> {
     let traffic = traffic(sets, rate);
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
-        .set("group.id", "bench-latency")
-        .set("enable.auto.commit", "false")
-        .create()
-        .expect("consumer");
+    let consumer = committing_nothing("bench-latency");
     let mut tpl = TopicPartitionList::new();
     for p in 0..PARTITIONS {
         tpl.add_partition_offset(topic, p, Offset::End).unwrap();

@@ -28,6 +28,7 @@ use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+use stockflow_benchmarks::start_serving;
 
 const SKUS: u64 = 10_000;
 const RESERVATIONS: u64 = 5_000;
@@ -186,27 +187,6 @@ fn load(addr: &str, target: Target, rate: Option<f64>, secs: f64) -> Outcome {
         out.hist.add(h).expect("same bounds");
     }
     out
-}
-
-fn start_serving(mut cmd: Command) -> (Child, String) {
-    let mut child = cmd
-        // Clients closing their connections at the end are not worth a line.
-        .env("RUST_LOG", "stockflow=warn")
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("starts");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let addr = loop {
-        let line = lines.next().expect("an address line").expect("utf-8");
-        if let Some(rest) = line.trim().strip_prefix("curl -s http://") {
-            break rest.split('/').next().unwrap().to_string();
-        }
-        if let Some(rest) = line.trim().strip_prefix("listening on ") {
-            break rest.to_string();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
-    (child, addr)
 }
 
 /// The HTTP ceiling: one tokio thread, warp, a constant body for any stock path.

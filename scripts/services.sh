@@ -12,6 +12,8 @@
 #   scripts/services.sh stop-clickhouse / start-clickhouse
 #                                       for outage tests
 #   scripts/services.sh env             print the addresses as environment variables
+#   scripts/services.sh postgres        PostgreSQL 15 from Debian, for the benchmarks' transactional
+#                                       baseline only (STOCKFLOW_POSTGRES_PORT, 55432)
 #
 # Ports: STOCKFLOW_KAFKA_PORT (9092), STOCKFLOW_CLICKHOUSE_PORT (HTTP, 8123),
 # STOCKFLOW_CLICKHOUSE_TCP_PORT (native protocol for clickhouse-client, 9000).
@@ -23,6 +25,7 @@ dir="${STOCKFLOW_SERVICES_DIR:-/var/tmp/stockflow-services}"
 kafka_port="${STOCKFLOW_KAFKA_PORT:-9092}"
 ch_port="${STOCKFLOW_CLICKHOUSE_PORT:-8123}"
 ch_tcp_port="${STOCKFLOW_CLICKHOUSE_TCP_PORT:-9000}"
+pg_port="${STOCKFLOW_POSTGRES_PORT:-55432}"
 tansu_version="0.6.0"
 partitions="${STOCKFLOW_PARTITIONS:-4}"
 
@@ -205,6 +208,35 @@ stop_clickhouse() {
   stop_pidfile ClickHouse "$dir/clickhouse/pid"
 }
 
+pg_bin=/usr/lib/postgresql/15/bin
+
+start_postgres() {
+  if port_open "$pg_port"; then
+    log "reusing PostgreSQL on 127.0.0.1:$pg_port"
+    return
+  fi
+  if [ ! -x "$pg_bin/postgres" ]; then
+    log "installing postgresql-15 from Debian's packages"
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql-15 >/dev/null
+  fi
+  # PostgreSQL refuses to run as root: the cluster belongs to the postgres user.
+  local run=()
+  [ "$(id -u)" = 0 ] && run=(runuser -u postgres --)
+  mkdir -p "$dir/postgres"
+  [ "$(id -u)" = 0 ] && chown postgres: "$dir/postgres"
+  if [ ! -s "$dir/postgres/data/PG_VERSION" ]; then
+    log "creating a PostgreSQL cluster in $dir/postgres/data"
+    "${run[@]}" "$pg_bin/initdb" -D "$dir/postgres/data" -U postgres --auth=trust >/dev/null
+  fi
+  log "starting PostgreSQL on 127.0.0.1:$pg_port (data: $dir/postgres/data)"
+  # Sized for the 2-core benchmark machine; durability settings stay at their defaults (the
+  # benchmark chooses synchronous_commit per session and says which).
+  "${run[@]}" "$pg_bin/pg_ctl" -D "$dir/postgres/data" -l "$dir/postgres/server.log" -w start \
+    -o "-p $pg_port -c listen_addresses=127.0.0.1 -k $dir/postgres -c max_connections=64 -c shared_buffers=1GB" >/dev/null
+  "${run[@]}" head -1 "$dir/postgres/data/postmaster.pid" >"$dir/postgres/pid"
+}
+
 print_env() {
   echo "STOCKFLOW_KAFKA__BROKERS=127.0.0.1:$kafka_port"
   echo "STOCKFLOW_CLICKHOUSE__URL=http://127.0.0.1:$ch_port"
@@ -222,12 +254,14 @@ case "${1:-up}" in
   down)
     stop_pidfile ClickHouse "$dir/clickhouse/pid"
     stop_pidfile tansu "$dir/kafka/pid"
+    stop_pidfile PostgreSQL "$dir/postgres/pid"
     ;;
+  postgres) start_postgres ;;
   stop-clickhouse) stop_clickhouse ;;
   start-clickhouse) start_clickhouse ;;
   env) print_env ;;
   *)
-    echo "usage: $0 [up|down|stop-clickhouse|start-clickhouse|env]" >&2
+    echo "usage: $0 [up|down|stop-clickhouse|start-clickhouse|env|postgres]" >&2
     exit 2
     ;;
 esac

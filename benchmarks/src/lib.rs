@@ -2,6 +2,9 @@
 //! same run. `engine-bench` measures the dataflow alone (no JSON, no HTTP) against a
 //! single-thread `HashMap` fold that computes the same stock levels from the same events.
 
+pub mod engine;
+pub mod summary;
+
 use hashbrown::HashMap;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};

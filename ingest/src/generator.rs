@@ -145,7 +145,11 @@ impl Generator {
     fn reserve(&mut self, now: u64) -> (String, EventKind) {
         self.reservations += 1;
         let id = reservation_name(self.worker, self.reservations);
-        let sku = self.sku();
+        let sku = if self.cfg.flash_sale > 0.0 && self.rng.random_bool(self.cfg.flash_sale) {
+            sku_name(1)
+        } else {
+            self.sku()
+        };
         if self.open.len() >= 100_000 {
             self.open.pop_front(); // left to expire
         }

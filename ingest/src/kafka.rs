@@ -136,7 +136,14 @@ impl KafkaSource {
         workers: usize,
         progress: Arc<Progress>,
     ) -> Result<Self, KafkaSourceError> {
-        let consumer: BaseConsumer<SourceContext> = client_config(k)
+        let mut config = client_config(k);
+        if !k.options.contains_key("fetch.wait.max.ms") {
+            // Freshness: a broker may hold a fetch for this long when little data is waiting
+            // (librdkafka's 500 ms default; tansu holds every fetch that long). 10 ms costs an
+            // idle consumer ~100 small requests a second per broker. `kafka.options` overrides it.
+            config.set("fetch.wait.max.ms", "10");
+        }
+        let consumer: BaseConsumer<SourceContext> = config
             .set("group.id", &k.group_id)
             .set("enable.auto.commit", "true")
             .set(

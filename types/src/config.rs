@@ -172,6 +172,9 @@ pub struct GeneratorConfig {
     /// How long reservations last before they expire.
     #[serde(default = "default_hold", with = "humantime_serde")]
     pub hold: Duration,
+    /// Share of reservations that go to the most popular SKU, `sku-00001` (a flash sale).
+    #[serde(default)]
+    pub flash_sale: f64,
 }
 
 // Defaults: a small demo shop (10k SKUs, 20 locations, Zipf 1.1 like retail sales), 5k events/s
@@ -213,6 +216,7 @@ impl Default for GeneratorConfig {
             duplicate_ratio: default_duplicate_ratio(),
             bad_ratio: default_bad_ratio(),
             hold: default_hold(),
+            flash_sale: 0.0,
         }
     }
 }
@@ -498,6 +502,7 @@ impl Settings {
         for (field, r) in [
             ("generator.duplicate_ratio", g.duplicate_ratio),
             ("generator.bad_ratio", g.bad_ratio),
+            ("generator.flash_sale", g.flash_sale),
         ] {
             if !(0.0..=1.0).contains(&r) {
                 return Err(bad(field, "must be between 0 and 1"));

@@ -361,6 +361,8 @@ fn committing_nothing(group: &str) -> BaseConsumer {
         .set("bootstrap.servers", brokers())
         .set("group.id", group)
         .set("enable.auto.commit", "false")
+        // As stockflow's consumer: a fetch waits at most 10 ms for data.
+        .set("fetch.wait.max.ms", "10")
         .create()
         .expect("consumer")
 }

@@ -2,6 +2,10 @@
 //! same run. `engine-bench` measures the dataflow alone (no JSON, no HTTP) against a
 //! single-thread `HashMap` fold that computes the same stock levels from the same events.
 
+/// The same allocator as the stockflow binary, for every benchmark and its baselines.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 pub mod engine;
 pub mod summary;
 

@@ -8,6 +8,11 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
+/// mimalloc: the ledger allocates and frees small strings and rows for every event, and glibc's
+/// malloc took ~13% of the engine's time in profiles (docs/benchmarks.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Exact, real-time inventory: stock, reservations and sales analytics over HTTP.
 #[derive(Debug, Parser)]
 #[command(name = "stockflow", version)]

@@ -7,6 +7,7 @@
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 pub mod engine;
+pub mod kafka;
 pub mod summary;
 
 use hashbrown::HashMap;

@@ -27,41 +27,18 @@ use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::ClientConfig;
 use rdkafka::Message;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use stockflow_benchmarks::start_serving;
+use stockflow_benchmarks::kafka::{bin, brokers, metric, repo, services_up, traffic};
+use stockflow_benchmarks::{start_serving, summary};
 
 const PARTITIONS: i32 = 4;
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-/// KAFKA_BENCH_BROKERS points the run at another broker (a real Kafka, say).
-fn brokers() -> String {
-    std::env::var("KAFKA_BENCH_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
-}
-
-fn bin() -> PathBuf {
-    std::env::current_exe()
-        .expect("own path")
-        .with_file_name("stockflow")
-}
 
 fn main() {
     let mut args = std::env::args().skip(1);
     let events: u64 = args.next().map_or(500_000, |a| a.parse().expect("EVENTS"));
     let workers: usize = args.next().map_or(2, |a| a.parse().expect("WORKERS"));
-    assert!(
-        bin().exists(),
-        "build the binary first: cargo build --release -p stockflow"
-    );
-    let status = Command::new(repo().join("scripts/services.sh"))
-        .stdout(Stdio::null())
-        .status()
-        .expect("scripts/services.sh");
-    assert!(status.success(), "services did not start");
+    services_up();
 
     let stamp = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -111,6 +88,7 @@ fn main() {
         None,
         None,
     );
+    let handwritten = handwritten(&topics, events);
     let db = format!("{prefix}_db");
     // Freshness probes under traffic at half the rate this broker sustained for the plain consumer.
     let probe_rate = (events as f64 / baseline.secs / 2.0).max(1.0) as u64;
@@ -144,8 +122,26 @@ fn main() {
         );
     };
     row("plain rdkafka consumer, read and discard", &baseline);
+    row(
+        "hand-written: rdkafka consumer, HashMap of stock, warp (1 thread)",
+        &handwritten,
+    );
     row("stockflow, no sink (HTTP views only)", &bare);
     row("stockflow with the ClickHouse sink", &with_sink);
+    summary::record(
+        "Kafka ingest with the ClickHouse sink vs a plain consumer (tansu-bound)",
+        &format!("{:.0} records/s", events as f64 / with_sink.secs),
+        &format!("{:.0} records/s", events as f64 / baseline.secs),
+        baseline.secs / with_sink.secs,
+        "≥ 0.7x",
+    );
+    summary::record(
+        "Kafka ingest vs the hand-written consumer, CPU per record (ratio: baseline/stockflow)",
+        &format!("{:.1} µs", per(&bare)),
+        &format!("{:.1} µs", per(&handwritten)),
+        per(&handwritten) / per(&bare),
+        "",
+    );
     if let Some(f) = with_sink.freshness.as_ref().filter(|f| !f.is_empty()) {
         let broker = broker_latency(&topics[0], &sets(&[]), probe_rate);
         let q = |f: &[f64], p: f64| f[((f.len() - 1) as f64 * p).round() as usize];
@@ -164,6 +160,18 @@ fn main() {
             q(f, 0.99),
             f[f.len() - 1]
         );
+        for (p, target) in [(0.5, "≤ 5 ms"), (0.99, "≤ 50 ms")] {
+            summary::record(
+                &format!(
+                    "freshness p{} through tansu, vs a plain consumer's receipt",
+                    p * 100.0
+                ),
+                &format!("{:.1} ms", q(f, p)),
+                &format!("{:.1} ms", q(&broker, p)),
+                q(f, p) / q(&broker, p),
+                target,
+            );
+        }
     }
     // The run's database is of no further use.
     let _ =
@@ -258,6 +266,43 @@ fn plain_consumer(topics: &[String; 2], workers: usize, events: u64) -> Run {
     }
 }
 
+/// The hand-written baseline (`handwritten kafka …`) reads every record of `topics`.
+fn handwritten(topics: &[String; 2], events: u64) -> Run {
+    let started = Instant::now();
+    let mut cmd = Command::new(
+        std::env::current_exe()
+            .expect("own path")
+            .with_file_name("handwritten"),
+    );
+    cmd.arg("kafka").arg(brokers()).args(topics);
+    let (mut child, addr) = start_serving(cmd);
+    let secs = loop {
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(
+            started.elapsed() < Duration::from_secs(1800),
+            "the hand-written consumer did not finish in 30 minutes"
+        );
+        let Ok(r) = ureq::get(&format!("http://{addr}/stats")).call() else {
+            continue;
+        };
+        let v: serde_json::Value =
+            serde_json::from_str(&r.into_string().expect("a body")).expect("JSON");
+        let seen = v["applied"].as_u64().unwrap_or(0) + v["rejected"].as_u64().unwrap_or(0);
+        if seen >= events {
+            break started.elapsed().as_secs_f64();
+        }
+    };
+    let cpu = cpu_secs(child.id());
+    let _ = child.kill();
+    let _ = child.wait();
+    Run {
+        secs,
+        cpu,
+        sink: None,
+        freshness: None,
+    }
+}
+
 struct Run {
     secs: f64,
     /// CPU seconds the consumer (the whole stockflow process) used.
@@ -266,13 +311,6 @@ struct Run {
     sink: Option<(u64, f64)>,
     /// Milliseconds from producing a probe event to HTTP reflecting it, sorted.
     freshness: Option<Vec<f64>>,
-}
-
-fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 /// Starts the binary and waits until it has absorbed `events` records (and, with a database,
@@ -341,18 +379,6 @@ fn stockflow(sets: &[String], events: u64, db: Option<&str>, probe_rate: Option<
         sink,
         freshness,
     }
-}
-
-/// Demo traffic into the topics of `sets` at `rate` records/s, until killed.
-fn traffic(sets: &[String], rate: u64) -> Child {
-    Command::new(bin())
-        .arg("produce")
-        .arg(format!("--rate={rate}"))
-        .arg("--limit=0")
-        .args(sets.iter().flat_map(|s| ["--set", s.as_str()]))
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("traffic producer")
 }
 
 /// A consumer that commits nothing (partitions are assigned by the caller).

@@ -28,7 +28,7 @@ use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use stockflow_benchmarks::start_serving;
+use stockflow_benchmarks::{start_serving, summary};
 
 const SKUS: u64 = 10_000;
 const RESERVATIONS: u64 = 5_000;
@@ -46,6 +46,7 @@ fn bin(name: &str) -> PathBuf {
 enum Target {
     Stock,
     Reservation,
+    Handwritten,
     Constant,
     Redis,
 }
@@ -55,6 +56,7 @@ impl Target {
         match self {
             Target::Stock => "stockflow GET /v1/stock/{sku}",
             Target::Reservation => "stockflow GET /v1/reservations/{id}",
+            Target::Handwritten => "hand-written HashMap + warp GET /v1/stock/{sku}",
             Target::Constant => "warp, constant body (HTTP ceiling)",
             Target::Redis => "Redis GET (key-lookup ceiling)",
         }
@@ -63,7 +65,7 @@ impl Target {
     fn request(self, rng: &mut SmallRng, skus: &Zipf<f64>, res: &Zipf<f64>) -> Vec<u8> {
         let sku = format!("sku-{:05}", skus.sample(rng) as u64);
         match self {
-            Target::Stock | Target::Constant => {
+            Target::Stock | Target::Handwritten | Target::Constant => {
                 format!("GET /v1/stock/{sku} HTTP/1.1\r\nHost: bench\r\n\r\n").into_bytes()
             }
             Target::Reservation => format!(
@@ -296,20 +298,28 @@ fn main() {
         start_serving(cmd)
     };
     let mut redis = ensure_redis(&body);
+    let (mut handwritten, handwritten_addr) = {
+        let mut cmd = Command::new(bin("handwritten"));
+        cmd.arg("generator").arg(ingest.to_string());
+        start_serving(cmd)
+    };
 
     println!("lookups for {secs} s per rate, {CONNECTIONS} connections, open loop; stockflow ingests {ingest} events/s; body {} bytes", body.len());
     println!();
     println!("| target | offered/s | achieved/s | p50 µs | p99 µs | p99.9 µs | not found |");
     println!("|---|---:|---:|---:|---:|---:|---:|");
     let mut maxima = Vec::new();
+    let mut p99_at_20k = Vec::new();
     for target in [
         Target::Stock,
         Target::Reservation,
+        Target::Handwritten,
         Target::Constant,
         Target::Redis,
     ] {
         let addr = match target {
             Target::Stock | Target::Reservation => stockflow_addr.clone(),
+            Target::Handwritten => handwritten_addr.clone(),
             Target::Constant => constant_addr.clone(),
             Target::Redis => format!("127.0.0.1:{REDIS_PORT}"),
         };
@@ -318,6 +328,9 @@ fn main() {
             let achieved = o.done as f64 / o.secs;
             if rate.is_none() {
                 maxima.push((target, achieved));
+            }
+            if rate == Some(20_000.0) {
+                p99_at_20k.push((target, o.hist.value_at_quantile(0.99)));
             }
             println!(
                 "| {} | {} | {:.0} | {} | {} | {} | {} |",
@@ -341,6 +354,34 @@ fn main() {
     for (t, m) in &maxima {
         println!("| {} | {m:.0} | {:.2}x |", t.name(), m / redis_max);
     }
+    let of = |v: &[(Target, f64)], t: Target| v.iter().find(|x| x.0 == t).map_or(f64::NAN, |x| x.1);
+    let p99: Vec<(Target, f64)> = p99_at_20k.iter().map(|(t, v)| (*t, *v as f64)).collect();
+    for t in [Target::Stock, Target::Reservation] {
+        summary::record(
+            &format!(
+                "p99 at 20,000 req/s during ingest, {} vs Redis GET",
+                t.name()
+            ),
+            &format!("{:.2} ms", of(&p99, t) / 1e3),
+            &format!("{:.2} ms", of(&p99, Target::Redis) / 1e3),
+            of(&p99, t) / of(&p99, Target::Redis),
+            "≤ 2 ms",
+        );
+        summary::record(
+            &format!("max lookups/s, {} vs Redis GET", t.name()),
+            &format!("{:.0}", of(&maxima, t)),
+            &format!("{:.0}", redis_max),
+            of(&maxima, t) / redis_max,
+            "≥ 0.5x",
+        );
+    }
+    summary::record(
+        "max lookups/s, stockflow GET /v1/stock/{sku} vs the hand-written HashMap + warp",
+        &format!("{:.0}", of(&maxima, Target::Stock)),
+        &format!("{:.0}", of(&maxima, Target::Handwritten)),
+        of(&maxima, Target::Stock) / of(&maxima, Target::Handwritten),
+        "",
+    );
     let m = ureq::get(&format!("http://{stockflow_addr}/metrics"))
         .call()
         .unwrap()
@@ -356,7 +397,7 @@ fn main() {
             f.rsplit(' ').next().unwrap()
         );
     }
-    for c in [&mut stockflow, &mut constant, &mut redis] {
+    for c in [&mut stockflow, &mut handwritten, &mut constant, &mut redis] {
         let _ = c.kill();
         let _ = c.wait();
     }

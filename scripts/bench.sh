@@ -1,11 +1,20 @@
 #!/usr/bin/env bash
-# Every benchmark of the project, one after the other, each printing its table with the
-# baseline it is compared with in the same run (docs/benchmarks.md explains each):
+# Every benchmark of the project, each beside its baseline in the same run, then ONE table of the
+# headline rows (scenario, stockflow, baseline, ratio, target). docs/benchmarks.md explains each:
 #   engine-bench   the dataflow alone vs a HashMap fold of the same events
-#   kafka-bench    end to end from Kafka vs a plain rdkafka consumer; ClickHouse sink; freshness
-#   lookup-bench   open-loop lookups under ingest vs a constant warp handler and Redis GET
-# --short runs small sizes (a few minutes, for regression checks); the default is the full run.
-# Starts what it needs (scripts/services.sh; Redis is installed by lookup-bench if missing).
+#   pg-bench       the dataflow vs PostgreSQL 15, one transaction per event (uniform, Zipf 1.2,
+#                  flash sale)
+#   kafka-bench    end to end from Kafka vs a plain consumer and the hand-written baseline;
+#                  ClickHouse sink; freshness
+#   lookup-bench   open-loop lookups under ingest vs the hand-written server, a constant warp
+#                  handler and Redis GET
+#   spike-bench    10x the base rate through Kafka: memory, lookups, catch-up
+#
+#   scripts/bench.sh [--short]    --short: small sizes, under ~2 minutes once built, for
+#                                 regression checks; the default is the full run (~15 minutes)
+#
+# Starts what it needs: scripts/services.sh (broker, ClickHouse, PostgreSQL); Redis is installed
+# by lookup-bench if missing. The full table also goes to target/bench-summary.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,16 +22,50 @@ short=false
 [ "${1:-}" = "--short" ] && short=true
 
 ./scripts/services.sh up >/dev/null
+./scripts/services.sh postgres
 cargo build --release --locked -p stockflow -p stockflow-benchmarks
 bin=target/release
 
-echo "== machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), commit $(git rev-parse --short HEAD)"
+summary=target/bench-summary.tsv
+: >"$summary"
+export STOCKFLOW_BENCH_SUMMARY="$PWD/$summary"
+machine="$(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo)"
+commit="$(git rev-parse --short HEAD)$(git diff --quiet HEAD 2>/dev/null || echo '+changes')"
+started=$(date +%s)
+
+run() { echo; echo "== $*"; "$bin/$@"; }
+# The Kafka benchmarks get a broker of their own (port 19092, state under
+# /var/tmp/stockflow-bench-services), emptied before each: tansu slows down as its log grows.
+fresh_broker() {
+  STOCKFLOW_SERVICES_DIR=/var/tmp/stockflow-bench-services STOCKFLOW_KAFKA_PORT=19092 \
+    ./scripts/services.sh fresh-kafka
+}
+kafka_run() {
+  fresh_broker
+  KAFKA_BENCH_BROKERS=127.0.0.1:19092 run "$@"
+}
 if $short; then
-  echo "== engine-bench 200000";   "$bin/engine-bench" 200000
-  echo "== kafka-bench 5000 2";    "$bin/kafka-bench" 5000 2
-  echo "== lookup-bench --short";  "$bin/lookup-bench" --short
+  run engine-bench 200000
+  run pg-bench 10000
+  kafka_run kafka-bench 5000 2
+  run lookup-bench --short
+  kafka_run spike-bench 2000 5
 else
-  echo "== engine-bench 2000000";  "$bin/engine-bench" 2000000
-  echo "== kafka-bench 50000 2";   "$bin/kafka-bench" 50000 2
-  echo "== lookup-bench";          "$bin/lookup-bench"
+  run engine-bench 2000000
+  run pg-bench 60000
+  kafka_run kafka-bench 100000 2
+  run lookup-bench
+  kafka_run spike-bench 2000 30
 fi
+STOCKFLOW_SERVICES_DIR=/var/tmp/stockflow-bench-services ./scripts/services.sh down
+
+{
+  echo "Machine: $machine; commit $commit; $($short && echo short || echo full) run of $(date -u +%Y-%m-%d), $(($(date +%s) - started)) s."
+  echo
+  echo "| scenario | stockflow | baseline | ratio | target |"
+  echo "|---|---:|---:|---:|---|"
+  awk -F'\t' '{ printf "| %s | %s | %s | %s | %s |\n", $1, $2, $3, $4, $5 }' "$summary"
+} >target/bench-summary.md
+echo
+echo "== summary (also in target/bench-summary.md)"
+cat target/bench-summary.md

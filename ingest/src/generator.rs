@@ -283,6 +283,30 @@ mod tests {
     }
 
     #[test]
+    fn a_flash_sale_sends_its_share_of_reservations_to_one_sku() {
+        let share_on_top = |flash_sale| {
+            let c = GeneratorConfig {
+                zipf: 0.0,
+                flash_sale,
+                ..cfg()
+            };
+            let mut g = Generator::new(&c, 0, 1, Arc::new(|| 1_000));
+            let (mut on_top, mut all) = (0, 0);
+            for _ in 0..20_000 {
+                let ev = g.next_event();
+                if matches!(ev.kind, EventKind::Reserved { .. }) {
+                    all += 1;
+                    on_top += u32::from(ev.sku == sku_name(1));
+                }
+            }
+            f64::from(on_top) / f64::from(all)
+        };
+        assert!(share_on_top(0.0) < 0.01);
+        let share = share_on_top(0.3);
+        assert!((0.27..0.33).contains(&share), "{share}");
+    }
+
+    #[test]
     fn paces_to_the_rate_and_stops_at_the_limit() {
         let now = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let n2 = Arc::clone(&now);

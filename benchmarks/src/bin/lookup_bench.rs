@@ -271,9 +271,9 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(20_000);
-    let secs = if short { 3.0 } else { 10.0 };
+    let secs = if short { 2.0 } else { 10.0 };
     let rates: &[f64] = if short {
-        &[10_000.0, 20_000.0]
+        &[20_000.0]
     } else {
         &[5_000.0, 10_000.0, 20_000.0, 30_000.0, 40_000.0]
     };

@@ -28,7 +28,7 @@ bin=target/release
 
 summary=target/bench-summary.tsv
 : >"$summary"
-export STOCKFLOW_BENCH_SUMMARY="$PWD/$summary"
+export BENCH_SUMMARY_FILE="$PWD/$summary"
 machine="$(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo)"
 commit="$(git rev-parse --short HEAD)$(git diff --quiet HEAD 2>/dev/null || echo '+changes')"
 started=$(date +%s)

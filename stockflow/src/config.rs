@@ -23,7 +23,13 @@ pub fn load(file: Option<&Path>, sets: &[String]) -> Result<Settings> {
         }
         None => fig.merge(Toml::string(LOCAL_TOML)),
     };
-    fig = fig.merge(Env::prefixed("STOCKFLOW_").split("__"));
+    // Only SECTION__FIELD names: the scripts' own variables (STOCKFLOW_KAFKA_PORT, say) are not
+    // configuration, while a misspelt section or field still fails below.
+    fig = fig.merge(
+        Env::prefixed("STOCKFLOW_")
+            .filter(|key| key.as_str().contains("__"))
+            .split("__"),
+    );
     for set in sets {
         let (key, value) = set
             .split_once('=')
@@ -72,6 +78,13 @@ mod tests {
             Settings::default(),
             "configs/local.toml and the code's defaults disagree"
         );
+    }
+
+    #[test]
+    fn script_variables_are_not_configuration() {
+        // Set by scripts/services.sh users; a SECTION__FIELD variable is what configures.
+        std::env::set_var("STOCKFLOW_SERVICES_DIR", "/var/tmp/elsewhere");
+        assert!(load(None, &[]).is_ok());
     }
 
     #[test]

@@ -330,6 +330,9 @@ struct Sku {
     window_timers: BTreeSet<Time>,
 }
 
+/// A SKU's place in [`LedgerState::skus`].
+type SkuId = u32;
+
 #[derive(Debug)]
 enum Timer {
     /// Re-evaluate a reservation (expiry, eviction of an ended one or of an orphan).
@@ -343,9 +346,11 @@ pub struct LedgerState {
     cfg: Arc<EngineConfig>,
     store: Arc<ViewStore>,
     dedup: Dedup,
-    skus: HashMap<Name, Sku>,
-    timers: BTreeMap<Time, Vec<(Name, Timer)>>,
-    dirty: Vec<Name>,
+    /// SKUs in order of first sight, and where each is (SKUs are never forgotten).
+    skus: Vec<Sku>,
+    index: HashMap<Name, SkuId>,
+    timers: BTreeMap<Time, Vec<(SkuId, Timer)>>,
+    dirty: Vec<SkuId>,
     stats: LedgerStats,
     /// Buffers reused by every settle (their capacity survives).
     emit_scratch: Vec<Name>,
@@ -361,7 +366,8 @@ impl LedgerState {
             cfg,
             store,
             dedup,
-            skus: HashMap::new(),
+            skus: Vec::new(),
+            index: HashMap::new(),
             timers: BTreeMap::new(),
             dirty: Vec::new(),
             emit_scratch: Vec::new(),
@@ -422,9 +428,7 @@ impl LedgerState {
                 break;
             }
             for (sku, timer) in entry.remove() {
-                let Some(s) = self.skus.get_mut(&sku) else {
-                    continue;
-                };
+                let s = &mut self.skus[sku as usize];
                 match timer {
                     Timer::Reservation(id) => {
                         s.dirty_res.push(id);
@@ -439,37 +443,45 @@ impl LedgerState {
         }
         let mut dirty = std::mem::take(&mut self.dirty);
         for sku in dirty.drain(..) {
-            self.settle(t, &sku, out);
+            self.settle(t, sku, out);
         }
         self.dirty = dirty; // keeps its capacity
     }
 
-    fn sku_mut(&mut self, name: &str) -> &mut Sku {
-        if !self.skus.contains_key(name) {
-            let name: Name = name.into();
-            let windows = self.store.windows_of(&name);
-            let sku = Sku {
-                name: Arc::clone(&name),
-                locs: HashMap::new(),
-                loc_names: Arc::from(Vec::new()),
-                figures: Vec::new(),
-                res: HashMap::new(),
-                windows,
-                dirty: false,
-                dirty_locs: Vec::new(),
-                dirty_res: Vec::new(),
-                window_deltas: Vec::new(),
-                evict_windows: false,
-                window_timers: BTreeSet::new(),
-            };
-            self.skus.insert(name, sku);
-        }
-        let s = self.skus.get_mut(name).expect("inserted above");
+    fn sku_mut(&mut self, name: &str) -> (SkuId, &mut Sku) {
+        let id = match self.index.get(name) {
+            Some(id) => *id,
+            None => self.new_sku(name),
+        };
+        let s = &mut self.skus[id as usize];
         if !s.dirty {
             s.dirty = true;
-            self.dirty.push(Arc::clone(&s.name));
+            self.dirty.push(id);
         }
-        s
+        (id, s)
+    }
+
+    fn new_sku(&mut self, name: &str) -> SkuId {
+        let name: Name = name.into();
+        let windows = self.store.windows_of(&name);
+        let sku = Sku {
+            name: Arc::clone(&name),
+            locs: HashMap::new(),
+            loc_names: Arc::from(Vec::new()),
+            figures: Vec::new(),
+            res: HashMap::new(),
+            windows,
+            dirty: false,
+            dirty_locs: Vec::new(),
+            dirty_res: Vec::new(),
+            window_deltas: Vec::new(),
+            evict_windows: false,
+            window_timers: BTreeSet::new(),
+        };
+        let id = SkuId::try_from(self.skus.len()).expect("fewer than 2^32 SKUs per worker");
+        self.index.insert(name, id);
+        self.skus.push(sku);
+        id
     }
 
     fn apply(&mut self, t: Time, ev: Event) {
@@ -483,7 +495,7 @@ impl LedgerState {
             return;
         }
         let fulfilled = matches!(ev.kind, EventKind::Fulfilled { .. });
-        let s = self.sku_mut(&ev.sku);
+        let (sku_id, s) = self.sku_mut(&ev.sku);
         match ev.kind {
             EventKind::Received { location, qty } => {
                 let loc = s.movement(&location, ev.ts, qty, t, retention);
@@ -546,23 +558,21 @@ impl LedgerState {
         if let Some(id) = new_res_timer {
             // A terminal event first seen now, without its reservation, is forgotten at
             // t + retention unless the `reserved` event has come by then.
-            let sku = Arc::clone(&s.name);
             self.timers
                 .entry(t.saturating_add(retention))
                 .or_default()
-                .push((sku, Timer::Reservation(id)));
+                .push((sku_id, Timer::Reservation(id)));
         }
     }
 
     /// Brings one dirty SKU up to date at `t` and emits its changed rows.
-    fn settle(&mut self, t: Time, sku_name: &Name, out: &mut Vec<(Change, Diff)>) {
+    fn settle(&mut self, t: Time, sku_id: SkuId, out: &mut Vec<(Change, Diff)>) {
         let cfg = Arc::clone(&self.cfg);
         let retention = cfg.retention_ms;
         let window_retention = cfg.window_retention_ms;
         let store = Arc::clone(&self.store);
-        let Some(s) = self.skus.get_mut(sku_name) else {
-            return;
-        };
+        let s = &mut self.skus[sku_id as usize];
+        let sku_name = &s.name.clone();
         s.dirty = false;
         let timers = &mut self.timer_scratch;
         let emit_res = &mut self.emit_scratch;
@@ -734,10 +744,7 @@ impl LedgerState {
         dirty_locs.clear();
         s.dirty_locs = dirty_locs;
         for (at, timer) in timers.drain(..) {
-            self.timers
-                .entry(at)
-                .or_default()
-                .push((Arc::clone(sku_name), timer));
+            self.timers.entry(at).or_default().push((sku_id, timer));
         }
     }
 }

@@ -7,15 +7,15 @@
 //! 1. Starts the services (`scripts/services.sh`), produces EVENTS records of the generator's
 //!    workload (duplicates and bad records included) into fresh topics of 4 partitions with
 //!    `stockflow produce`.
-//! 2. Baseline: one rdkafka `BaseConsumer` per worker thread, the same partition split as
+//! 2. Baselines: one rdkafka `BaseConsumer` per worker thread, the same partition split as
 //!    stockflow, reads every message from the beginning and discards it.
 //! 3. stockflow (the release binary, WORKERS workers) reads the same topics from the beginning:
 //!    once without a sink, once writing to ClickHouse. The time runs from the process start
 //!    until `/readyz` says the backlog is absorbed (and, with ClickHouse, until the sink has
 //!    written everything); the start-up of the process is included.
 //!
-//! 4. Freshness: while the pipeline with the sink runs under demo traffic at half the rate the
-//!    plain consumer sustained, 100 probe events are produced one at a time and timed until
+//! 4. Freshness: while the pipeline with the sink runs under demo traffic at half the rate it
+//!    sustained reading the backlog, 100 probe events are produced one at a time and timed until
 //!    `GET /v1/stock/freshness-probe/{location}` has them; the same for a plain consumer
 //!    positioned at the end of the partitions (the broker's own latency), under the same traffic.
 //!
@@ -86,12 +86,10 @@ fn main() {
         ]),
         events,
         None,
-        None,
+        false,
     );
     let handwritten = handwritten(&topics, events);
     let db = format!("{prefix}_db");
-    // Freshness probes under traffic at half the rate this broker sustained for the plain consumer.
-    let probe_rate = (events as f64 / baseline.secs / 2.0).max(1.0) as u64;
     let with_sink = stockflow(
         &sets(&[
             format!("kafka.group_id={prefix}_ch"),
@@ -100,7 +98,7 @@ fn main() {
         ]),
         events,
         Some(&db),
-        Some(probe_rate),
+        true,
     );
 
     println!();
@@ -152,11 +150,12 @@ fn main() {
             "",
         );
     }
-    if let Some(f) = with_sink.freshness.as_ref().filter(|f| !f.is_empty()) {
+    if let Some((probe_rate, f)) = with_sink.freshness.as_ref().filter(|f| !f.1.is_empty()) {
+        let probe_rate = *probe_rate;
         let broker = broker_latency(&topics[0], &sets(&[]), probe_rate);
         let q = |f: &[f64], p: f64| f[((f.len() - 1) as f64 * p).round() as usize];
         println!();
-        println!("| freshness: probe produced → seen ({} probes, demo traffic at {probe_rate} records/s, half the broker's rate) | p50 ms | p99 ms | max ms |", f.len());
+        println!("| freshness: probe produced → seen ({} probes, demo traffic at {probe_rate} records/s, half the rate stockflow with the sink sustained above) | p50 ms | p99 ms | max ms |", f.len());
         println!("|---|---:|---:|---:|");
         println!(
             "| plain consumer polling the partition (the broker's own latency) | {:.1} | {:.1} | {:.1} |",
@@ -319,13 +318,14 @@ struct Run {
     cpu: f64,
     /// (rows written, seconds spent in inserts)
     sink: Option<(u64, f64)>,
-    /// Milliseconds from producing a probe event to HTTP reflecting it, sorted.
-    freshness: Option<Vec<f64>>,
+    /// The traffic's records/s and the milliseconds from producing a probe event to HTTP
+    /// reflecting it, sorted.
+    freshness: Option<(u64, Vec<f64>)>,
 }
 
 /// Starts the binary and waits until it has absorbed `events` records (and, with a database,
 /// until the sink has written everything). Seconds from spawn.
-fn stockflow(sets: &[String], events: u64, db: Option<&str>, probe_rate: Option<u64>) -> Run {
+fn stockflow(sets: &[String], events: u64, db: Option<&str>, probes: bool) -> Run {
     let started = Instant::now();
     let mut cmd = Command::new(bin());
     cmd.arg("--config")
@@ -377,7 +377,11 @@ fn stockflow(sets: &[String], events: u64, db: Option<&str>, probe_rate: Option<
         )
     });
     // After the figures above: the probes add traffic.
-    let freshness = probe_rate.map(|rate| freshness(&base, sets, rate));
+    // Under traffic at half the rate this run sustained: the "half load".
+    let freshness = probes.then(|| {
+        let rate = (events as f64 / secs / 2.0).max(1.0) as u64;
+        (rate, freshness(&base, sets, rate))
+    });
     let _ = Command::new("kill")
         .arg("-TERM")
         .arg(child.id().to_string())

@@ -1,11 +1,12 @@
-//! The hand-written baseline: what one would build instead of stockflow in an afternoon. An
-//! rdkafka consumer (or the same generator stockflow's demo runs on) decodes each record with
+//! The hand-written baseline: what one would build instead of stockflow in an afternoon.
+//! rdkafka consumers (THREADS of them, splitting the partitions as stockflow's workers do) or the
+//! same generator stockflow's demo runs on decode each record with
 //! stockflow's own decoder and folds it into a `HashMap` of stock under a lock; warp serves
 //! `GET /v1/stock/{sku}` from it. No dataflow, no reservation re-evaluation, no expiry, no
 //! windows, no de-duplication, no offsets tied to durability, no consistency point.
 //!
 //! ```text
-//! handwritten kafka BROKERS INVENTORY_TOPIC ORDERS_TOPIC   # every record from the beginning
+//! handwritten kafka BROKERS INVENTORY_TOPIC ORDERS_TOPIC [THREADS]  # every record, from the beginning
 //! handwritten generator RATE                                # the demo generator, RATE events/s
 //! ```
 //!
@@ -65,7 +66,9 @@ impl Shared {
     }
 }
 
-fn consume_kafka(shared: &Shared, brokers: &str, topics: &[&str]) {
+/// Consumer `thread` of `threads` reads partitions `p` with `p % threads == thread` (the split
+/// stockflow's workers use).
+fn consume_kafka(shared: &Shared, brokers: &str, topics: &[String], thread: usize, threads: usize) {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", "handwritten-baseline")
@@ -81,8 +84,10 @@ fn consume_kafka(shared: &Shared, brokers: &str, topics: &[&str]) {
             .expect("metadata");
         for t in meta.topics() {
             for p in t.partitions() {
-                tpl.add_partition_offset(topic, p.id(), Offset::Beginning)
-                    .expect("partition");
+                if p.id() as usize % threads == thread {
+                    tpl.add_partition_offset(topic, p.id(), Offset::Beginning)
+                        .expect("partition");
+                }
             }
         }
     }
@@ -130,20 +135,21 @@ fn generate(shared: &Shared, rate: u64) {
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let shared = Arc::new(Shared::default());
-    let s = Arc::clone(&shared);
     match args.first().map(String::as_str) {
-        Some("kafka") if args.len() == 4 => {
-            let (brokers, topics) = (args[1].clone(), [args[2].clone(), args[3].clone()]);
-            std::thread::spawn(move || {
-                consume_kafka(&s, &brokers, &[topics[0].as_str(), topics[1].as_str()])
-            });
+        Some("kafka") if (4..=5).contains(&args.len()) => {
+            let threads: usize = args.get(4).map_or(1, |t| t.parse().expect("THREADS"));
+            for thread in 0..threads {
+                let (s, brokers) = (Arc::clone(&shared), args[1].clone());
+                let topics = [args[2].clone(), args[3].clone()];
+                std::thread::spawn(move || consume_kafka(&s, &brokers, &topics, thread, threads));
+            }
         }
         Some("generator") if args.len() == 2 => {
-            let rate = args[1].parse().expect("RATE");
+            let (s, rate) = (Arc::clone(&shared), args[1].parse().expect("RATE"));
             std::thread::spawn(move || generate(&s, rate));
         }
         _ => {
-            eprintln!("usage: handwritten kafka BROKERS INVENTORY_TOPIC ORDERS_TOPIC | handwritten generator RATE");
+            eprintln!("usage: handwritten kafka BROKERS INVENTORY_TOPIC ORDERS_TOPIC [THREADS] | handwritten generator RATE");
             std::process::exit(2);
         }
     }

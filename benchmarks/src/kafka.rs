@@ -53,3 +53,39 @@ pub fn traffic(sets: &[String], rate: u64) -> Child {
         .spawn()
         .expect("traffic producer")
 }
+
+/// CPU seconds (user + system, every thread) process `pid` has used so far, from /proc.
+pub fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let ticks_per_sec = Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok()?.trim().parse::<f64>().ok())
+        .unwrap_or(100.0);
+    cpu_ticks(&stat).map_or(0.0, |t| t as f64 / ticks_per_sec)
+}
+
+/// utime + stime of a `/proc/PID/stat` line, in clock ticks.
+fn cpu_ticks(stat: &str) -> Option<u64> {
+    // After the command name (in parentheses, may hold spaces and parentheses): the state, then
+    // numbered fields; utime and stime are the 14th and 15th of the line, so the 12th and 13th
+    // after the name, counting the state.
+    let rest = stat.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let field = |i: usize| f.get(i)?.parse::<u64>().ok();
+    Some(field(11)? + field(12)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cpu_ticks;
+
+    #[test]
+    fn cpu_ticks_are_utime_plus_stime() {
+        // A real line (trimmed after the 17th field) with a command name holding ") ".
+        let line = "4242 (rdk:main) x) S 1 4242 4242 0 -1 4194560 3121 0 0 0 977 52 6 3 20";
+        assert_eq!(cpu_ticks(line), Some(977 + 52));
+        assert_eq!(cpu_ticks("garbage"), None);
+    }
+}

@@ -29,7 +29,7 @@ use rdkafka::ClientConfig;
 use rdkafka::Message;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use stockflow_benchmarks::kafka::{bin, brokers, metric, repo, services_up, traffic};
+use stockflow_benchmarks::kafka::{bin, brokers, cpu_secs, metric, repo, services_up, traffic};
 use stockflow_benchmarks::{start_serving, summary};
 
 const PARTITIONS: i32 = 4;
@@ -199,27 +199,6 @@ fn main() {
             insert_secs
         );
     }
-}
-
-/// CPU seconds (user + system) a process has used so far, from /proc.
-fn cpu_secs(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name (which may hold spaces): utime and stime are the 12th and
-    // 13th, in clock ticks.
-    let rest = stat.rsplit(')').next().unwrap_or_default();
-    let f: Vec<f64> = rest
-        .split_whitespace()
-        .filter_map(|x| x.parse().ok())
-        .collect();
-    let ticks = Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok()?.trim().parse::<f64>().ok())
-        .unwrap_or(100.0);
-    f.get(11)
-        .zip(f.get(12))
-        .map_or(0.0, |(u, s)| (u + s) / ticks)
 }
 
 fn run_to_end(cmd: &mut Command) {

@@ -119,7 +119,9 @@ impl ViewStore {
             ledger_completed: (0..workers).map(|_| AtomicU64::new(0)).collect(),
             top_completed: (0..workers).map(|_| AtomicU64::new(0)).collect(),
             stock: DashMap::default(),
-            reservations: DashMap::default(),
+            // Millions of entries: many small shards, so that a shard doubling its table
+            // (under its write lock) blocks the readers of 1/256 of the ids for a short while.
+            reservations: DashMap::with_hasher_and_shard_amount(Hasher::default(), 256),
             windows: DashMap::default(),
             top: DashMap::default(),
         }

@@ -32,21 +32,28 @@ pub struct LedgerStats {
     pub stale_counts: u64,
 }
 
+/// The de-duplication sets are split this many ways by the key's top bits, so that a set
+/// doubling its table (a copy of every entry, all at once) stalls the worker for 1/64 of the
+/// time: with one set of millions of ids, a doubling held the worker for tens of milliseconds
+/// and showed in lookup tails (docs/benchmarks.md).
+const DEDUP_SHARDS: usize = 64;
+
 /// Remembers `(sku, event_id)` for at least `window` and at most twice that.
 struct Dedup {
     window: u64,
     generation: u64,
-    current: HashSet<u128>,
-    previous: HashSet<u128>,
+    current: Vec<HashSet<u128>>,
+    previous: Vec<HashSet<u128>>,
 }
 
 impl Dedup {
     fn new(window: u64) -> Self {
+        let sets = || (0..DEDUP_SHARDS).map(|_| HashSet::new()).collect();
         Dedup {
             window: window.max(1),
             generation: 0,
-            current: HashSet::new(),
-            previous: HashSet::new(),
+            current: sets(),
+            previous: sets(),
         }
     }
 
@@ -56,12 +63,22 @@ impl Dedup {
             return;
         }
         if g == self.generation + 1 {
-            self.previous = std::mem::take(&mut self.current);
+            // The next generation starts at the size of the last one: no doublings.
+            let sized = self
+                .current
+                .iter()
+                .map(|s| HashSet::with_capacity(s.len()))
+                .collect();
+            self.previous = std::mem::replace(&mut self.current, sized);
         } else {
-            self.previous.clear();
-            self.current.clear();
+            self.previous.iter_mut().for_each(HashSet::clear);
+            self.current.iter_mut().for_each(HashSet::clear);
         }
         self.generation = g;
+    }
+
+    fn shard(key: u128) -> usize {
+        (key >> 122) as usize % DEDUP_SHARDS
     }
 
     /// The 128-bit identity of `(sku, event_id)`.
@@ -73,7 +90,8 @@ impl Dedup {
 
     /// True the first time a key is seen.
     fn first_sighting(&mut self, key: u128) -> bool {
-        !self.previous.contains(&key) && self.current.insert(key)
+        let i = Self::shard(key);
+        !self.previous[i].contains(&key) && self.current[i].insert(key)
     }
 }
 

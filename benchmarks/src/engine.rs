@@ -121,3 +121,12 @@ pub fn run_engine(cfg: &Arc<EngineConfig>, per_worker: Vec<Input>, pace: Pace) -
         store,
     }
 }
+
+/// [`run_engine`] over pre-generated events, one vector per worker.
+pub fn run_shares(cfg: &Arc<EngineConfig>, shares: Vec<Vec<Event>>, pace: Pace) -> Run {
+    let inputs = shares
+        .into_iter()
+        .map(|s| Box::new(s.into_iter()) as Input)
+        .collect();
+    run_engine(cfg, inputs, pace)
+}

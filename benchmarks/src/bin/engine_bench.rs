@@ -7,7 +7,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
-use stockflow_benchmarks::engine::{run_engine, workload, Input, Pace, BASE_MS};
+use stockflow_benchmarks::engine::{run_engine, run_shares, workload, Pace, BASE_MS};
 use stockflow_benchmarks::{rss_bytes, summary, HashMapFold};
 use stockflow_dataflow::views::ViewStore;
 use stockflow_dataflow::EngineConfig;
@@ -114,14 +114,7 @@ fn main() {
         if workers == 1 {
             baseline = fold_rate;
         }
-        let run = run_engine(
-            &cfg,
-            shares
-                .into_iter()
-                .map(|s| Box::new(s.into_iter()) as Input)
-                .collect(),
-            pace,
-        );
+        let run = run_shares(&cfg, shares, pace);
         let rate = events as f64 / run.seconds;
         // The views must agree with the fold on every stock level.
         let mut checked = 0;

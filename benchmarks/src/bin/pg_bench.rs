@@ -19,7 +19,7 @@ use postgres::{Client, NoTls, Statement};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
-use stockflow_benchmarks::engine::{run_engine, workload, Input, Pace};
+use stockflow_benchmarks::engine::{run_shares, workload, Pace};
 use stockflow_benchmarks::summary;
 use stockflow_dataflow::EngineConfig;
 use stockflow_types::config::{GeneratorConfig, Settings};
@@ -237,14 +237,7 @@ fn main() {
             .collect();
         ordered.sort_by_key(|e| e.ts);
         let (pg, retries) = postgres_run(&Arc::new(ordered), connections, &sync);
-        let run = run_engine(
-            &cfg,
-            shares
-                .into_iter()
-                .map(|s| Box::new(s.into_iter()) as Input)
-                .collect(),
-            pace,
-        );
+        let run = run_shares(&cfg, shares, pace);
         let sf = engine_events as f64 / run.seconds;
         println!(
             "  {name}: PostgreSQL {pg:.0} events/s ({retries} transactions retried), stockflow {sf:.0} events/s"

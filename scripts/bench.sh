@@ -49,13 +49,13 @@ if $short; then
   run pg-bench 10000
   kafka_run kafka-bench 5000 2
   run lookup-bench --short
-  kafka_run spike-bench 2000 5
+  kafka_run spike-bench 1000 5
 else
   run engine-bench 2000000
   run pg-bench 60000
   kafka_run kafka-bench 100000 2
   run lookup-bench
-  kafka_run spike-bench 2000 30
+  kafka_run spike-bench 1000 30
 fi
 STOCKFLOW_SERVICES_DIR=/var/tmp/stockflow-bench-services ./scripts/services.sh down
 

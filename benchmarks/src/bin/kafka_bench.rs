@@ -158,7 +158,7 @@ fn main() {
     }
     let q = |f: &[f64], p: f64| f[((f.len() - 1) as f64 * p).round() as usize];
     for (probe_rate, load, f) in with_sink.freshness.iter().flatten() {
-        let broker = broker_latency(&topics[0], &sets(&[]), *probe_rate);
+        let broker = broker_latency(&topics, &sets(&[]), *probe_rate);
         println!();
         println!("| freshness at {load}: probe produced → seen ({} probes, demo traffic at {probe_rate} records/s) | p50 ms | p99 ms | max ms |", f.len());
         println!("|---|---:|---:|---:|");
@@ -436,7 +436,8 @@ fn time_probes(
 
 /// Produces probe events (a `received` of 1 unit at a new location of SKU `freshness-probe`)
 /// while `stockflow produce` adds traffic at `rate` records/s, and times each from the send to
-/// the first HTTP answer that has it (polled every 0.5 ms).
+/// the first HTTP answer that has it (polled every 0.5 ms). The locations are named after the
+/// rate: a location an earlier round created would be found at once.
 fn freshness(base: &str, sets: &[String], rate: u64) -> Vec<f64> {
     let traffic = traffic(sets, rate);
     let topic = sets
@@ -454,7 +455,7 @@ fn freshness(base: &str, sets: &[String], rate: u64) -> Vec<f64> {
                 .unwrap()
                 .as_millis();
             let value = format!(
-                r#"{{"event_id":"probe-{now}-{i}","type":"received","sku":"freshness-probe","ts":{now},"location":"p{i}","qty":1}}"#
+                r#"{{"event_id":"probe-{now}-{i}","type":"received","sku":"freshness-probe","ts":{now},"location":"r{rate}-p{i}","qty":1}}"#
             );
             producer
                 .send(
@@ -466,7 +467,7 @@ fn freshness(base: &str, sets: &[String], rate: u64) -> Vec<f64> {
                 .expect("probe queued");
         },
         |i| {
-            let found = ureq::get(&format!("{base}/v1/stock/freshness-probe/p{i}"))
+            let found = ureq::get(&format!("{base}/v1/stock/freshness-probe/r{rate}-p{i}"))
                 .call()
                 .is_ok();
             if !found {
@@ -480,14 +481,20 @@ fn freshness(base: &str, sets: &[String], rate: u64) -> Vec<f64> {
 }
 
 /// The broker's part of freshness: a consumer positioned at the end of every partition of
-/// `topic` polls while probes are produced one at a time under the same traffic; milliseconds
+/// `topics` polls while probes are produced one at a time under the same traffic; milliseconds
 /// from send to receipt.
-fn broker_latency(topic: &str, sets: &[String], rate: u64) -> Vec<f64> {
+fn broker_latency(topics: &[String; 2], sets: &[String], rate: u64) -> Vec<f64> {
+    let topic = &topics[0];
     let traffic = traffic(sets, rate);
     let consumer = committing_nothing("bench-latency");
+    // Both topics, as stockflow's consumers read them: tansu holds a fetch for the whole
+    // `fetch.wait.max.ms` when none of its partitions has data, so a consumer of the quiet
+    // inventory partitions alone waits longer than one that also reads the busy orders topic.
     let mut tpl = TopicPartitionList::new();
-    for p in 0..PARTITIONS {
-        tpl.add_partition_offset(topic, p, Offset::End).unwrap();
+    for t in topics {
+        for p in 0..PARTITIONS {
+            tpl.add_partition_offset(t, p, Offset::End).unwrap();
+        }
     }
     consumer.assign(&tpl).expect("assign");
     let producer = probe_producer();

@@ -1,6 +1,8 @@
 //! What the benchmarks that go through Kafka share: where the binaries and the broker are, the
 //! services, demo traffic and reading stockflow's metrics.
 
+use rdkafka::consumer::BaseConsumer;
+use rdkafka::ClientConfig;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 
@@ -16,9 +18,19 @@ pub fn brokers() -> String {
 
 /// The stockflow binary built beside the running benchmark.
 pub fn bin() -> PathBuf {
-    std::env::current_exe()
-        .expect("own path")
-        .with_file_name("stockflow")
+    crate::sibling("stockflow")
+}
+
+/// A consumer of `brokers` in `group` that commits nothing (partitions are assigned by the
+/// caller) and, as stockflow's consumer, waits at most 10 ms per fetch.
+pub fn non_committing_consumer(brokers: &str, group: &str) -> BaseConsumer {
+    ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", "10")
+        .create()
+        .expect("consumer")
 }
 
 /// Starts (or reuses) the broker and ClickHouse: `scripts/services.sh up`.

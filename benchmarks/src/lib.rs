@@ -12,6 +12,7 @@ pub mod summary;
 
 use hashbrown::HashMap;
 use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use stockflow_types::event::{Event, EventKind};
 
@@ -42,9 +43,21 @@ pub fn start_serving(mut cmd: Command) -> (Child, String) {
     (child, addr)
 }
 
+/// A binary built beside the running one (`stockflow`, `handwritten`, ...).
+pub fn sibling(name: &str) -> PathBuf {
+    std::env::current_exe()
+        .expect("own path")
+        .with_file_name(name)
+}
+
 /// Reads this process's resident set size in bytes (Linux), or 0.
 pub fn rss_bytes() -> u64 {
-    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    rss_of(std::process::id())
+}
+
+/// Resident set size of process `pid` in bytes (Linux), or 0.
+pub fn rss_of(pid: u32) -> u64 {
+    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).unwrap_or_default();
     let pages: u64 = statm
         .split_whitespace()
         .nth(1)

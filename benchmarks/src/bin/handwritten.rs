@@ -13,12 +13,13 @@
 //! Prints `listening on ADDR`; `GET /stats` answers `{"applied": N, "rejected": M}`.
 
 use parking_lot::RwLock;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
-use rdkafka::{ClientConfig, Message};
+use rdkafka::Message;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use stockflow_benchmarks::kafka::non_committing_consumer;
 use stockflow_benchmarks::HashMapFold;
 use stockflow_ingest::generator::Generator;
 use stockflow_ingest::{Polled, RawRecord, Source};
@@ -69,14 +70,7 @@ impl Shared {
 /// Consumer `thread` of `threads` reads partitions `p` with `p % threads == thread` (the split
 /// stockflow's workers use).
 fn consume_kafka(shared: &Shared, brokers: &str, topics: &[String], thread: usize, threads: usize) {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", "handwritten-baseline")
-        .set("enable.auto.commit", "false")
-        // As stockflow's consumer.
-        .set("fetch.wait.max.ms", "10")
-        .create()
-        .expect("consumer");
+    let consumer = non_committing_consumer(brokers, "handwritten-baseline");
     let mut tpl = TopicPartitionList::new();
     for topic in topics {
         let meta = consumer

@@ -21,7 +21,7 @@
 //!
 //! The broker is tansu on loopback, not Apache Kafka: only the ratio means something.
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::producer::DefaultProducerContext;
 use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
@@ -29,8 +29,10 @@ use rdkafka::ClientConfig;
 use rdkafka::Message;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use stockflow_benchmarks::kafka::{bin, brokers, cpu_secs, metric, repo, services_up, traffic};
-use stockflow_benchmarks::{start_serving, summary};
+use stockflow_benchmarks::kafka::{
+    bin, brokers, cpu_secs, metric, non_committing_consumer, repo, services_up, traffic,
+};
+use stockflow_benchmarks::{sibling, start_serving, summary};
 
 const PARTITIONS: i32 = 4;
 /// Records/s of demo traffic for the light-load freshness probes.
@@ -215,7 +217,7 @@ fn plain_consumer(topics: &[String; 2], workers: usize, events: u64) -> Run {
         .map(|w| {
             let topics = topics.clone();
             std::thread::spawn(move || {
-                let consumer = committing_nothing("bench-plain");
+                let consumer = non_committing_consumer(&brokers(), "bench-plain");
                 let mut tpl = TopicPartitionList::new();
                 for t in &topics {
                     for p in (0..PARTITIONS).filter(|p| *p as usize % workers == w) {
@@ -263,11 +265,7 @@ fn plain_consumer(topics: &[String; 2], workers: usize, events: u64) -> Run {
 /// reads every record of `topics`.
 fn handwritten(topics: &[String; 2], events: u64, threads: usize) -> Run {
     let started = Instant::now();
-    let mut cmd = Command::new(
-        std::env::current_exe()
-            .expect("own path")
-            .with_file_name("handwritten"),
-    );
+    let mut cmd = Command::new(sibling("handwritten"));
     cmd.arg("kafka")
         .arg(brokers())
         .args(topics)
@@ -387,18 +385,6 @@ fn stockflow(sets: &[String], events: u64, db: Option<&str>, probes: bool) -> Ru
     }
 }
 
-/// A consumer that commits nothing (partitions are assigned by the caller).
-fn committing_nothing(group: &str) -> BaseConsumer {
-    ClientConfig::new()
-        .set("bootstrap.servers", brokers())
-        .set("group.id", group)
-        .set("enable.auto.commit", "false")
-        // As stockflow's consumer: a fetch waits at most 10 ms for data.
-        .set("fetch.wait.max.ms", "10")
-        .create()
-        .expect("consumer")
-}
-
 /// A producer that sends at once (no batching delay), for probes.
 fn probe_producer() -> ThreadedProducer<DefaultProducerContext> {
     ClientConfig::new()
@@ -486,7 +472,7 @@ fn freshness(base: &str, sets: &[String], rate: u64) -> Vec<f64> {
 fn broker_latency(topics: &[String; 2], sets: &[String], rate: u64) -> Vec<f64> {
     let topic = &topics[0];
     let traffic = traffic(sets, rate);
-    let consumer = committing_nothing("bench-latency");
+    let consumer = non_committing_consumer(&brokers(), "bench-latency");
     // Both topics, as stockflow's consumers read them: tansu holds a fetch for the whole
     // `fetch.wait.max.ms` when none of its partitions has data, so a consumer of the quiet
     // inventory partitions alone waits longer than one that also reads the busy orders topic.

@@ -25,21 +25,14 @@ use rand::SeedableRng;
 use rand_distr::{Distribution, Zipf};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use stockflow_benchmarks::{start_serving, summary};
+use stockflow_benchmarks::{sibling, start_serving, summary};
 
 const SKUS: u64 = 10_000;
 const RESERVATIONS: u64 = 5_000;
 const CONNECTIONS: usize = 16;
 const REDIS_PORT: u16 = 16379;
-
-fn bin(name: &str) -> PathBuf {
-    std::env::current_exe()
-        .expect("own path")
-        .with_file_name(name)
-}
 
 /// What a connection asks and how the answer ends.
 #[derive(Clone, Copy, PartialEq)]
@@ -279,7 +272,7 @@ fn main() {
     };
 
     let (mut stockflow, stockflow_addr) = {
-        let mut cmd = Command::new(bin("stockflow"));
+        let mut cmd = Command::new(sibling("stockflow"));
         cmd.args(["run", "--http", "127.0.0.1:0", "--set"])
             .arg(format!("generator.rate={ingest}"))
             .args(["--set", "dead_letter.path=/dev/null"]);
@@ -299,7 +292,7 @@ fn main() {
     };
     let mut redis = ensure_redis(&body);
     let (mut handwritten, handwritten_addr) = {
-        let mut cmd = Command::new(bin("handwritten"));
+        let mut cmd = Command::new(sibling("handwritten"));
         cmd.arg("generator").arg(ingest.to_string());
         start_serving(cmd)
     };

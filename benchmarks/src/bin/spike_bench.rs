@@ -16,14 +16,15 @@
 //! broker and the pipeline and may fall short of 10x.
 
 use hdrhistogram::Histogram;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::ClientConfig;
+use rdkafka::consumer::Consumer;
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use stockflow_benchmarks::kafka::{bin, brokers, metric, repo, services_up, traffic};
-use stockflow_benchmarks::{start_serving, summary};
+use stockflow_benchmarks::kafka::{
+    bin, brokers, metric, non_committing_consumer, repo, services_up, traffic,
+};
+use stockflow_benchmarks::{rss_of, start_serving, summary};
 
 /// The calm phase before the spike: as long as the spike, at most 10 s.
 fn warmup(spike: Duration) -> Duration {
@@ -34,16 +35,6 @@ fn warmup(spike: Duration) -> Duration {
 const PARTITIONS: i32 = 4;
 /// Give up waiting for the catch-up after this long.
 const CATCH_UP_LIMIT: Duration = Duration::from_secs(600);
-
-/// Resident set size of `pid`, bytes.
-fn rss_of(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or(0, |kb| kb * 1024)
-}
 
 /// What one phase of the run saw.
 struct Phase {
@@ -104,11 +95,7 @@ fn main() {
             .and_then(|r| r.into_string().ok())
     };
     // What the broker holds: the sum of the high watermarks of both topics.
-    let watcher: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
-        .set("group.id", format!("{prefix}_watch"))
-        .create()
-        .expect("consumer");
+    let watcher = non_committing_consumer(&brokers(), &format!("{prefix}_watch"));
     let topics = [format!("{prefix}_inventory"), format!("{prefix}_orders")];
     let end_offsets = || -> f64 {
         let mut sum = 0;

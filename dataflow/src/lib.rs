@@ -1,25 +1,31 @@
 //! The exact incremental core of stockflow: timely + differential dataflow, no I/O, no tokio.
 //!
-//! Validated events enter at pipeline times (epoch ms on the tick grid). The [`ledger`] operator
-//! (one owner worker per SKU) maintains stock per (sku, location), reservation statuses with
-//! first-come-first-served allocation and expiry at pipeline time, and windowed sales figures;
-//! it emits their changes as a differential collection and publishes them for lookups in the
-//! [`views::ViewStore`]. [`topk`] ranks the best sellers per window with differential `reduce`.
+//! Validated events enter at pipeline times (epoch ms on the tick grid), each with its **log
+//! time** (from the log itself: the Kafka record's timestamp, made monotonic per partition). The
+//! [`ledger`] operator (one owner worker per SKU) maintains stock per (sku, location),
+//! reservation statuses with first-come-first-served allocation and expiry at pipeline time, and
+//! windowed sales figures; every rule that rejects or forgets is decided by log time, so the
+//! state is a function of the log read so far. It emits the changes as a differential collection
+//! and publishes them for lookups in the [`views::ViewStore`]; [`topk`] ranks the best sellers per
+//! window with differential `reduce`. A worker's state can be written as a checkpoint part and
+//! restored ([`ledger::route`]).
 //!
 //! The smallest use, one worker driven by hand:
 //!
 //! ```
 //! use std::sync::Arc;
-//! use stockflow_dataflow::{Engine, EngineConfig, views::ViewStore};
+//! use stockflow_dataflow::{Engine, EngineConfig, Record, views::ViewStore};
 //! use stockflow_types::event::decode;
 //!
 //! let cfg = Arc::new(EngineConfig::for_tests(1));
 //! let store = Arc::new(ViewStore::new(1, cfg.windows.clone(), cfg.top_k));
 //! let s = Arc::clone(&store);
 //! timely::execute(timely::Config::thread(), move |worker| {
-//!     let mut engine = Engine::build(worker, Arc::clone(&cfg), Arc::clone(&s), |c| c);
+//!     let mut engine = Engine::build(worker, Arc::clone(&cfg), Arc::clone(&s), None, |c| c);
 //!     engine.advance_to(10);
-//!     engine.send(decode(br#"{"event_id":"e1","type":"received","sku":"A","ts":5,"location":"L","qty":5}"#).unwrap());
+//!     let event = decode(br#"{"event_id":"e1","type":"received","sku":"A","ts":5,"location":"L","qty":5}"#).unwrap();
+//!     engine.send(Record { log_time: 5, event });
+//!     engine.advance_log(5);
 //!     engine.advance_to(20);
 //!     while engine.pending(20) { worker.step(); }
 //! }).unwrap();
@@ -32,34 +38,62 @@ pub mod topk;
 pub mod views;
 
 use differential_dataflow::VecCollection;
+use serde::{Deserialize, Serialize};
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::Arc;
 use stockflow_types::config::{ConfigError, Settings, WindowSpec};
 use stockflow_types::event::Event;
 use stockflow_types::rows::Change;
+use stockflow_types::Millis;
 use timely::dataflow::operators::{Input, Probe};
 use timely::dataflow::{InputHandle, ProbeHandle};
 use timely::worker::Worker;
 use views::ViewStore;
 
-pub use ledger::LedgerStats;
+pub use ledger::{LedgerIo, LedgerStats, Part, WorkerRestore};
 
 /// Pipeline time: epoch milliseconds on the tick grid.
 pub type Time = u64;
 /// Differential diffs.
 pub type Diff = i64;
 
+/// An admitted event and its log time: a time read from the log itself (the Kafka record's
+/// timestamp, monotonic per partition), against which every rule that rejects or forgets is
+/// decided.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Record {
+    /// Log time, epoch ms.
+    pub log_time: Millis,
+    /// The event.
+    pub event: Event,
+}
+
+/// What steers every worker's ledger, sent by one worker and broadcast to all.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Control {
+    /// From now on, worker `worker`'s sources deliver nothing with a log time below `at`.
+    LogFrontier {
+        /// The worker's index in the dataflow.
+        worker: usize,
+        /// Its log frontier.
+        at: Millis,
+    },
+    /// Write a checkpoint of the state as of the pipeline time this is sent at.
+    Checkpoint,
+}
+
 /// The checked settings the dataflow runs with.
 #[derive(Clone, Debug, PartialEq)]
 pub struct EngineConfig {
     /// Tick of the pipeline clock, ms.
     pub tick_ms: u64,
-    /// Retention of ended reservations, orphan terminal events and movement detail, ms.
+    /// Retention (log time) of ended reservations, orphan terminal events and movement
+    /// detail, ms.
     pub retention_ms: u64,
-    /// Retention of windows after their end, ms.
+    /// Retention (log time) of windows after their end, ms.
     pub window_retention_ms: u64,
-    /// De-duplication window of event ids, ms.
+    /// De-duplication window of event ids (log time), ms.
     pub dedup_window_ms: u64,
     /// Window sizes.
     pub windows: Vec<WindowSpec>,
@@ -108,21 +142,28 @@ impl EngineConfig {
     }
 }
 
-/// The dataflow on one worker: its input and a probe that passes a time once every view
+type InputOf<D> = InputHandle<Time, timely::container::CapacityContainerBuilder<Vec<D>>>;
+
+/// The dataflow on one worker: its inputs and a probe that passes a time once every view
 /// (and whatever was attached) has absorbed it.
 pub struct Engine {
-    input: InputHandle<Time, timely::container::CapacityContainerBuilder<Vec<Event>>>,
+    input: InputOf<Record>,
+    control: InputOf<Control>,
     probe: ProbeHandle<Time>,
-    stats: Rc<RefCell<LedgerStats>>,
+    io: Rc<RefCell<LedgerIo>>,
+    worker: usize,
+    log_frontier: Option<Millis>,
 }
 
 impl Engine {
-    /// Builds the dataflow on `worker`. `attach` may add sinks to the collection of row changes
-    /// and returns the stream the probe should wait for (return its argument if nothing).
+    /// Builds the dataflow on `worker`, from `restore` if given (its input then starts at the
+    /// restored time). `attach` may add sinks to the collection of row changes and returns the
+    /// stream the probe should wait for (return its argument if nothing).
     pub fn build<F>(
         worker: &mut Worker,
         cfg: Arc<EngineConfig>,
         store: Arc<ViewStore>,
+        restore: Option<WorkerRestore>,
         attach: F,
     ) -> Engine
     where
@@ -130,17 +171,23 @@ impl Engine {
             VecCollection<'s, Time, Change, Diff>,
         ) -> VecCollection<'s, Time, Change, Diff>,
     {
-        let local_worker = worker.index() % store.local_workers();
-        let stats = Rc::new(RefCell::new(LedgerStats::default()));
-        let stats2 = Rc::clone(&stats);
-        let (input, probe) = worker.dataflow::<Time, _, _>(move |scope| {
-            let (input, events) = scope.new_input::<Vec<Event>>();
+        let index = worker.index();
+        let peers = worker.peers();
+        let local_worker = index % store.local_workers();
+        let io = Rc::new(RefCell::new(LedgerIo::default()));
+        let io2 = Rc::clone(&io);
+        let start = restore.as_ref().map(|r| r.at);
+        let (mut input, mut control, probe) = worker.dataflow::<Time, _, _>(move |scope| {
+            let (input, events) = scope.new_input::<Vec<Record>>();
+            let (control, controls) = scope.new_input::<Vec<Control>>();
             let changes = ledger::ledger(
                 events,
+                controls,
                 Arc::clone(&cfg),
                 Arc::clone(&store),
-                local_worker,
-                stats2,
+                (index, local_worker, peers),
+                restore,
+                io2,
             );
             // One chain, so the changes are never copied for a second consumer: whatever is
             // attached passes them on to the ranking, and the probe at the end covers it all.
@@ -148,29 +195,67 @@ impl Engine {
             let ranked = topk::top_sellers(changes, cfg.top_k, cfg.top_tick_ms);
             let (probe, _) =
                 topk::publish(ranked, Arc::clone(&store), local_worker, cfg.top_tick_ms).probe();
-            (input, probe)
+            (input, control, probe)
         });
+        if let Some(at) = start {
+            input.advance_to(at);
+            control.advance_to(at);
+        }
         Engine {
             input,
+            control,
             probe,
-            stats,
+            io,
+            worker: index,
+            log_frontier: None,
         }
     }
 
-    /// Admits one event at the input's current time.
-    pub fn send(&mut self, ev: Event) {
-        self.input.send(ev);
+    /// Admits one record at the input's current time.
+    pub fn send(&mut self, record: Record) {
+        self.input.send(record);
     }
 
-    /// The current input time: events sent now are admitted at it.
+    /// This worker's sources deliver nothing with a log time below `frontier` from now on
+    /// (ignored if not later than before). Every worker must say so, or nothing is forgotten.
+    pub fn advance_log(&mut self, frontier: Millis) {
+        if self.log_frontier.is_none_or(|f| frontier > f) {
+            self.log_frontier = Some(frontier);
+            self.control.send(Control::LogFrontier {
+                worker: self.worker,
+                at: frontier,
+            });
+        }
+    }
+
+    /// Asks every worker for a checkpoint of the state as of the current input time, which it
+    /// returns. Send it from one worker only.
+    pub fn request_checkpoint(&mut self) -> Time {
+        self.control.send(Control::Checkpoint);
+        self.time()
+    }
+
+    /// A finished checkpoint part of this worker, if any.
+    pub fn take_part(&mut self) -> Option<Part> {
+        let mut io = self.io.borrow_mut();
+        (!io.parts.is_empty()).then(|| io.parts.remove(0))
+    }
+
+    /// Whether this worker is writing a checkpoint part.
+    pub fn writing_checkpoint(&self) -> bool {
+        self.io.borrow().writing
+    }
+
+    /// The current input time: records sent now are admitted at it.
     pub fn time(&self) -> Time {
         *self.input.time()
     }
 
-    /// Moves the input to `t` (ignored if not later): every earlier time is closed.
+    /// Moves the inputs to `t` (ignored if not later): every earlier time is closed.
     pub fn advance_to(&mut self, t: Time) {
         if t > *self.input.time() {
             self.input.advance_to(t);
+            self.control.advance_to(t);
         }
     }
 
@@ -198,6 +283,6 @@ impl Engine {
 
     /// The ledger's counters on this worker.
     pub fn stats(&self) -> LedgerStats {
-        *self.stats.borrow()
+        self.io.borrow().stats.clone()
     }
 }

@@ -97,6 +97,68 @@ pub struct TopList {
     pub changed_at: Time,
 }
 
+/// What is known of a reservation id.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReservationLookup {
+    /// It is held in the views.
+    Found(ReservationView),
+    /// It ended at log time `ended` and was forgotten `retention` later; only this tombstone
+    /// remains (for another `retention`).
+    Forgotten {
+        /// When it ended (log time, epoch ms).
+        ended: Millis,
+        /// The pipeline time it was forgotten at.
+        changed_at: Time,
+    },
+    /// Never seen, or forgotten long ago.
+    Unknown,
+}
+
+/// Which SKU each reservation id belongs to, while the ledger knows the reservation: checked at
+/// admission, so that an id reused under another SKU (or a terminal event naming the wrong SKU)
+/// is rejected as `reservation_sku_mismatch` instead of two owners publishing the same id.
+#[derive(Debug, Default)]
+pub struct Registry {
+    owners: DashMap<Name, Name, Hasher>,
+}
+
+impl Registry {
+    /// Binds `id` to `sku` unless it is bound already; returns the SKU it belongs to if that is
+    /// another one.
+    pub fn bind(&self, id: &str, sku: &str) -> Result<(), Name> {
+        if let Some(owner) = self.owners.get(id) {
+            return if **owner == *sku {
+                Ok(())
+            } else {
+                Err(Arc::clone(owner.value()))
+            };
+        }
+        match self.owners.entry(Name::from(id)) {
+            dashmap::Entry::Occupied(e) if **e.get() != *sku => Err(Arc::clone(e.get())),
+            dashmap::Entry::Occupied(_) => Ok(()),
+            dashmap::Entry::Vacant(e) => {
+                e.insert(Name::from(sku));
+                Ok(())
+            }
+        }
+    }
+
+    /// Releases `id` if it is bound to `sku` (the ledger forgot the reservation entirely).
+    pub fn unbind(&self, id: &str, sku: &str) {
+        self.owners.remove_if(id, |_, owner| **owner == *sku);
+    }
+
+    /// Ids bound (for memory figures and tests).
+    pub fn len(&self) -> usize {
+        self.owners.len()
+    }
+
+    /// Whether no id is bound.
+    pub fn is_empty(&self) -> bool {
+        self.owners.is_empty()
+    }
+}
+
 /// Everything HTTP reads, shared between the worker threads (writers) and HTTP (readers).
 #[derive(Debug)]
 pub struct ViewStore {
@@ -106,6 +168,9 @@ pub struct ViewStore {
     top_completed: Vec<AtomicU64>,
     stock: DashMap<Name, SkuStock, Hasher>,
     reservations: DashMap<Name, ReservationView, Hasher>,
+    /// Tombstones of forgotten reservations: when each ended, and when it was forgotten.
+    forgotten: DashMap<Name, (Millis, Time), Hasher>,
+    registry: Registry,
     windows: DashMap<Name, Arc<RwLock<SkuWindows>>, Hasher>,
     top: DashMap<(Millis, Millis), Arc<TopList>, Hasher>,
 }
@@ -122,6 +187,8 @@ impl ViewStore {
             // Millions of entries: many small shards, so that a shard doubling its table
             // (under its write lock) blocks the readers of 1/256 of the ids for a short while.
             reservations: DashMap::with_hasher_and_shard_amount(Hasher::default(), 256),
+            forgotten: DashMap::default(),
+            registry: Registry::default(),
             windows: DashMap::default(),
             top: DashMap::default(),
         }
@@ -160,6 +227,25 @@ impl ViewStore {
     /// A reservation, if seen and not yet forgotten (retention).
     pub fn reservation(&self, id: &str) -> Option<ReservationView> {
         self.reservations.get(id).map(|e| e.value().clone())
+    }
+
+    /// What is known of a reservation id: the reservation, its tombstone, or nothing.
+    pub fn lookup_reservation(&self, id: &str) -> ReservationLookup {
+        if let Some(r) = self.reservation(id) {
+            return ReservationLookup::Found(r);
+        }
+        match self.forgotten.get(id) {
+            Some(e) => ReservationLookup::Forgotten {
+                ended: e.0,
+                changed_at: e.1,
+            },
+            None => ReservationLookup::Unknown,
+        }
+    }
+
+    /// Which SKU each reservation id belongs to.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
     }
 
     /// The windows of a SKU, if any.
@@ -234,13 +320,24 @@ impl ViewStore {
     }
 
     pub(crate) fn publish_reservation(&self, view: ReservationView) {
+        if !self.forgotten.is_empty() {
+            self.forgotten.remove(&*view.row.reservation_id);
+        }
         // Stored inline: no allocation per change once the id is known.
         self.reservations
             .insert(Arc::clone(&view.row.reservation_id), view);
     }
 
-    pub(crate) fn forget_reservation(&self, id: &str) {
+    /// The reservation was forgotten: only a tombstone remains.
+    pub(crate) fn forget_reservation(&self, id: &Name, ended: Millis, t: Time) {
+        self.reservations.remove(&**id);
+        self.forgotten.insert(Arc::clone(id), (ended, t));
+    }
+
+    /// Nothing remains of the reservation.
+    pub(crate) fn remove_reservation(&self, id: &str) {
         self.reservations.remove(id);
+        self.forgotten.remove(id);
     }
 
     pub(crate) fn windows_of(&self, sku: &Name) -> Arc<RwLock<SkuWindows>> {

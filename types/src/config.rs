@@ -32,6 +32,9 @@ pub struct Settings {
     /// The ClickHouse sink.
     #[serde(default)]
     pub clickhouse: ClickHouseConfig,
+    /// Checkpoints of the pipeline's state, and the restart from them.
+    #[serde(default)]
+    pub checkpoint: CheckpointConfig,
 }
 
 /// The dataflow's settings.
@@ -44,15 +47,17 @@ pub struct PipelineConfig {
     /// Pipeline time is the wall clock rounded down to this tick.
     #[serde(default = "default_tick", with = "humantime_serde")]
     pub tick: Duration,
-    /// How long ended reservations, orphan terminal events and per-timestamp movement detail
-    /// are kept; a `counted` event older than this is rejected.
+    /// How long, in log time, ended reservations, orphan terminal events and per-timestamp
+    /// movement detail are kept; a `counted` event whose `ts` is older than this at its log
+    /// time is rejected (`count_too_old`).
     #[serde(default = "default_retention", with = "humantime_serde")]
     pub retention: Duration,
-    /// How long a window is kept (and late events still correct it) after its end. History
-    /// beyond it lives in the sinks.
+    /// How long, in log time, a window is kept (and late events still correct it) after its
+    /// end; later events for it are counted as late. History beyond it lives in the sinks.
     #[serde(default = "default_window_retention", with = "humantime_serde")]
     pub window_retention: Duration,
-    /// How long an `event_id` is remembered for de-duplication (at least this, at most twice).
+    /// How long, in log time, an `event_id` is remembered for de-duplication (at least this, at
+    /// most twice).
     #[serde(default = "default_dedup_window", with = "humantime_serde")]
     pub dedup_window: Duration,
     /// Tumbling window sizes for analytics, e.g. `["1m", "1h"]`.
@@ -272,8 +277,9 @@ impl Default for DeadLetterConfig {
 }
 
 /// The Kafka source: topics, consumer group, commits. The partitions of both topics are spread
-/// over the timely workers (partition `p` of a topic goes to worker `p % workers`), and every
-/// start reads them from the beginning to rebuild the state (docs/operations.md).
+/// over the timely workers (partition `p` of a topic goes to worker `p % workers`); a start reads
+/// them from the newest checkpoint's positions, or from the beginning without one
+/// (docs/operations.md).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaConfig {
@@ -429,6 +435,57 @@ impl Default for ClickHouseConfig {
     }
 }
 
+/// Checkpoints: every `interval` (and at a clean stop) each process writes its state as of one
+/// completed pipeline time with the source positions it covers; a start restores the newest
+/// valid one and reads only what follows (docs/operations.md).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointConfig {
+    /// Write checkpoints and restart from them. Needs a source that can be read again from a
+    /// position: Kafka or a file.
+    #[serde(default)]
+    pub enabled: bool,
+    /// The directory of the checkpoint files; created if missing.
+    #[serde(default = "default_checkpoint_dir")]
+    pub dir: PathBuf,
+    /// How often a checkpoint is taken.
+    #[serde(default = "default_checkpoint_interval", with = "humantime_serde")]
+    pub interval: Duration,
+    /// How many checkpoints are kept (older ones are deleted once a newer one is written).
+    #[serde(default = "default_checkpoint_keep")]
+    pub keep: usize,
+    /// Start even when the broker has deleted records that neither the checkpoint nor the log
+    /// holds any more (their effects are then missing from every answer). Off: such a start
+    /// stops with an error naming the topic, partition and missing offsets.
+    #[serde(default)]
+    pub allow_gap: bool,
+}
+
+// Defaults: every 30 s (a restart replays at most that much plus what was not yet durable; the
+// topics must keep at least `keep` intervals, docs/operations.md), three kept so that a damaged
+// newest file still leaves two to fall back on, in a directory beside the process.
+fn default_checkpoint_dir() -> PathBuf {
+    PathBuf::from("stockflow-checkpoints")
+}
+fn default_checkpoint_interval() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_checkpoint_keep() -> usize {
+    3
+}
+
+impl Default for CheckpointConfig {
+    fn default() -> Self {
+        CheckpointConfig {
+            enabled: false,
+            dir: default_checkpoint_dir(),
+            interval: default_checkpoint_interval(),
+            keep: default_checkpoint_keep(),
+            allow_gap: false,
+        }
+    }
+}
+
 /// A configuration that parsed but does not make sense.
 #[derive(Debug, Error, PartialEq)]
 #[error("invalid configuration: {field}: {problem}")]
@@ -575,6 +632,27 @@ impl Settings {
         }
         if self.http.threads == 0 {
             return Err(bad("http.threads", "must be at least 1"));
+        }
+        let cp = &self.checkpoint;
+        if cp.enabled {
+            if self.source.kind == SourceKind::Generator {
+                return Err(bad(
+                    "checkpoint.enabled",
+                    "needs a source that can be read again from a position (kafka or file), not the generator",
+                ));
+            }
+            if cp.interval.as_millis() < tick || cp.interval.subsec_nanos() % 1_000_000 != 0 {
+                return Err(bad(
+                    "checkpoint.interval",
+                    "must be a whole number of milliseconds, at least pipeline.tick",
+                ));
+            }
+            if cp.keep == 0 || cp.keep > 1000 {
+                return Err(bad("checkpoint.keep", "must be between 1 and 1000"));
+            }
+            if cp.dir.as_os_str().is_empty() {
+                return Err(bad("checkpoint.dir", "must not be empty"));
+            }
         }
         Ok(())
     }

@@ -116,6 +116,16 @@ impl EventKind {
         }
     }
 
+    /// The reservation a `reserved`, `released` or `fulfilled` names.
+    pub fn reservation_id(&self) -> Option<&str> {
+        match self {
+            EventKind::Reserved { reservation_id, .. }
+            | EventKind::Released { reservation_id }
+            | EventKind::Fulfilled { reservation_id } => Some(reservation_id),
+            _ => None,
+        }
+    }
+
     /// The stream (topic) the type belongs to.
     pub fn stream(&self) -> Stream {
         match self {
@@ -147,11 +157,14 @@ pub enum RejectReason {
     CountTooOld,
     /// The record is longer than [`MAX_RECORD_BYTES`].
     TooLarge,
+    /// A `reserved`, `released` or `fulfilled` names a `reservation_id` that belongs to another
+    /// SKU (contract §1: an id names one reservation of one SKU).
+    ReservationSkuMismatch,
 }
 
 impl RejectReason {
     /// Every reason, for metrics that should show zeros.
-    pub const ALL: [RejectReason; 8] = [
+    pub const ALL: [RejectReason; 9] = [
         RejectReason::InvalidJson,
         RejectReason::MissingField,
         RejectReason::WrongType,
@@ -160,6 +173,7 @@ impl RejectReason {
         RejectReason::WrongTopic,
         RejectReason::CountTooOld,
         RejectReason::TooLarge,
+        RejectReason::ReservationSkuMismatch,
     ];
 
     /// The stable label.
@@ -173,6 +187,7 @@ impl RejectReason {
             RejectReason::WrongTopic => "wrong_topic",
             RejectReason::CountTooOld => "count_too_old",
             RejectReason::TooLarge => "too_large",
+            RejectReason::ReservationSkuMismatch => "reservation_sku_mismatch",
         }
     }
 }
@@ -404,6 +419,18 @@ pub fn decode(bytes: &[u8]) -> Result<Event, Rejection> {
     })
 }
 
+/// The business time `ts` of a record, if it has a valid one, without decoding the rest: the
+/// log time of a JSON-lines file (the latest `ts` so far) needs it before admission.
+pub fn peek_ts(bytes: &[u8]) -> Option<Millis> {
+    #[derive(Deserialize)]
+    struct Ts<'a> {
+        #[serde(borrow)]
+        ts: Option<&'a RawValue>,
+    }
+    let raw: Ts<'_> = serde_json::from_slice(bytes).ok()?;
+    time_field("ts", raw.ts).ok()
+}
+
 /// Decodes a message read from a topic that carries `expected` types only.
 pub fn decode_from(bytes: &[u8], expected: Stream) -> Result<Event, Rejection> {
     let ev = decode(bytes)?;
@@ -555,6 +582,14 @@ mod tests {
             decode_from(sold, Stream::Inventory).unwrap_err().reason,
             RejectReason::WrongTopic
         );
+    }
+
+    #[test]
+    fn peeks_the_business_time() {
+        assert_eq!(peek_ts(br#"{"ts":"1970-01-01T00:00:01Z","x":[1]}"#), Some(1000));
+        assert_eq!(peek_ts(br#"{"ts":5}"#), Some(5));
+        assert_eq!(peek_ts(br#"{"ts":-5}"#), None);
+        assert_eq!(peek_ts(b"{oops"), None);
     }
 
     #[test]

@@ -5,6 +5,7 @@
 
 use crate::Millis;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Mutex;
 
 /// Not yet: a time no pipeline reaches.
 pub const NOT_YET: Millis = Millis::MAX;
@@ -13,11 +14,14 @@ pub const NOT_YET: Millis = Millis::MAX;
 #[derive(Debug)]
 pub struct Progress {
     caught_up: Vec<AtomicU64>,
+    durable: Vec<AtomicU64>,
     sink_durable: AtomicU64,
     sink_absorbed: AtomicU64,
     sink_buffered: AtomicUsize,
     kafka: Option<AtomicBool>,
     clickhouse: Option<AtomicBool>,
+    /// Why the latest checkpoint write failed, while it is the latest outcome.
+    checkpoint_problem: Mutex<Option<String>>,
 }
 
 impl Progress {
@@ -27,12 +31,43 @@ impl Progress {
     pub fn new(workers: usize, kafka: bool, clickhouse: bool) -> Self {
         Progress {
             caught_up: (0..workers).map(|_| AtomicU64::new(NOT_YET)).collect(),
+            durable: (0..workers).map(|_| AtomicU64::new(0)).collect(),
             sink_durable: AtomicU64::new(0),
             sink_absorbed: AtomicU64::new(0),
             sink_buffered: AtomicUsize::new(0),
             kafka: kafka.then(|| AtomicBool::new(false)),
             clickhouse: clickhouse.then(|| AtomicBool::new(false)),
+            checkpoint_problem: Mutex::new(None),
         }
+    }
+
+    /// Worker `w` (modulo the local workers): everything its sources admitted at pipeline times
+    /// before `t` is durable (the dataflow, the sink and the dead letters hold it).
+    pub fn set_durable(&self, w: usize, t: Millis) {
+        let n = self.durable.len();
+        self.durable[w % n].fetch_max(t, Ordering::AcqRel);
+    }
+
+    /// Everything admitted by any local worker at pipeline times before this is durable.
+    pub fn durable(&self) -> Millis {
+        self.durable
+            .iter()
+            .map(|d| d.load(Ordering::Acquire))
+            .min()
+            .unwrap_or(0)
+    }
+
+    /// The outcome of the latest checkpoint write: `None` when it succeeded.
+    pub fn set_checkpoint_problem(&self, problem: Option<String>) {
+        *self.checkpoint_problem.lock().unwrap_or_else(|e| e.into_inner()) = problem;
+    }
+
+    /// Why the latest checkpoint write failed, if it did.
+    pub fn checkpoint_problem(&self) -> Option<String> {
+        self.checkpoint_problem
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Worker `w` (its index modulo the local workers) has admitted, at pipeline times at or

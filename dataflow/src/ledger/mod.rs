@@ -1,63 +1,140 @@
 //! The ledger operator: where events become maintained rows.
 //!
-//! Input: validated [`Event`]s at pipeline times. They are exchanged by SKU, so one worker owns
-//! each SKU with all its locations, reservations and windows. Output: the changes of the
-//! maintained rows as a differential collection of [`Change`] with `±1` diffs, consolidated per
-//! time. The operator processes a pipeline time only once the input frontier has passed it, in
-//! time order, and keeps a capability for its next timer (expiry or eviction), so expiries happen
-//! at their pipeline time even when no event arrives.
+//! Inputs: admitted [`Record`]s (an event and its log time) at pipeline times, exchanged by SKU
+//! so that one worker owns each SKU with all its locations, reservations and windows; and the
+//! [`Control`] stream, broadcast to every worker: each worker's log frontier, and checkpoint
+//! requests. Output: the changes of the maintained rows as a differential collection of
+//! [`Change`] with `±1` diffs. The operator processes a pipeline time only once both input
+//! frontiers have passed it, in time order, and keeps a capability for its next expiry, so that
+//! expiries happen at their pipeline time even when no event arrives.
+//!
+//! A checkpoint requested at time `T` is written after `T` is applied, a slice per activation
+//! (the operator re-activates itself until done), and handed to the worker in [`LedgerIo`].
+//! A restored worker starts from a [`WorkerRestore`] and emits the restored rows at its time.
 
+mod dedup;
+mod reservation;
+mod snapshot;
 mod state;
+mod stock;
+mod timers;
+mod windows;
 
+pub use snapshot::{decode_part, route, Item, Part, SkuState, SnapshotError, WorkerRestore};
 pub use state::{LedgerState, LedgerStats};
 
 use crate::views::ViewStore;
-use crate::{Diff, EngineConfig, Time};
+use crate::{Control, Diff, EngineConfig, Record, Time};
 use differential_dataflow::{AsCollection, VecCollection};
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::sync::Arc;
-use stockflow_types::event::Event;
+use std::time::Duration;
 use stockflow_types::rows::Change;
-use timely::dataflow::channels::pact::Exchange;
+use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::operators::vec::Broadcast;
 use timely::dataflow::operators::Capability;
 use timely::dataflow::StreamVec;
 
-/// The worker that owns a SKU (also used to route work to it).
+/// A SKU's hash: it decides the SKU's owner ([`owner`]) and routes work to it.
 pub fn sku_hash(sku: &str) -> u64 {
     xxhash_rust::xxh3::xxh3_64(sku.as_bytes())
 }
 
-/// Builds the ledger on `events`. `stats` receives the operator's counters after every run.
+/// The worker (of `peers`) that owns the SKU of hash `hash`: the one function both the
+/// exchange (timely sends `hash % peers`) and a restore's routing follow.
+pub fn owner(hash: u64, peers: usize) -> usize {
+    (hash % peers.max(1) as u64) as usize
+}
+
+/// How long one activation may spend writing a checkpoint.
+const CHECKPOINT_SLICE: Duration = Duration::from_millis(1);
+
+/// What the operator tells the worker loop that runs it (same thread).
+#[derive(Debug, Default)]
+pub struct LedgerIo {
+    /// The operator's counters after its latest activation.
+    pub stats: LedgerStats,
+    /// Finished checkpoint parts, oldest first, until the worker takes them.
+    pub parts: Vec<Part>,
+    /// A checkpoint is being written.
+    pub writing: bool,
+}
+
+/// Builds the ledger on `events`, steered by `control`. `worker` is this worker's index in the
+/// dataflow, `local_worker` its index in this process, `peers` the dataflow's workers.
+#[allow(clippy::too_many_arguments)]
 pub fn ledger<'s>(
-    events: StreamVec<'s, Time, Event>,
+    events: StreamVec<'s, Time, Record>,
+    control: StreamVec<'s, Time, Control>,
     cfg: Arc<EngineConfig>,
     store: Arc<ViewStore>,
-    local_worker: usize,
-    stats: Rc<RefCell<LedgerStats>>,
+    (worker, local_worker, peers): (usize, usize, usize),
+    restore: Option<WorkerRestore>,
+    io: Rc<RefCell<LedgerIo>>,
 ) -> VecCollection<'s, Time, Change, Diff> {
     let tick = cfg.tick_ms;
+    let scope = events.scope();
     events
-        .unary_frontier(
-            Exchange::new(|e: &Event| sku_hash(&e.sku)),
+        .binary_frontier(
+            control.broadcast(),
+            Exchange::new(|r: &Record| sku_hash(&r.event.sku)),
+            Pipeline,
             "Ledger",
-            move |initial, _info| {
-                drop(initial); // nothing to say until an event or a timer asks for a time
-                let mut state = LedgerState::new(cfg, Arc::clone(&store));
-                let mut stash: BTreeMap<Time, (Capability<Time>, Vec<Event>)> = BTreeMap::new();
+            move |initial, info| {
+                let activator = scope.activator_for(info.address);
+                if restore.is_some() {
+                    activator.activate(); // emit the restored rows before anything else
+                }
+                let (mut state, mut restored) = match restore {
+                    Some(r) => {
+                        let at = r.at;
+                        let (state, rows) =
+                            LedgerState::restore(Arc::clone(&cfg), Arc::clone(&store), peers, r);
+                        store.set_ledger_completed(local_worker, at);
+                        (state, Some((initial.delayed(&at), rows)))
+                    }
+                    None => {
+                        drop(initial); // nothing to say until an event or a timer asks for a time
+                        (
+                            LedgerState::new(Arc::clone(&cfg), Arc::clone(&store), peers),
+                            None,
+                        )
+                    }
+                };
+                type Stashed = (Capability<Time>, Vec<Record>, Vec<Control>);
+                let mut stash: BTreeMap<Time, Stashed> = BTreeMap::new();
                 let mut timer_cap: Option<Capability<Time>> = None;
                 let mut changes = Vec::new();
                 let mut empty = Vec::new();
-                move |(input, frontier), output| {
-                    input.for_each_stamp(|cap, data| {
+                move |(events_in, events_frontier), (control_in, control_frontier), output| {
+                    if let Some((cap, rows)) = restored.take() {
+                        let at = *cap.time();
+                        output
+                            .session(&cap)
+                            .give_iterator(rows.into_iter().map(|(c, d)| (c, at, d)));
+                        timer_cap = state.next_timer().map(|next| cap.delayed(&next));
+                    }
+                    events_in.for_each_stamp(|cap, data| {
                         let t = *cap.least().expect("inputs carry totally ordered times");
                         let entry = stash.entry(t).or_insert_with(|| {
-                            (cap.retain_least(0).expect("stamp is not empty"), Vec::new())
+                            let cap = cap.retain_least(0).expect("stamp is not empty");
+                            (cap, Vec::new(), Vec::new())
                         });
                         for batch in data {
                             entry.1.append(batch);
+                        }
+                    });
+                    control_in.for_each_stamp(|cap, data| {
+                        let t = *cap.least().expect("inputs carry totally ordered times");
+                        let entry = stash.entry(t).or_insert_with(|| {
+                            let cap = cap.retain_least(0).expect("stamp is not empty");
+                            (cap, Vec::new(), Vec::new())
+                        });
+                        for batch in data {
+                            entry.2.append(batch);
                         }
                     });
                     loop {
@@ -67,25 +144,31 @@ pub fn ledger<'s>(
                             (None, Some(b)) => b,
                             (None, None) => break,
                         };
-                        if frontier.less_equal(&next) {
+                        if events_frontier.less_equal(&next) || control_frontier.less_equal(&next)
+                        {
                             break;
                         }
-                        let (cap, mut events) = match stash.remove(&next) {
+                        let (cap, mut records, controls) = match stash.remove(&next) {
                             Some(entry) => entry,
                             None => {
                                 let cap = timer_cap
                                     .as_ref()
                                     .expect("a timer holds a capability")
                                     .delayed(&next);
-                                (cap, std::mem::take(&mut empty))
+                                (cap, std::mem::take(&mut empty), Vec::new())
                             }
                         };
-                        state.process(next, &mut events, &mut changes);
-                        empty = events;
+                        let checkpoint = state.process(next, &mut records, &controls, &mut changes);
+                        empty = records;
                         if !changes.is_empty() {
                             output
                                 .session(&cap)
                                 .give_iterator(changes.drain(..).map(|(c, r)| (c, next, r)));
+                        }
+                        if checkpoint {
+                            if let Some(previous) = state.begin_snapshot(next, worker) {
+                                io.borrow_mut().parts.push(previous);
+                            }
                         }
                         // Keep exactly one capability, at the earliest pending timer.
                         timer_cap = match (state.next_timer(), timer_cap.take()) {
@@ -97,10 +180,24 @@ pub fn ledger<'s>(
                             (None, _) => None,
                         };
                     }
-                    if let Some(f) = frontier.frontier().first() {
+                    if state.snapshot_in_progress() {
+                        match state.snapshot_step(CHECKPOINT_SLICE) {
+                            Some(part) => io.borrow_mut().parts.push(part),
+                            None => activator.activate(),
+                        }
+                    }
+                    let completed = events_frontier
+                        .frontier()
+                        .iter()
+                        .chain(control_frontier.frontier().iter())
+                        .min()
+                        .copied();
+                    if let Some(f) = completed {
                         store.set_ledger_completed(local_worker, f.saturating_sub(tick));
                     }
-                    *stats.borrow_mut() = state.stats();
+                    let mut io = io.borrow_mut();
+                    io.writing = state.snapshot_in_progress();
+                    io.stats.clone_from(state.stats());
                 }
             },
         )

@@ -1,6 +1,12 @@
 //! The reference of the oracle tests: every view recomputed from scratch from the admitted
-//! events, as plainly as the contract (§2) reads, no state carried over. Shared by
-//! `dataflow/tests/oracle.rs` and the end-to-end tests of the binary (`#[path]` module).
+//! records, as plainly as the contract (§2, and "Bounded state" of 1.1) reads, no state carried
+//! over from an earlier call. Shared by `dataflow/tests/oracle.rs` and the end-to-end tests of
+//! the binary (`#[path]` module).
+//!
+//! Log time decides every rule that rejects or forgets: each record's own log time for what
+//! happens to that record (a repeat, a stale count, a final window, a forgotten reservation),
+//! and the log frontier (the least, over the partitions, of the last log time admitted) for
+//! what the views still show. Expiry compares with the pipeline time `t`.
 #![allow(dead_code, missing_docs)]
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -8,11 +14,16 @@ use stockflow_dataflow::{EngineConfig, Time};
 use stockflow_types::event::{Event, EventKind};
 use stockflow_types::rows::{ReservationRow, Status, WindowFigures};
 
-/// An event and the pipeline time it is admitted at.
+/// A record as a run admitted it: the pipeline time, its partition and log time, the event.
+/// Lists of them are in admission order, which within a partition is log order.
 #[derive(Clone, Debug)]
 pub struct Admitted {
     /// The pipeline time it is admitted at.
     pub at: Time,
+    /// Its partition (all records of one SKU and topic share one).
+    pub part: usize,
+    /// Its log time (non-decreasing within a partition).
+    pub lt: u64,
     /// The event.
     pub ev: Event,
 }
@@ -21,140 +32,190 @@ pub struct Admitted {
 pub struct Views {
     pub stock: BTreeMap<(String, String), (i64, i64)>,
     pub reservations: BTreeMap<String, ReservationRow>,
+    /// Forgotten reservations whose tombstone still answers: id → when it ended (log time).
+    pub forgotten: BTreeMap<String, u64>,
     pub windows: BTreeMap<(u64, u64, String, String), WindowFigures>,
     pub top: BTreeMap<(u64, u64), Vec<(i64, String)>>,
 }
 
-/// The events that count at `t`: admitted by then, first sighting of each (sku, event_id),
-/// counts no older than the retention horizon at admission.
-pub fn effective(all: &[Admitted], t: Time, cfg: &EngineConfig) -> Vec<Admitted> {
-    let mut sorted: Vec<&Admitted> = all.iter().filter(|a| a.at <= t).collect();
-    sorted.sort_by(|a, b| (a.at, &a.ev).cmp(&(b.at, &b.ev)));
-    let mut seen = BTreeSet::new();
-    let mut out = Vec::new();
-    for a in sorted {
-        if !seen.insert((a.ev.sku.clone(), a.ev.event_id.clone())) {
-            continue;
-        }
-        if matches!(a.ev.kind, EventKind::Counted { .. }) && a.ev.ts + cfg.retention_ms < a.at {
-            continue;
-        }
-        out.push(a.clone());
-    }
-    out
+/// The log frontier at `t`: the least, over `partitions`, of the last log time admitted.
+pub fn frontier(all: &[Admitted], t: Time, partitions: usize) -> u64 {
+    (0..partitions)
+        .map(|p| {
+            all.iter()
+                .filter(|a| a.part == p && a.at <= t)
+                .map(|a| a.lt)
+                .max()
+                .unwrap_or(0)
+        })
+        .min()
+        .unwrap_or(u64::MAX)
 }
 
-/// (reserved: (ts, event_id, location, qty, expires_at), terminal: (ts, event_id, fulfilled)).
-pub type ResFacts = (
-    Option<(u64, String, String, i64, u64)>,
-    Option<(u64, String, bool)>,
-    String,
-);
+/// One incarnation of a reservation id (a forgotten one's id may start another).
+#[derive(Clone, Debug, Default)]
+struct Incarnation {
+    sku: String,
+    /// The first `reserved` by (ts, event_id): (ts, event_id, location, qty, expires_at).
+    reserved: Option<(u64, String, String, i64, u64)>,
+    /// The first terminal event by (ts, event_id): (ts, event_id, fulfilled).
+    terminal: Option<(u64, String, bool)>,
+    reserved_lt: Option<u64>,
+    terminal_lt: Option<u64>,
+    /// A tombstone: when it had ended.
+    forgotten: Option<u64>,
+}
 
-pub fn reservation_facts(evs: &[Admitted]) -> BTreeMap<String, ResFacts> {
-    let mut m: BTreeMap<String, ResFacts> = BTreeMap::new();
-    for a in evs {
-        let e = &a.ev;
-        match &e.kind {
-            EventKind::Reserved {
-                reservation_id,
-                location,
-                qty,
-                expires_at,
-            } => {
-                let f = m
-                    .entry(reservation_id.clone())
-                    .or_insert((None, None, e.sku.clone()));
-                let cand = (
-                    e.ts,
-                    e.event_id.clone(),
-                    location.clone(),
-                    *qty,
-                    *expires_at,
-                );
-                if f.0.as_ref().is_none_or(|old| cand < *old) {
-                    f.0 = Some(cand);
-                }
-            }
-            EventKind::Released { reservation_id } | EventKind::Fulfilled { reservation_id } => {
-                let f = m
-                    .entry(reservation_id.clone())
-                    .or_insert((None, None, e.sku.clone()));
-                let cand = (
-                    e.ts,
-                    e.event_id.clone(),
-                    matches!(e.kind, EventKind::Fulfilled { .. }),
-                );
-                if f.1.as_ref().is_none_or(|old| cand < *old) {
-                    f.1 = Some(cand);
-                }
-            }
-            _ => {}
+impl Incarnation {
+    fn ended(&self) -> u64 {
+        if let Some(e) = self.forgotten {
+            return e;
+        }
+        match (&self.reserved, &self.terminal) {
+            (Some(_), Some(_)) => self.reserved_lt.unwrap().max(self.terminal_lt.unwrap()),
+            (Some(r), None) => self.reserved_lt.unwrap().max(r.4),
+            (None, _) => self.terminal_lt.unwrap(),
         }
     }
-    m
-}
 
-pub fn status_without_allocation(f: &ResFacts, t: Time) -> Option<Status> {
-    let (r, term, _) = f;
-    let r = r.as_ref()?;
-    Some(match term {
-        Some((_, _, true)) => Status::Fulfilled,
-        Some((_, _, false)) => Status::Released,
-        None if t >= r.4 => Status::Expired,
-        None => Status::Held, // live; allocation decides held or insufficient
-    })
-}
+    fn forget_at(&self, retention: u64) -> u64 {
+        self.ended() + if self.forgotten.is_some() { 2 * retention } else { retention }
+    }
 
-pub fn reference(all: &[Admitted], t: Time, cfg: &EngineConfig) -> Views {
-    let evs = effective(all, t, cfg);
-    let facts = reservation_facts(&evs);
-    let mut v = Views::default();
-
-    // Locations ever named, counts, movements.
-    let mut counts: BTreeMap<(String, String), (u64, String, i64)> = BTreeMap::new();
-    let mut moves: Vec<((String, String), u64, i64)> = Vec::new();
-    let mut windows: BTreeMap<(u64, u64, String, String), WindowFigures> = BTreeMap::new();
-    let mut add_window = |loc: &str, sku: &str, ts: u64, f: WindowFigures| {
-        for w in &cfg.windows {
-            let start = ts - ts % w.size_ms;
-            windows
-                .entry((w.size_ms, start, sku.to_string(), loc.to_string()))
-                .or_default()
-                .add(&f, 1);
+    /// Forgets one step at log time `lt`: a reservation becomes a tombstone, a tombstone or an
+    /// orphan disappears (None).
+    fn forget(self) -> Option<Incarnation> {
+        if self.forgotten.is_some() || self.reserved.is_none() {
+            return None;
         }
-    };
-    for a in &evs {
-        let e = &a.ev;
-        let key = |l: &str| (e.sku.clone(), l.to_string());
-        match &e.kind {
-            EventKind::Received { location, qty } => {
-                moves.push((key(location), e.ts, *qty));
-                add_window(
-                    location,
-                    &e.sku,
-                    e.ts,
-                    WindowFigures {
-                        units_received: *qty,
-                        ..Default::default()
-                    },
-                );
-            }
-            EventKind::Adjusted { location, qty } => moves.push((key(location), e.ts, *qty)),
-            EventKind::Sold { location, qty } => {
-                moves.push((key(location), e.ts, -qty));
-                add_window(
-                    location,
-                    &e.sku,
-                    e.ts,
+        Some(Incarnation {
+            sku: self.sku.clone(),
+            forgotten: Some(self.ended()),
+            ..Incarnation::default()
+        })
+    }
+
+    /// Status at pipeline time `t`, without allocation (`Held` = live).
+    fn status(&self, t: Time) -> Option<Status> {
+        let r = self.reserved.as_ref()?;
+        Some(match &self.terminal {
+            Some((_, _, true)) => Status::Fulfilled,
+            Some(_) => Status::Released,
+            None if t >= r.4 => Status::Expired,
+            None => Status::Held,
+        })
+    }
+
+    /// (location, ts, figures) contributed to windows: the `reserved`, and a fulfilment's sale.
+    fn window_contributions(&self) -> Vec<(String, u64, WindowFigures)> {
+        let mut out = Vec::new();
+        if let Some((ts, _, loc, qty, _)) = &self.reserved {
+            out.push((
+                loc.clone(),
+                *ts,
+                WindowFigures {
+                    units_reserved: *qty,
+                    ..Default::default()
+                },
+            ));
+            if let Some((tts, _, true)) = &self.terminal {
+                out.push((
+                    loc.clone(),
+                    *tts,
                     WindowFigures {
                         units_sold: *qty,
                         orders: 1,
                         ..Default::default()
                     },
-                );
+                ));
+            }
+        }
+        out
+    }
+
+    /// A fulfilment's shipment: (location, ts, -qty).
+    fn shipped(&self) -> Option<(String, u64, i64)> {
+        match (&self.reserved, &self.terminal) {
+            (Some((_, _, loc, qty, _)), Some((tts, _, true))) => Some((loc.clone(), *tts, -qty)),
+            _ => None,
+        }
+    }
+}
+
+pub fn reference(all: &[Admitted], t: Time, partitions: usize, cfg: &EngineConfig) -> Views {
+    let f = frontier(all, t, partitions);
+    let retention = cfg.retention_ms;
+    let generation = |lt: u64| lt / cfg.dedup_window_ms.max(1);
+    let final_at = |size: u64, start: u64| start + size + cfg.window_retention_ms;
+    let mut v = Views::default();
+
+    let mut applied: BTreeMap<(String, String), Vec<u64>> = BTreeMap::new();
+    let mut locations: BTreeSet<(String, String)> = BTreeSet::new();
+    let mut counts: BTreeMap<(String, String), (u64, String, i64)> = BTreeMap::new();
+    let mut moves: Vec<((String, String), u64, i64)> = Vec::new();
+    let mut windows: BTreeMap<(u64, u64, String, String), WindowFigures> = BTreeMap::new();
+    // Adds a contribution to the windows that are not final at the causing record's log time.
+    let add_window = |windows: &mut BTreeMap<(u64, u64, String, String), WindowFigures>,
+                      sku: &str,
+                      loc: &str,
+                      ts: u64,
+                      lt: u64,
+                      f: &WindowFigures,
+                      sign: i64| {
+        for w in &cfg.windows {
+            let start = ts - ts % w.size_ms;
+            if final_at(w.size_ms, start) > lt {
+                windows
+                    .entry((w.size_ms, start, sku.to_string(), loc.to_string()))
+                    .or_default()
+                    .add(f, sign);
+            }
+        }
+    };
+    let mut current: BTreeMap<String, Incarnation> = BTreeMap::new();
+    // Incarnations forgotten by now: their shipments stay.
+    let mut past: Vec<Incarnation> = Vec::new();
+
+    for a in all.iter().filter(|a| a.at <= t) {
+        let e = &a.ev;
+        let lt = a.lt;
+        if matches!(e.kind, EventKind::Counted { .. }) && e.ts + retention < lt {
+            continue; // count_too_old
+        }
+        let seen = applied
+            .entry((e.sku.clone(), e.event_id.clone()))
+            .or_default();
+        if seen.iter().any(|l| generation(*l) + 1 >= generation(lt)) {
+            continue; // a repeat within the de-duplication horizon
+        }
+        seen.push(lt);
+        let key = |l: &str| (e.sku.clone(), l.to_string());
+        match &e.kind {
+            EventKind::Received { location, qty } => {
+                locations.insert(key(location));
+                moves.push((key(location), e.ts, *qty));
+                let f = WindowFigures {
+                    units_received: *qty,
+                    ..Default::default()
+                };
+                add_window(&mut windows, &e.sku, location, e.ts, lt, &f, 1);
+            }
+            EventKind::Adjusted { location, qty } => {
+                locations.insert(key(location));
+                moves.push((key(location), e.ts, *qty));
+            }
+            EventKind::Sold { location, qty } => {
+                locations.insert(key(location));
+                moves.push((key(location), e.ts, -qty));
+                let f = WindowFigures {
+                    units_sold: *qty,
+                    orders: 1,
+                    ..Default::default()
+                };
+                add_window(&mut windows, &e.sku, location, e.ts, lt, &f, 1);
             }
             EventKind::Counted { location, qty } => {
+                locations.insert(key(location));
                 let c = counts
                     .entry(key(location))
                     .or_insert((e.ts, e.event_id.clone(), *qty));
@@ -162,121 +223,140 @@ pub fn reference(all: &[Admitted], t: Time, cfg: &EngineConfig) -> Views {
                     *c = (e.ts, e.event_id.clone(), *qty);
                 }
             }
-            EventKind::Reserved { location, .. } => {
-                v.stock.entry(key(location)).or_default();
-            }
-            _ => {}
-        }
-        if let EventKind::Received { location, .. }
-        | EventKind::Adjusted { location, .. }
-        | EventKind::Sold { location, .. }
-        | EventKind::Counted { location, .. } = &e.kind
-        {
-            v.stock.entry(key(location)).or_default();
-        }
-    }
-    for (sku, (r, term, _)) in facts.values().map(|f| (&f.2, f)) {
-        if let Some((ts, _, loc, qty, _)) = r {
-            add_window(
-                loc,
-                sku,
-                *ts,
-                WindowFigures {
-                    units_reserved: *qty,
-                    ..Default::default()
-                },
-            );
-            if let Some((tts, _, true)) = term {
-                moves.push(((sku.clone(), loc.clone()), *tts, -qty));
-                add_window(
-                    loc,
-                    sku,
-                    *tts,
-                    WindowFigures {
-                        units_sold: *qty,
-                        orders: 1,
-                        ..Default::default()
-                    },
-                );
+            EventKind::Reserved { reservation_id: id, .. }
+            | EventKind::Released { reservation_id: id }
+            | EventKind::Fulfilled { reservation_id: id } => {
+                // What the log has forgotten by this record's log time.
+                while let Some(inc) = current.get(id) {
+                    if inc.forget_at(retention) > lt {
+                        break;
+                    }
+                    let inc = current.remove(id).unwrap();
+                    if inc.forgotten.is_none() && inc.reserved.is_some() {
+                        past.push(inc.clone());
+                    }
+                    if let Some(tomb) = inc.forget() {
+                        current.insert(id.clone(), tomb);
+                    }
+                }
+                let inc = current.entry(id.clone()).or_default();
+                if inc.forgotten.is_some() {
+                    *inc = Incarnation::default();
+                }
+                inc.sku = e.sku.clone();
+                let before = inc.window_contributions();
+                match &e.kind {
+                    EventKind::Reserved {
+                        location,
+                        qty,
+                        expires_at,
+                        ..
+                    } => {
+                        locations.insert(key(location));
+                        inc.reserved_lt.get_or_insert(lt);
+                        let cand = (e.ts, e.event_id.clone(), location.clone(), *qty, *expires_at);
+                        if inc.reserved.as_ref().is_none_or(|old| cand < *old) {
+                            inc.reserved = Some(cand);
+                        }
+                    }
+                    _ => {
+                        inc.terminal_lt.get_or_insert(lt);
+                        let fulfilled = matches!(e.kind, EventKind::Fulfilled { .. });
+                        let cand = (e.ts, e.event_id.clone(), fulfilled);
+                        if inc.terminal.as_ref().is_none_or(|old| cand < *old) {
+                            inc.terminal = Some(cand);
+                        }
+                    }
+                }
+                let after = inc.window_contributions();
+                if before != after {
+                    for (loc, ts, f) in before {
+                        add_window(&mut windows, &e.sku, &loc, ts, lt, &f, -1);
+                    }
+                    for (loc, ts, f) in after {
+                        add_window(&mut windows, &e.sku, &loc, ts, lt, &f, 1);
+                    }
+                }
             }
         }
     }
 
-    // on_hand, then first come first served among live reservations.
-    for (key, (on_hand, reserved)) in v.stock.iter_mut() {
+    // What the log frontier has forgotten.
+    for (id, inc) in std::mem::take(&mut current) {
+        let mut inc = Some(inc);
+        while let Some(i) = inc.take() {
+            if i.forget_at(retention) > f {
+                inc = Some(i);
+                break;
+            }
+            if i.forgotten.is_none() && i.reserved.is_some() {
+                past.push(i.clone());
+            }
+            inc = i.forget();
+        }
+        if let Some(i) = inc {
+            current.insert(id, i);
+        }
+    }
+
+    // Stock: the latest count, then every movement after it (shipments included).
+    let shipped = current
+        .values()
+        .chain(&past)
+        .filter_map(|i| i.shipped().map(|(l, ts, q)| ((i.sku.clone(), l), ts, q)));
+    moves.extend(shipped);
+    for key in &locations {
         let count = counts.get(key);
-        *on_hand = count.map_or(0, |c| c.2)
+        let on_hand = count.map_or(0, |c| c.2)
             + moves
                 .iter()
                 .filter(|(k, ts, _)| k == key && count.is_none_or(|c| *ts > c.0))
                 .map(|m| m.2)
                 .sum::<i64>();
-        let mut live: Vec<(u64, String, i64)> = facts
+        // First come first served among the live reservations of the location.
+        let mut live: Vec<(u64, String, i64)> = current
             .iter()
-            .filter(|(_, f)| status_without_allocation(f, t) == Some(Status::Held))
-            .filter_map(|(id, f)| {
-                let r = f.0.as_ref()?;
-                ((f.2.clone(), r.2.clone()) == *key).then(|| (r.0, id.clone(), r.3))
+            .filter(|(_, i)| i.forgotten.is_none() && i.status(t) == Some(Status::Held))
+            .filter_map(|(id, i)| {
+                let r = i.reserved.as_ref()?;
+                ((i.sku.clone(), r.2.clone()) == *key).then(|| (r.0, id.clone(), r.3))
             })
             .collect();
         live.sort();
         let mut held = 0;
         for (_, id, qty) in live {
-            let status = if held + qty <= *on_hand {
+            let status = if held + qty <= on_hand {
                 held += qty;
                 Status::Held
             } else {
                 Status::Insufficient
             };
-            let f = &facts[&id];
-            let r = f.0.as_ref().expect("live");
-            v.reservations.insert(id.clone(), row(&id, &f.2, r, status));
+            v.reservations.insert(id.clone(), row(&id, &current[&id], status));
         }
-        *reserved = held;
+        v.stock.insert(key.clone(), (on_hand, held));
     }
-    for (id, f) in &facts {
-        if let (Some(r), Some(status)) = (&f.0, status_without_allocation(f, t)) {
+    for (id, inc) in &current {
+        if let Some(ended) = inc.forgotten {
+            v.forgotten.insert(id.clone(), ended);
+            continue;
+        }
+        if let Some(status) = inc.status(t) {
             if status != Status::Held {
-                v.reservations.insert(id.clone(), row(id, &f.2, r, status));
+                v.reservations.insert(id.clone(), row(id, inc, status));
             }
         }
     }
 
-    // Retention: a reservation is forgotten `retention` after it last stopped being live.
-    if cfg.retention_ms < (1 << 39) {
-        v.reservations.retain(|id, _| {
-            let mut times: Vec<Time> = all.iter().map(|a| a.at).filter(|at| *at <= t).collect();
-            for a in all.iter().filter(|a| a.at <= t) {
-                if let EventKind::Reserved { expires_at, .. } = a.ev.kind {
-                    times.push(expires_at.div_ceil(cfg.tick_ms) * cfg.tick_ms);
-                }
-            }
-            times.sort();
-            // Ended = the start of the current stretch of not being live.
-            let mut ended = None;
-            for s in times.into_iter().filter(|s| *s <= t) {
-                let facts = reservation_facts(&effective(all, s, cfg));
-                match facts.get(id).and_then(|f| status_without_allocation(f, s)) {
-                    Some(Status::Held) => ended = None,
-                    Some(_) if ended.is_none() => ended = Some(s),
-                    _ => {}
-                }
-            }
-            ended.is_none_or(|e| e + cfg.retention_ms > t)
-        });
-    }
-    windows.retain(|(size, start, _, _), f| {
-        start + size + cfg.window_retention_ms > t && !f.is_zero()
-    });
+    windows.retain(|(size, start, _, _), w| final_at(*size, *start) > f && !w.is_zero());
 
     // Top sellers.
     let mut sold: BTreeMap<(u64, u64), BTreeMap<String, i64>> = BTreeMap::new();
-    for ((size, start, sku, _), f) in &windows {
+    for ((size, start, sku, _), w) in &windows {
         *sold
             .entry((*size, *start))
             .or_default()
             .entry(sku.clone())
-            .or_default() += f.units_sold;
+            .or_default() += w.units_sold;
     }
     for (key, by_sku) in sold {
         let mut ranked: Vec<(i64, String)> = by_sku
@@ -294,15 +374,11 @@ pub fn reference(all: &[Admitted], t: Time, cfg: &EngineConfig) -> Views {
     v
 }
 
-pub fn row(
-    id: &str,
-    sku: &str,
-    r: &(u64, String, String, i64, u64),
-    status: Status,
-) -> ReservationRow {
+fn row(id: &str, inc: &Incarnation, status: Status) -> ReservationRow {
+    let r = inc.reserved.as_ref().expect("a reservation");
     ReservationRow {
         reservation_id: id.into(),
-        sku: sku.into(),
+        sku: inc.sku.as_str().into(),
         location: r.2.as_str().into(),
         qty: r.3,
         status,

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use stockflow_dataflow::views::ViewStore;
-use stockflow_dataflow::{Engine, EngineConfig};
+use stockflow_dataflow::{Engine, EngineConfig, Record};
 use stockflow_ingest::generator::Generator;
 use stockflow_types::config::GeneratorConfig;
 use stockflow_types::event::Event;
@@ -89,14 +89,21 @@ pub fn run_engine(cfg: &Arc<EngineConfig>, per_worker: Vec<Input>, pace: Pace) -
         let events = inputs.lock().unwrap()[worker.index()]
             .take()
             .expect("one share per worker");
-        let mut engine = Engine::build(worker, Arc::clone(&c), Arc::clone(&s), |x| x);
+        let mut engine = Engine::build(worker, Arc::clone(&c), Arc::clone(&s), None, |x| x);
         let mut t = BASE_MS;
         engine.advance_to(t);
         let mut events = events.peekable();
+        // Log time as a producer's clock would stamp it: the business time, monotonic.
+        let mut log_time = BASE_MS;
         while events.peek().is_some() {
             for ev in events.by_ref().take(pace.batch()) {
-                engine.send(ev);
+                log_time = log_time.max(ev.ts);
+                engine.send(Record {
+                    log_time,
+                    event: ev,
+                });
             }
+            engine.advance_log(log_time);
             t += pace.tick;
             engine.advance_to(t);
             // Let the dataflow run at most 50 ticks behind the input.

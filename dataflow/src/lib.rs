@@ -235,6 +235,12 @@ impl Engine {
         self.time()
     }
 
+    /// The times of the checkpoints this worker's ledger began since the last call: what the
+    /// sources admitted at or before each is in it.
+    pub fn take_begun(&mut self) -> Vec<Time> {
+        std::mem::take(&mut self.io.borrow_mut().begun)
+    }
+
     /// A finished checkpoint part of this worker, if any.
     pub fn take_part(&mut self) -> Option<Part> {
         let mut io = self.io.borrow_mut();

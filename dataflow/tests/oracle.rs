@@ -161,7 +161,12 @@ struct Checkpoint {
 /// Reads `log` (records in log order per partition, each with its partition and log time) in
 /// `runs`, comparing at every tick. The last run admits whatever is left and goes on for
 /// `extra` ticks.
-fn check_runs(log: Vec<(usize, u64, Event)>, runs: Vec<Run>, cfg: EngineConfig, extra: u64) -> Result<(), String> {
+fn check_runs(
+    log: Vec<(usize, u64, Event)>,
+    runs: Vec<Run>,
+    cfg: EngineConfig,
+    extra: u64,
+) -> Result<(), String> {
     let cfg = Arc::new(cfg);
     let by_part: Vec<Vec<(u64, Event)>> = (0..PARTS)
         .map(|p| {
@@ -171,7 +176,6 @@ fn check_runs(log: Vec<(usize, u64, Event)>, runs: Vec<Run>, cfg: EngineConfig, 
                 .collect()
         })
         .collect();
-    let total: usize = by_part.iter().map(Vec::len).sum();
     let mut latest: Option<Checkpoint> = None;
     let mut clock: Time = 0;
     let n_runs = runs.len();
@@ -208,7 +212,12 @@ fn check_runs(log: Vec<(usize, u64, Event)>, runs: Vec<Run>, cfg: EngineConfig, 
             }
             schedule.push(this);
             ticks += 1;
-            let done = next.iter().zip(&by_part).map(|(n, b)| b.len() - n).sum::<usize>() == 0;
+            let done = next
+                .iter()
+                .zip(&by_part)
+                .map(|(n, b)| b.len() - n)
+                .sum::<usize>()
+                == 0;
             if ticks >= run.batches.len() && (!last || done) {
                 break;
             }
@@ -234,7 +243,6 @@ fn check_runs(log: Vec<(usize, u64, Event)>, runs: Vec<Run>, cfg: EngineConfig, 
         if let Some(c) = outcome {
             latest = Some(c);
         }
-        let _ = total;
     }
     Ok(())
 }
@@ -278,10 +286,20 @@ fn one_run(
     timely::execute(timely::Config::process(workers), move |worker| {
         let me = worker.index();
         let cap = Arc::clone(&c);
-        let mine = rst.lock().unwrap().as_mut().map(|r| std::mem::take(&mut r[me]));
-        let mut engine = Engine::build(worker, Arc::clone(&k), Arc::clone(&s), mine, move |changes| {
-            changes.inspect(move |(ch, t, r)| cap.lock().unwrap().push((ch.clone(), *t, *r)))
-        });
+        let mine = rst
+            .lock()
+            .unwrap()
+            .as_mut()
+            .map(|r| std::mem::take(&mut r[me]));
+        let mut engine = Engine::build(
+            worker,
+            Arc::clone(&k),
+            Arc::clone(&s),
+            mine,
+            move |changes| {
+                changes.inspect(move |(ch, t, r)| cap.lock().unwrap().push((ch.clone(), *t, *r)))
+            },
+        );
         // This worker's partitions and how far each has been admitted.
         let my_parts: Vec<usize> = (0..PARTS).filter(|p| p % workers == me).collect();
         let mut last_lt: Vec<u64> = (0..PARTS)
@@ -309,13 +327,24 @@ fn one_run(
                     event: ev.clone(),
                 });
             }
-            engine.advance_log(my_parts.iter().map(|p| last_lt[*p]).min().unwrap_or(u64::MAX));
+            engine.advance_log(
+                my_parts
+                    .iter()
+                    .map(|p| last_lt[*p])
+                    .min()
+                    .unwrap_or(u64::MAX),
+            );
             b.wait();
             if me == 0 {
                 let mut a = adm.lock().unwrap();
                 for (p, i) in batch {
                     let (lt, ev) = by_part[*p][*i].clone();
-                    a.push(Admitted { at: t, part: *p, lt, ev });
+                    a.push(Admitted {
+                        at: t,
+                        part: *p,
+                        lt,
+                        ev,
+                    });
                 }
                 if checkpoint == Some(tick) {
                     let at = engine.request_checkpoint();
@@ -367,8 +396,8 @@ fn one_run(
                     }
                     Ok(_) if accumulated != rows => {
                         *f.lock().unwrap() = Some(format!(
-                            "change collection differs at t={t}:\n got {accumulated:?}\nwant {rows:?}"
-                        ))
+                        "change collection differs at t={t}:\n got {accumulated:?}\nwant {rows:?}"
+                    ))
                     }
                     Ok(_) => {}
                 }
@@ -394,7 +423,9 @@ fn one_run(
         (Some((at, admitted)), true) => {
             let parts: Vec<Part> = parts.into_iter().map(Option::unwrap).collect();
             if parts.iter().any(|p| p.at != at) {
-                return Err(format!("parts of the checkpoint at {at} disagree on its time"));
+                return Err(format!(
+                    "parts of the checkpoint at {at} disagree on its time"
+                ));
             }
             let covered: Vec<Admitted> = admitted.into_iter().filter(|a| a.at <= at).collect();
             let mut positions = [0; PARTS];
@@ -560,7 +591,11 @@ fn materialize(gens: Vec<Gen>, bases: Vec<u64>) -> Vec<(usize, u64, Event)> {
         .collect()
 }
 
-fn log(max_lt: u64, max_ts: u64, events: std::ops::Range<usize>) -> impl Strategy<Value = Vec<(usize, u64, Event)>> {
+fn log(
+    max_lt: u64,
+    max_ts: u64,
+    events: std::ops::Range<usize>,
+) -> impl Strategy<Value = Vec<(usize, u64, Event)>> {
     (
         prop::collection::vec(gen_event(max_lt, max_ts), events),
         prop::collection::vec(0..max_lt, RES),
@@ -591,7 +626,11 @@ fn config(retention_ms: u64) -> EngineConfig {
         tick_ms: TICK,
         retention_ms,
         // Independent of the other horizons, and shorter, in the bounded families.
-        window_retention_ms: if bounded { retention_ms - 3 * TICK } else { retention_ms },
+        window_retention_ms: if bounded {
+            retention_ms - 3 * TICK
+        } else {
+            retention_ms
+        },
         dedup_window_ms: if bounded { 60 } else { 1 << 40 },
         windows: vec![
             WindowSpec {
@@ -664,11 +703,39 @@ fn story_of_one_sku() {
         a(10, ev("2", 6, res("r1", 6, 100))),
         a(20, ev("3", 7, res("r2", 6, 1000))), // insufficient: 6 + 6 > 10
         a(20, ev("4", 9, res("r3", 4, 1000))), // held: 6 + 4 fits
-        a(30, ev("5", 50, EventKind::Fulfilled { reservation_id: "r4".into() })), // before its reservation
-        a(40, ev("6", 3, EventKind::Counted { location: "x".into(), qty: 0 })), // supersedes only what is older than ts 3
+        a(
+            30,
+            ev(
+                "5",
+                50,
+                EventKind::Fulfilled {
+                    reservation_id: "r4".into(),
+                },
+            ),
+        ), // before its reservation
+        a(
+            40,
+            ev(
+                "6",
+                3,
+                EventKind::Counted {
+                    location: "x".into(),
+                    qty: 0,
+                },
+            ),
+        ), // supersedes only what is older than ts 3
         a(50, ev("7", 8, res("r4", 2, 1000))),
         a(50, ev("1", 5, received(10))), // a repeat
-        a(60, ev("8", 40, EventKind::Released { reservation_id: "r4".into() })), // earlier terminal wins
+        a(
+            60,
+            ev(
+                "8",
+                40,
+                EventKind::Released {
+                    reservation_id: "r4".into(),
+                },
+            ),
+        ), // earlier terminal wins
     ];
     let cfg = config(1 << 40);
     let at = |t| reference(&events, t, 1, &cfg);
@@ -697,7 +764,10 @@ fn story_of_one_sku() {
             from_checkpoint: true,
             gap: 2,
         };
-        assert_eq!(check_runs(log.clone(), vec![r.clone(), r], cfg.clone(), 30), Ok(()));
+        assert_eq!(
+            check_runs(log.clone(), vec![r.clone(), r], cfg.clone(), 30),
+            Ok(())
+        );
     }
 }
 
@@ -728,7 +798,17 @@ fn horizons_are_measured_in_log_time() {
         a(0, ev("e1", 0, received(5))),
         a(100, ev("e1", 0, received(5))), // generation 1: still a repeat
         a(120, ev("e1", 0, received(5))), // generation 2: applied again
-        a(300, ev("c", 100, EventKind::Counted { location: "x".into(), qty: 1 })), // 100 + 150 < 300
+        a(
+            300,
+            ev(
+                "c",
+                100,
+                EventKind::Counted {
+                    location: "x".into(),
+                    qty: 1,
+                },
+            ),
+        ), // 100 + 150 < 300
         a(
             300,
             ev(
@@ -744,16 +824,34 @@ fn horizons_are_measured_in_log_time() {
         ),
     ];
     let v = reference(&events, 10, 1, &cfg);
-    assert_eq!(v.stock[&("A".into(), "x".into())].0, 10, "two receipts, the stale count ignored");
+    assert_eq!(
+        v.stock[&("A".into(), "x".into())].0,
+        10,
+        "two receipts, the stale count ignored"
+    );
     // The receipts' windows end at 50 and 100: final at 170 and 220, evicted at frontier 300.
     assert!(v.windows.is_empty(), "{:?}", v.windows);
-    let mut later = events.clone();
-    later.push(a(460, ev("t", 20, EventKind::Released { reservation_id: "r1".into() })));
+    let mut later = events;
+    later.push(a(
+        460,
+        ev(
+            "t",
+            20,
+            EventKind::Released {
+                reservation_id: "r1".into(),
+            },
+        ),
+    ));
     let v = reference(&later, 10, 1, &cfg);
     // r1 ended at log time 300 (read then, already expired): forgotten from 450.
-    assert_eq!(v.forgotten.get("r1"), None, "the release came later: a new, orphan incarnation");
+    assert_eq!(
+        v.forgotten.get("r1"),
+        None,
+        "the release came later: a new, orphan incarnation"
+    );
     assert!(!v.reservations.contains_key("r1"));
-    let log: Vec<(usize, u64, Event)> = later.iter().map(|a| (a.part, a.lt, a.ev.clone())).collect();
+    let log: Vec<(usize, u64, Event)> =
+        later.iter().map(|a| (a.part, a.lt, a.ev.clone())).collect();
     let r = Run {
         workers: 2,
         batches: vec![[1, 1, 1, 1]; 6],

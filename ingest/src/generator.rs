@@ -3,7 +3,8 @@
 //! releases and fulfilments), some repeats and some malformed records on purpose.
 //!
 //! Each timely worker runs its own generator (seeded by the seed and the worker index), so the
-//! workload scales with workers without a shared bottleneck. Business time is the clock's now.
+//! workload scales with workers without a shared bottleneck. Business time is the clock's now,
+//! and so is log time: the generator is not a log that can be read again (no checkpoints).
 
 use crate::{Polled, Position, RawRecord, Source};
 use rand::rngs::SmallRng;
@@ -44,6 +45,8 @@ pub struct Generator {
     rate: u64,
     started_ms: u64,
     last: Option<(Vec<u8>, Vec<u8>)>,
+    /// The clock when the latest record was made (log time is monotonic).
+    log_time: Millis,
 }
 
 impl Generator {
@@ -78,6 +81,7 @@ impl Generator {
             rate: share(cfg.rate),
             started_ms,
             last: None,
+            log_time: started_ms,
         }
     }
 
@@ -182,6 +186,13 @@ impl Generator {
 
     /// The next record as a producer would send it: JSON, sometimes repeated or malformed.
     pub fn next_record(&mut self) -> RawRecord {
+        let mut rec = self.make_record();
+        self.log_time = self.log_time.max((self.clock)());
+        rec.log_time = self.log_time;
+        rec
+    }
+
+    fn make_record(&mut self) -> RawRecord {
         let offset = self.made as i64;
         let position = Position::new("generator", self.worker as i32, offset);
         if let Some((key, value)) = self.last.take() {
@@ -210,6 +221,8 @@ impl Generator {
 
 impl Source for Generator {
     fn poll(&mut self, _t: Millis, max: usize, out: &mut Vec<RawRecord>) -> Polled {
+        // What it makes from now on is stamped at least with the clock as of now.
+        self.log_time = self.log_time.max((self.clock)());
         if self.made >= self.limit {
             return Polled::Done;
         }
@@ -226,6 +239,10 @@ impl Source for Generator {
             out.push(self.next_record());
         }
         Polled::Records
+    }
+
+    fn log_frontier(&self) -> Millis {
+        self.log_time
     }
 }
 

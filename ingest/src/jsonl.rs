@@ -1,11 +1,16 @@
 //! The JSON-lines source: one contract event per line, from a file or standard input. A reader
 //! thread fills a bounded channel, so a slow pipeline slows the reader instead of filling memory.
+//!
+//! A file is a log of one partition: a record's position is its line number, its log time the
+//! latest `ts` of the lines so far. A restart from a checkpoint skips the lines it covers.
 
 use crate::{Polled, Position, RawRecord, Source};
 use crossbeam_channel::{bounded, Receiver, TryRecvError};
+use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
-use stockflow_types::event::MAX_RECORD_BYTES;
+use stockflow_types::event::{peek_ts, MAX_RECORD_BYTES};
+use stockflow_types::resume::Resume;
 use stockflow_types::Millis;
 use thiserror::Error;
 
@@ -21,11 +26,18 @@ pub struct OpenError {
 /// Reads JSON lines on a background thread.
 pub struct JsonLinesSource {
     rx: Receiver<RawRecord>,
+    name: String,
+    /// The last line read and its log time.
+    last: (i64, Millis),
+    /// (admission time, line, log time) of what was polled, oldest first.
+    admitted: VecDeque<(Millis, i64, Millis)>,
+    /// The position after the last entry taken off `admitted`.
+    base: (i64, Millis),
 }
 
 impl JsonLinesSource {
-    /// Opens `path` (`-` for standard input).
-    pub fn open(path: &Path) -> Result<Self, OpenError> {
+    /// Opens `path` (`-` for standard input), skipping the lines a checkpoint covers.
+    pub fn open(path: &Path, resume: &[Resume]) -> Result<Self, OpenError> {
         let name = path.display().to_string();
         let reader: Box<dyn Read + Send> = if name == "-" {
             Box::new(std::io::stdin())
@@ -35,18 +47,22 @@ impl JsonLinesSource {
                 source,
             })?)
         };
-        Ok(Self::from_reader(
-            if name == "-" { "stdin".into() } else { name },
-            reader,
-        ))
+        let name = if name == "-" { "stdin".into() } else { name };
+        let from = stockflow_types::resume::find(resume, &name, 0)
+            .map_or((0, 0), |r| (r.next - 1, r.log_time));
+        Ok(Self::from_reader(name, reader, from))
     }
 
-    /// Reads lines from any reader; `name` goes into record positions.
-    pub fn from_reader(name: String, reader: Box<dyn Read + Send>) -> Self {
+    /// Reads lines from any reader; `name` goes into record positions. Lines up to
+    /// `from.0` are skipped; `from.1` is the log time so far.
+    pub fn from_reader(name: String, reader: Box<dyn Read + Send>, from: (i64, Millis)) -> Self {
         let (tx, rx) = bounded(8192);
+        let thread_name = name.clone();
+        let (skip, mut log_time) = from;
         std::thread::Builder::new()
             .name("jsonl-reader".into())
             .spawn(move || {
+                let name = thread_name;
                 let mut reader = BufReader::new(reader);
                 let mut line = Vec::new();
                 let mut number = 0i64;
@@ -68,10 +84,14 @@ impl JsonLinesSource {
                             while line.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
                                 line.pop();
                             }
-                            if line.iter().all(u8::is_ascii_whitespace) {
-                                continue; // blank lines are not records
+                            if number <= skip || line.iter().all(u8::is_ascii_whitespace) {
+                                continue; // covered by the checkpoint, or blank: not a record
                             }
-                            let rec = RawRecord::new(None, line.clone(), Position::new(name.clone(), 0, number));
+                            if let Some(ts) = peek_ts(&line) {
+                                log_time = log_time.max(ts);
+                            }
+                            let mut rec = RawRecord::new(None, line.clone(), Position::new(name.clone(), 0, number));
+                            rec.log_time = log_time;
                             if tx.send(rec).is_err() {
                                 break;
                             }
@@ -85,7 +105,13 @@ impl JsonLinesSource {
                 tracing::info!(file = %name, lines = number, "input file fully read");
             })
             .expect("spawning a thread");
-        JsonLinesSource { rx }
+        JsonLinesSource {
+            rx,
+            name,
+            last: (from.0, from.1),
+            admitted: VecDeque::new(),
+            base: (from.0, from.1),
+        }
     }
 }
 
@@ -110,11 +136,18 @@ fn skip_line(reader: &mut impl BufRead) -> std::io::Result<()> {
 }
 
 impl Source for JsonLinesSource {
-    fn poll(&mut self, _t: Millis, max: usize, out: &mut Vec<RawRecord>) -> Polled {
+    fn poll(&mut self, t: Millis, max: usize, out: &mut Vec<RawRecord>) -> Polled {
         let start = out.len();
         while out.len() - start < max {
             match self.rx.try_recv() {
-                Ok(rec) => out.push(rec),
+                Ok(rec) => {
+                    self.last = (rec.position.offset, rec.log_time);
+                    match self.admitted.back_mut() {
+                        Some(a) if a.0 == t => (a.1, a.2) = self.last,
+                        _ => self.admitted.push_back((t, self.last.0, self.last.1)),
+                    }
+                    out.push(rec);
+                }
                 Err(TryRecvError::Empty) => break,
                 Err(TryRecvError::Disconnected) if out.len() == start => return Polled::Done,
                 Err(TryRecvError::Disconnected) => break,
@@ -124,6 +157,32 @@ impl Source for JsonLinesSource {
             Polled::Records
         } else {
             Polled::Idle
+        }
+    }
+
+    fn log_frontier(&self) -> Millis {
+        self.last.1
+    }
+
+    fn positions_at(&self, t: Millis) -> Vec<Resume> {
+        let (line, log_time) = self
+            .admitted
+            .iter()
+            .take_while(|a| a.0 <= t)
+            .last()
+            .map_or(self.base, |a| (a.1, a.2));
+        vec![Resume {
+            source: self.name.clone(),
+            partition: 0,
+            next: line + 1,
+            log_time,
+        }]
+    }
+
+    fn durable(&mut self, t: Millis) {
+        while self.admitted.front().is_some_and(|a| a.0 < t) {
+            let a = self.admitted.pop_front().expect("checked");
+            self.base = (a.1, a.2);
         }
     }
 }
@@ -152,6 +211,7 @@ mod tests {
         let mut src = JsonLinesSource::from_reader(
             "t".into(),
             Box::new(std::io::Cursor::new(text.as_bytes().to_vec())),
+            (0, 0),
         );
         let out = read_all(&mut src);
         let lines: Vec<(i64, &[u8])> = out
@@ -165,11 +225,39 @@ mod tests {
     }
 
     #[test]
+    fn resumes_after_the_lines_a_checkpoint_covers_with_their_log_time() {
+        let text = "{\"ts\":5}\n{\"ts\":3}\n{\"ts\":9}\n";
+        let open = |from| {
+            JsonLinesSource::from_reader(
+                "t".into(),
+                Box::new(std::io::Cursor::new(text.as_bytes().to_vec())),
+                from,
+            )
+        };
+        let all = read_all(&mut open((0, 0)));
+        let times: Vec<(i64, Millis)> = all
+            .iter()
+            .map(|r| (r.position.offset, r.log_time))
+            .collect();
+        assert_eq!(times, vec![(1, 5), (2, 5), (3, 9)], "the latest ts so far");
+        let mut src = open((0, 0));
+        let mut out = Vec::new();
+        while out.len() < 2 {
+            src.poll(10, 2 - out.len(), &mut out);
+        }
+        let at = src.positions_at(10);
+        assert_eq!((at[0].next, at[0].log_time), (3, 5));
+        let rest = read_all(&mut open((2, 5)));
+        assert_eq!(rest.len(), 1);
+        assert_eq!((rest[0].position.offset, rest[0].log_time), (3, 9));
+    }
+
+    #[test]
     fn an_endless_line_is_cut_and_the_next_one_read() {
         let mut text = vec![b'x'; 3 * MAX_RECORD_BYTES];
         text.extend_from_slice(b"\n{\"c\":3}\n");
         let mut src =
-            JsonLinesSource::from_reader("t".into(), Box::new(std::io::Cursor::new(text)));
+            JsonLinesSource::from_reader("t".into(), Box::new(std::io::Cursor::new(text)), (0, 0));
         let out = read_all(&mut src);
         assert_eq!(out.len(), 2);
         assert_eq!(out[0].value.len(), MAX_RECORD_BYTES + 1);

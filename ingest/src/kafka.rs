@@ -9,10 +9,16 @@
 //! stores the offsets of the records admitted before it (`enable.auto.offset.store=false`,
 //! auto-commit of stored offsets, a final synchronous commit in [`Source::close`]).
 //!
-//! Every start reads the partitions from the beginning to rebuild the state (the pipeline keeps
-//! no checkpoint yet); the committed offsets tell which records an earlier run already sent to
-//! the dead-letter topic, so that replay does not send them twice. The end offsets as of the
-//! start tell when the worker has caught up ([`Source::caught_up`], `/readyz`).
+//! A start reads each partition from where the restored checkpoint left it ([`Resume`]), or
+//! from the beginning without one. If the broker has already deleted records the start needs
+//! (its log start offset is above the resume offset), opening fails with
+//! [`KafkaSourceError::Gap`] naming them, unless the configuration allows the gap. The
+//! committed offsets tell which records an earlier run already sent to the dead-letter topic,
+//! so that a replay does not send them twice. The end offsets as of the start tell when the
+//! worker has caught up ([`Source::caught_up`], `/readyz`).
+//!
+//! Log time: each record's timestamp (CreateTime or LogAppendTime), made monotonic per
+//! partition (a record without one, or older than its predecessor, takes its predecessor's).
 //!
 //! Lag per partition comes from librdkafka's statistics, every second: the gauge
 //! `stockflow_kafka_consumer_lag{topic,partition}` counts the records after the committed
@@ -32,6 +38,7 @@ use stockflow_sinks::kafka::client_config;
 use stockflow_types::config::KafkaConfig;
 use stockflow_types::event::Stream;
 use stockflow_types::progress::Progress;
+use stockflow_types::resume::{self, Resume};
 use stockflow_types::Millis;
 use thiserror::Error;
 
@@ -54,6 +61,37 @@ pub enum KafkaSourceError {
     /// A topic does not exist.
     #[error("topic {0:?} does not exist (create it, or set kafka.create_partitions)")]
     MissingTopic(String),
+    /// Records the start needs were deleted by the broker.
+    #[error(
+        "records {from}..{first} of {topic}/{partition} were deleted by the broker and no \
+         checkpoint holds their effects (the partition starts at offset {first}); restore them, \
+         or start with checkpoint.allow_gap = true to accept answers without them"
+    )]
+    Gap {
+        /// The topic.
+        topic: String,
+        /// The partition.
+        partition: i32,
+        /// The first offset needed.
+        from: i64,
+        /// The partition's first offset on the broker.
+        first: i64,
+    },
+    /// The checkpoint resumes beyond the end of a partition.
+    #[error(
+        "the checkpoint resumes {topic}/{partition} at offset {from} but the partition ends at \
+         {end}: was the topic recreated? (move the checkpoint directory away to rebuild from the log)"
+    )]
+    BeyondEnd {
+        /// The topic.
+        topic: String,
+        /// The partition.
+        partition: i32,
+        /// The resume offset.
+        from: i64,
+        /// The partition's end offset.
+        end: i64,
+    },
 }
 
 fn kafka(what: impl Into<String>) -> impl FnOnce(KafkaError) -> KafkaSourceError {
@@ -113,8 +151,12 @@ struct Part {
     committed_at_start: i64,
     /// The next offset to read.
     next: i64,
-    /// (admission time, next offset after the records admitted at it), oldest first.
-    admitted: VecDeque<(Millis, i64)>,
+    /// The log time of the last record read (or of the record before the resume offset).
+    log_time: Millis,
+    /// (admission time, next offset, log time) after the records admitted at it, oldest first.
+    admitted: VecDeque<(Millis, i64, Millis)>,
+    /// The position after the last entry taken off `admitted` (or the start position).
+    base: (i64, Millis),
     /// The latest offset stored for commit.
     stored: Option<i64>,
 }
@@ -129,12 +171,16 @@ pub struct KafkaSource {
 }
 
 impl KafkaSource {
-    /// Opens worker `worker`'s share (of `workers` in the cluster), reading from the beginning.
+    /// Opens worker `worker`'s share (of `workers` in the cluster), reading each partition from
+    /// its position in `resume` (from the beginning if it has none); with `allow_gap`, from the
+    /// broker's first offset when records it would need are gone.
     pub fn open(
         k: &KafkaConfig,
         worker: usize,
         workers: usize,
         progress: Arc<Progress>,
+        resume: &[Resume],
+        allow_gap: bool,
     ) -> Result<Self, KafkaSourceError> {
         let mut config = client_config(k);
         if !k.options.contains_key("fetch.wait.max.ms") {
@@ -177,21 +223,45 @@ impl KafkaSource {
                 if partition as usize % workers != worker {
                     continue;
                 }
-                let (_, end) = consumer
+                let (first, end) = consumer
                     .fetch_watermarks(topic, partition, START_TIMEOUT)
-                    .map_err(kafka(format!(
-                        "reading the end offset of {topic}/{partition}"
-                    )))?;
+                    .map_err(kafka(format!("reading the offsets of {topic}/{partition}")))?;
+                let (mut from, log_time) =
+                    resume::find(resume, topic, partition).map_or((0, 0), |r| (r.next, r.log_time));
+                if from > end {
+                    return Err(KafkaSourceError::BeyondEnd {
+                        topic: topic.clone(),
+                        partition,
+                        from,
+                        end,
+                    });
+                }
+                if from < first {
+                    if !allow_gap {
+                        return Err(KafkaSourceError::Gap {
+                            topic: topic.clone(),
+                            partition,
+                            from,
+                            first,
+                        });
+                    }
+                    tracing::warn!(%topic, partition, from, first, "records deleted by the broker are missing from the state (checkpoint.allow_gap)");
+                    metrics::counter!("stockflow_kafka_gap_records_total")
+                        .increment((first - from) as u64);
+                    from = first;
+                }
                 assignment
-                    .add_partition_offset(topic, partition, Offset::Beginning)
+                    .add_partition_offset(topic, partition, Offset::Offset(from))
                     .map_err(kafka("assigning partitions"))?;
                 parts.push(Part {
                     topic: ti,
                     partition,
                     end_at_start: end,
                     committed_at_start: 0,
-                    next: 0,
+                    next: from,
+                    log_time,
                     admitted: VecDeque::new(),
+                    base: (from, log_time),
                     stored: None,
                 });
             }
@@ -220,12 +290,13 @@ impl KafkaSource {
             .enumerate()
             .map(|(i, p)| ((p.topic, p.partition), i))
             .collect();
-        let caught_up = parts.iter().all(|p| p.end_at_start <= 0);
+        let caught_up = parts.iter().all(|p| p.end_at_start <= p.next);
         tracing::info!(
             worker,
             partitions = parts.len(),
-            backlog = parts.iter().map(|p| p.end_at_start).sum::<i64>(),
-            "Kafka source assigned; reading from the beginning"
+            backlog = parts.iter().map(|p| p.end_at_start - p.next).sum::<i64>(),
+            resumed = !resume.is_empty(),
+            "Kafka source assigned"
         );
         Ok(KafkaSource {
             consumer,
@@ -259,9 +330,12 @@ impl Source for KafkaSource {
             let part = &mut self.parts[i];
             let offset = m.offset();
             part.next = offset + 1;
+            if let Some(ts) = m.timestamp().to_millis().filter(|ts| *ts >= 0) {
+                part.log_time = part.log_time.max(ts as Millis);
+            }
             match part.admitted.back_mut() {
-                Some(last) if last.0 == t => last.1 = part.next,
-                _ => part.admitted.push_back((t, part.next)),
+                Some(last) if last.0 == t => (last.1, last.2) = (part.next, part.log_time),
+                _ => part.admitted.push_back((t, part.next, part.log_time)),
             }
             out.push(RawRecord {
                 key: m.key().map(<[u8]>::to_vec),
@@ -269,6 +343,7 @@ impl Source for KafkaSource {
                 position: Position::new(m.topic(), m.partition(), offset),
                 stream: Some(self.topics[ti].1),
                 dead_lettered: offset < part.committed_at_start,
+                log_time: part.log_time,
             });
             n += 1;
         }
@@ -286,12 +361,42 @@ impl Source for KafkaSource {
         self.caught_up
     }
 
+    fn log_frontier(&self) -> Millis {
+        self.parts
+            .iter()
+            .map(|p| p.log_time)
+            .min()
+            .unwrap_or(Millis::MAX)
+    }
+
+    fn positions_at(&self, t: Millis) -> Vec<Resume> {
+        self.parts
+            .iter()
+            .map(|p| {
+                let (next, log_time) = p
+                    .admitted
+                    .iter()
+                    .take_while(|a| a.0 <= t)
+                    .last()
+                    .map_or(p.base, |a| (a.1, a.2));
+                Resume {
+                    source: self.topics[p.topic].0.clone(),
+                    partition: p.partition,
+                    next,
+                    log_time,
+                }
+            })
+            .collect()
+    }
+
     fn durable(&mut self, t: Millis) {
         let mut tpl = TopicPartitionList::new();
         for part in &mut self.parts {
             let mut next = None;
             while part.admitted.front().is_some_and(|a| a.0 < t) {
-                next = part.admitted.pop_front().map(|a| a.1);
+                let a = part.admitted.pop_front().expect("checked");
+                part.base = (a.1, a.2);
+                next = Some(a.1);
             }
             if let Some(next) = next {
                 let topic = &self.topics[part.topic].0;

@@ -1,16 +1,23 @@
 //! Sources of stockflow and the ingest loop: where a message becomes a dataflow update.
 //!
-//! Every source yields [`RawRecord`]s (key, bytes, position). [`admit`] decodes and validates
-//! one against the contract at the pipeline time it would enter; a valid event goes into the
-//! dataflow, a rejected one to the dead-letter output with its reason. [`run_worker`] is the
-//! loop each timely worker runs: poll its sources, admit, advance the input to the pipeline
-//! clock, step the dataflow. The sources: the workload [`generator`], JSON lines ([`jsonl`]) and
-//! Kafka ([`kafka`]), where a Kafka message becomes a [`RawRecord`].
+//! Every source yields [`RawRecord`]s (key, bytes, position, log time). [`admit`] decodes and
+//! validates one against the contract; a valid event goes into the dataflow with its log time,
+//! a rejected one to the dead-letter output with its reason. [`run_worker`] is the loop each
+//! timely worker runs: poll its sources, admit, tell the dataflow its log frontier, advance the
+//! input to the pipeline clock, step the dataflow, hand checkpoint parts to the writer. The
+//! sources: the workload [`generator`], JSON lines ([`jsonl`]) and Kafka ([`kafka`]), where a
+//! Kafka message becomes a [`RawRecord`].
+//!
+//! **Log time** is a time read from the log itself, so that every replica and every restart
+//! sees the same one: a Kafka record's timestamp, made monotonic per partition; for a file, the
+//! latest `ts` so far; for the generator, its clock when it made the record.
 //!
 //! ```
 //! use stockflow_ingest::{admit, RawRecord, Position};
-//! let rec = RawRecord::new(None, br#"{"event_id":"e","type":"sold","sku":"A","ts":5,"location":"L","qty":1}"#.to_vec(), Position::new("doc", 0, 0));
-//! assert!(admit(&rec, 10, 1000).is_ok());
+//! use stockflow_dataflow::views::Registry;
+//! let mut rec = RawRecord::new(None, br#"{"event_id":"e","type":"sold","sku":"A","ts":5,"location":"L","qty":1}"#.to_vec(), Position::new("doc", 0, 0));
+//! rec.log_time = 10;
+//! assert_eq!(admit(&rec, 1000, &Registry::default()).unwrap().log_time, 10);
 //! ```
 
 pub mod generator;
@@ -20,9 +27,10 @@ mod worker;
 
 pub use worker::{run_worker, WorkerIo, WorkerOptions};
 
-use stockflow_types::event::{
-    decode, decode_from, Event, EventKind, RejectReason, Rejection, Stream,
-};
+use stockflow_dataflow::views::Registry;
+use stockflow_dataflow::Record;
+use stockflow_types::event::{decode, decode_from, EventKind, RejectReason, Rejection, Stream};
+use stockflow_types::resume::Resume;
 use stockflow_types::Millis;
 
 /// Where a record came from: enough to find it again.
@@ -62,6 +70,8 @@ pub struct RawRecord {
     /// An earlier run of the pipeline already sent it to the dead-letter output, should it be
     /// rejected (it is being replayed from before the committed offset).
     pub dead_lettered: bool,
+    /// Its log time (see the crate documentation).
+    pub log_time: Millis,
 }
 
 impl RawRecord {
@@ -73,6 +83,7 @@ impl RawRecord {
             position,
             stream: None,
             dead_lettered: false,
+            log_time: 0,
         }
     }
 }
@@ -98,6 +109,17 @@ pub trait Source: Send {
         true
     }
 
+    /// The least log time this source may still deliver (the least, over its partitions, of
+    /// the last log time delivered); `Millis::MAX` if it has no partition.
+    fn log_frontier(&self) -> Millis;
+
+    /// Where each of its partitions would resume after everything polled at times at or
+    /// before `t` (asked before [`Source::durable`] passes `t`). Empty for a source that cannot
+    /// be read again from a position.
+    fn positions_at(&self, _t: Millis) -> Vec<Resume> {
+        Vec::new()
+    }
+
     /// Everything that records polled at times before `t` produced is durable: their
     /// positions may be acknowledged (stored Kafka offsets).
     fn durable(&mut self, _t: Millis) {}
@@ -106,19 +128,38 @@ pub trait Source: Send {
     fn close(&mut self) {}
 }
 
-/// Decodes and validates a record for admission at pipeline time `t`. A `counted` event older
-/// than `retention` at `t` is rejected: the pipeline no longer keeps the movement detail needed
-/// to apply it exactly (see docs/architecture.md).
-pub fn admit(rec: &RawRecord, t: Millis, retention: u64) -> Result<Event, Rejection> {
+/// Decodes and validates a record. A `counted` event whose `ts` is more than `retention` before
+/// the record's log time is rejected: the pipeline no longer keeps the movement detail needed
+/// to apply it exactly. A reservation event whose `reservation_id` belongs to another SKU is
+/// rejected; otherwise the id is bound to its SKU in `registry` (see docs/architecture.md).
+pub fn admit(rec: &RawRecord, retention: u64, registry: &Registry) -> Result<Record, Rejection> {
     let ev = match rec.stream {
         Some(stream) => decode_from(&rec.value, stream)?,
         None => decode(&rec.value)?,
     };
-    if matches!(ev.kind, EventKind::Counted { .. }) && ev.ts.saturating_add(retention) < t {
+    let lt = rec.log_time;
+    if matches!(ev.kind, EventKind::Counted { .. }) && ev.ts.saturating_add(retention) < lt {
         return Err(Rejection::new(
             RejectReason::CountTooOld,
-            format!("`counted` at ts {} is older than the retention horizon ({} ms before pipeline time {t})", ev.ts, retention),
+            format!(
+                "`counted` at ts {} is more than the retention ({retention} ms) before its log time {lt}",
+                ev.ts
+            ),
         ));
     }
-    Ok(ev)
+    if let Some(id) = ev.kind.reservation_id() {
+        if let Err(owner) = registry.bind(id, &ev.sku) {
+            return Err(Rejection::new(
+                RejectReason::ReservationSkuMismatch,
+                format!(
+                    "`reservation_id` {id:?} belongs to SKU {owner:?}, not {:?}",
+                    ev.sku
+                ),
+            ));
+        }
+    }
+    Ok(Record {
+        log_time: lt,
+        event: ev,
+    })
 }

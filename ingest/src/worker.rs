@@ -1,15 +1,19 @@
 //! The loop every timely worker runs (differential's input idiom: send at the input's time,
-//! advance to the clock, step until the probe catches up).
+//! advance to the clock, step until the probe catches up), with the log frontier announced to
+//! the dataflow and the checkpoint parts handed to the writer.
 
 use crate::{admit, Polled, RawRecord, Source};
-use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use stockflow_dataflow::clock::{tick_floor, Clock};
+use stockflow_dataflow::views::Registry;
 use stockflow_dataflow::Engine;
+use stockflow_sinks::checkpoint::{PartSender, WorkerPart};
 use stockflow_sinks::dead_letter::{DeadLetter, DeadLetters};
 use stockflow_types::event::{RejectReason, Stream};
-use stockflow_types::progress::Progress;
+use stockflow_types::progress::{Progress, NOT_YET};
+use stockflow_types::resume::Resume;
 use stockflow_types::Millis;
 use timely::worker::Worker;
 
@@ -32,6 +36,10 @@ pub struct WorkerOptions {
     pub durable_every: Duration,
     /// At shutdown, how long to wait for what was read to become durable.
     pub drain_timeout: Duration,
+    /// How often worker 0 asks for a checkpoint (when there is a writer).
+    pub checkpoint_every: Duration,
+    /// The configured windows' names, for the late-event metric.
+    pub window_names: Vec<String>,
 }
 
 impl WorkerOptions {
@@ -46,6 +54,8 @@ impl WorkerOptions {
             park: Duration::from_millis(1),
             durable_every: Duration::from_millis(50),
             drain_timeout: Duration::from_secs(10),
+            checkpoint_every: Duration::from_secs(30),
+            window_names: Vec::new(),
         }
     }
 }
@@ -54,32 +64,52 @@ impl WorkerOptions {
 pub struct WorkerIo<'a> {
     /// Where rejected records go.
     pub dead_letters: &'a dyn DeadLetters,
-    /// Shared progress: caught-up times, sink durability and fill.
+    /// Shared progress: caught-up times, durability, sink fill.
     pub progress: &'a Progress,
+    /// Which SKU each reservation id belongs to (checked at admission).
+    pub registry: &'a Registry,
+    /// Where checkpoint parts go, if checkpoints are on.
+    pub checkpoints: Option<&'a PartSender>,
+    /// The time of the checkpoint worker 0 asked for at shutdown (`NOT_YET` before).
+    pub final_checkpoint: &'a AtomicU64,
     /// Set when the process stops.
     pub shutdown: &'a AtomicBool,
 }
 
-/// Runs until `io.shutdown` is set: polls `sources`, admits their records at the pipeline
-/// clock's time, sends rejections to the dead letters, steps the dataflow, and tells the sources
-/// which of their records are durable. At shutdown, waits (up to `drain_timeout`) until what was
-/// read is durable, then closes the sources (a final offset commit).
+/// A source and whether it has ended (an ended source still has a log frontier and positions).
+struct Input {
+    source: Box<dyn Source>,
+    done: bool,
+}
+
+/// Runs until `io.shutdown` is set: polls `sources`, admits their records, sends rejections to
+/// the dead letters, announces the log frontier, steps the dataflow, tells the sources which of
+/// their records are durable, and hands checkpoint parts to the writer. At shutdown, worker 0
+/// asks for a last checkpoint; every worker waits (up to `drain_timeout`) until what it read is
+/// durable and its part is handed over, then closes its sources (a final offset commit).
 pub fn run_worker(
     worker: &mut Worker,
     engine: &mut Engine,
-    mut sources: Vec<Box<dyn Source>>,
+    sources: Vec<Box<dyn Source>>,
     clock: &dyn Clock,
     io: &WorkerIo<'_>,
     opts: &WorkerOptions,
 ) {
+    let mut inputs: Vec<Input> = sources
+        .into_iter()
+        .map(|source| Input {
+            source,
+            done: false,
+        })
+        .collect();
     let mut batch: Vec<RawRecord> = Vec::with_capacity(opts.max_batch);
-    let mut reported_duplicates = 0;
-    let mut ingested = [0u64; 2];
-    let mut rejected = [0u64; RejectReason::ALL.len()];
-    let mut had_sources = !sources.is_empty();
+    let mut counters = Counters::new(&opts.window_names);
+    let mut had_sources = !inputs.is_empty();
     let mut caught_up = false;
     let mut durability = Durability::default();
     let mut next_durable = Instant::now();
+    let mut next_checkpoint = Instant::now() + opts.checkpoint_every;
+    let mut parts = Parts::default();
     while !io.shutdown.load(Ordering::Relaxed) {
         engine.advance_to(tick_floor(clock.now_ms(), opts.tick_ms));
         let t = engine.time();
@@ -97,105 +127,171 @@ pub fn run_worker(
             // the sink sees a record's changes only after its time completes, and by then the
             // loop may have read many more. Take no more than there is room for.
             let max = opts.max_batch.min(room);
-            sources.retain_mut(|s| match s.poll(t, max, &mut batch) {
-                Polled::Records => {
-                    busy = true;
-                    true
+            for input in inputs.iter_mut().filter(|i| !i.done) {
+                match input.source.poll(t, max, &mut batch) {
+                    Polled::Records => busy = true,
+                    Polled::Idle => {}
+                    Polled::Done => input.done = true,
                 }
-                Polled::Idle => true,
-                Polled::Done => false,
-            });
+            }
             if io.progress.has_sink() {
                 durability.admitted(t, batch.len());
             }
-
             for rec in batch.drain(..) {
-                match admit(&rec, t, opts.retention_ms) {
-                    Ok(ev) => {
-                        ingested[usize::from(ev.kind.stream() == Stream::Orders)] += 1;
-                        engine.send(ev);
-                    }
-                    Err(rej) => {
-                        let i = RejectReason::ALL
-                            .iter()
-                            .position(|r| *r == rej.reason)
-                            .expect("listed");
-                        rejected[i] += 1;
-                        if rec.dead_lettered {
-                            continue; // an earlier run sent it, durably
-                        }
-                        io.dead_letters.send(DeadLetter {
-                            reason: rej.reason.code(),
-                            detail: rej.detail,
-                            source: rec.position.source,
-                            partition: rec.position.partition,
-                            offset: rec.position.offset,
-                            key: rec.key,
-                            value: rec.value,
-                        });
-                    }
-                }
+                admit_one(engine, rec, io, opts, &mut counters);
             }
         }
-        if !caught_up && sources.iter().all(|s| s.caught_up()) {
+        engine.advance_log(log_frontier(&inputs));
+        if !caught_up && inputs.iter().all(|i| i.source.caught_up()) {
             // Everything the sources held at start is admitted at or before `t`.
             io.progress.set_caught_up(worker.index(), t);
             caught_up = true;
         }
-        if had_sources && sources.is_empty() {
+        if had_sources && inputs.iter().all(|i| i.done) {
             tracing::info!(
                 worker = worker.index(),
                 "all sources of this worker are exhausted; still serving"
             );
             had_sources = false;
         }
+        if io.checkpoints.is_some() && worker.index() == 0 && Instant::now() >= next_checkpoint {
+            if !engine.writing_checkpoint() {
+                engine.request_checkpoint();
+            }
+            next_checkpoint = Instant::now() + opts.checkpoint_every;
+        }
         if Instant::now() >= next_durable {
-            durability.hand_over(t, engine, io, &mut sources);
+            durability.hand_over(t, engine, io, worker.index(), &mut inputs);
             next_durable = Instant::now() + opts.durable_every;
         }
-        report(&mut ingested, &mut rejected);
-        let duplicates = engine.stats().duplicates;
-        if duplicates > reported_duplicates {
-            metrics::counter!("stockflow_events_duplicate_total")
-                .increment(duplicates - reported_duplicates);
-            reported_duplicates = duplicates;
-        }
-        if busy {
+        counters.report(engine);
+        if busy || engine.writing_checkpoint() {
             worker.step();
         } else {
             worker.step_or_park(Some(opts.park));
         }
+        parts.collect(engine, &inputs, worker.index(), io);
+    }
+    if io.checkpoints.is_some() && worker.index() == 0 {
+        let at = engine.request_checkpoint();
+        io.final_checkpoint.store(at, Ordering::Release);
     }
     drain(
         worker,
         engine,
-        &mut sources,
+        &mut inputs,
         clock,
         io,
         opts,
         &mut durability,
+        &mut parts,
     );
-    for s in &mut sources {
-        s.close();
+    for input in &mut inputs {
+        input.source.close();
     }
 }
 
-/// Lets what was admitted become durable, for at most `drain_timeout`.
+fn log_frontier(inputs: &[Input]) -> Millis {
+    inputs
+        .iter()
+        .map(|i| i.source.log_frontier())
+        .min()
+        .unwrap_or(Millis::MAX)
+}
+
+fn admit_one(
+    engine: &mut Engine,
+    rec: RawRecord,
+    io: &WorkerIo<'_>,
+    opts: &WorkerOptions,
+    counters: &mut Counters,
+) {
+    match admit(&rec, opts.retention_ms, io.registry) {
+        Ok(record) => {
+            counters.ingested[usize::from(record.event.kind.stream() == Stream::Orders)] += 1;
+            engine.send(record);
+        }
+        Err(rej) => {
+            let i = RejectReason::ALL
+                .iter()
+                .position(|r| *r == rej.reason)
+                .expect("listed");
+            counters.rejected[i] += 1;
+            if rec.dead_lettered {
+                return; // an earlier run sent it, durably
+            }
+            io.dead_letters.send(DeadLetter {
+                reason: rej.reason.code(),
+                detail: rej.detail,
+                source: rec.position.source,
+                partition: rec.position.partition,
+                offset: rec.position.offset,
+                key: rec.key,
+                value: rec.value,
+            });
+        }
+    }
+}
+
+/// Checkpoint parts on their way from the ledger to the writer.
+#[derive(Default)]
+struct Parts {
+    /// Where the sources stood at each checkpoint begun.
+    positions: BTreeMap<Millis, Vec<Resume>>,
+    /// The latest checkpoint whose part was handed over.
+    sent: Option<Millis>,
+}
+
+impl Parts {
+    /// Right after a step: notes the sources' positions at every checkpoint the ledger began
+    /// (before durability lets the sources forget them), and hands over finished parts.
+    fn collect(&mut self, engine: &mut Engine, inputs: &[Input], worker: usize, io: &WorkerIo<'_>) {
+        for at in engine.take_begun() {
+            let positions = inputs
+                .iter()
+                .flat_map(|i| i.source.positions_at(at))
+                .collect();
+            self.positions.insert(at, positions);
+        }
+        while let Some(part) = engine.take_part() {
+            let positions = self.positions.remove(&part.at).unwrap_or_default();
+            self.positions = self.positions.split_off(&part.at);
+            if let Some(sender) = io.checkpoints {
+                sender.send(WorkerPart {
+                    at: part.at,
+                    worker,
+                    bytes: part.bytes,
+                    positions,
+                });
+            }
+            self.sent = Some(part.at);
+        }
+    }
+}
+
+/// Lets what was admitted become durable and the last checkpoint's part be handed over, for at
+/// most `drain_timeout`.
+#[allow(clippy::too_many_arguments)]
 fn drain(
     worker: &mut Worker,
     engine: &mut Engine,
-    sources: &mut [Box<dyn Source>],
+    inputs: &mut [Input],
     clock: &dyn Clock,
     io: &WorkerIo<'_>,
     opts: &WorkerOptions,
     durability: &mut Durability,
+    parts: &mut Parts,
 ) {
     let last = engine.time();
     let deadline = Instant::now() + opts.drain_timeout;
     loop {
         engine.advance_to(tick_floor(clock.now_ms(), opts.tick_ms));
-        let through = durability.hand_over(engine.time(), engine, io, sources);
-        if through > last {
+        let through = durability.hand_over(engine.time(), engine, io, worker.index(), inputs);
+        let checkpointed = io.checkpoints.is_none() || {
+            let at = io.final_checkpoint.load(Ordering::Acquire);
+            at != NOT_YET && parts.sent.is_some_and(|sent| sent >= at)
+        };
+        if through > last && checkpointed {
             return;
         }
         if Instant::now() >= deadline {
@@ -203,11 +299,13 @@ fn drain(
                 worker = worker.index(),
                 durable_through = through,
                 read_through = last,
-                "stopping before everything read was durable; the next start reads it again"
+                checkpointed,
+                "stopping before everything read was durable and checkpointed; the next start reads it again"
             );
             return;
         }
         worker.step_or_park(Some(opts.park));
+        parts.collect(engine, inputs, worker.index(), io);
     }
 }
 
@@ -235,13 +333,14 @@ impl Durability {
         self.outstanding += n;
     }
 
-    /// Hands the durable time to the sources and returns it.
+    /// Hands the durable time to the sources and to `progress`, and returns it.
     fn hand_over(
         &mut self,
         t: Millis,
         engine: &Engine,
         io: &WorkerIo<'_>,
-        sources: &mut [Box<dyn Source>],
+        worker: usize,
+        inputs: &mut [Input],
     ) -> Millis {
         self.marks.push_back((t, io.dead_letters.sent()));
         let settled = io.dead_letters.settled();
@@ -257,9 +356,10 @@ impl Durability {
         if io.progress.has_sink() {
             through = through.min(io.progress.sink_durable());
         }
-        for s in sources.iter_mut() {
-            s.durable(through);
+        for input in inputs.iter_mut() {
+            input.source.durable(through);
         }
+        io.progress.set_durable(worker, through);
         // Records stop weighing on memory once the sink has folded their changes into its
         // pending rows (bounded by the keys), written or not: a replay then proceeds while the
         // sink holds its writes, and an outage still stops reading (the sink folds nothing
@@ -276,22 +376,60 @@ impl Durability {
     }
 }
 
-fn report(ingested: &mut [u64; 2], rejected: &mut [u64]) {
-    for (stream, n) in [Stream::Inventory, Stream::Orders]
-        .into_iter()
-        .zip(ingested.iter_mut())
-    {
-        if *n > 0 {
-            metrics::counter!("stockflow_events_ingested_total", "stream" => stream.as_str())
-                .increment(*n);
-            *n = 0;
+/// Counts since the last report to the metrics.
+struct Counters {
+    ingested: [u64; 2],
+    rejected: [u64; RejectReason::ALL.len()],
+    duplicates: u64,
+    late: Vec<u64>,
+    names: Vec<String>,
+}
+
+impl Counters {
+    fn new(windows: &[String]) -> Self {
+        Counters {
+            ingested: [0; 2],
+            rejected: [0; RejectReason::ALL.len()],
+            duplicates: 0,
+            late: vec![0; windows.len()],
+            names: windows.to_vec(),
         }
     }
-    for (reason, n) in RejectReason::ALL.into_iter().zip(rejected.iter_mut()) {
-        if *n > 0 {
-            metrics::counter!("stockflow_events_rejected_total", "reason" => reason.code())
-                .increment(*n);
-            *n = 0;
+
+    fn report(&mut self, engine: &Engine) {
+        for (stream, n) in [Stream::Inventory, Stream::Orders]
+            .into_iter()
+            .zip(self.ingested.iter_mut())
+        {
+            if *n > 0 {
+                metrics::counter!("stockflow_events_ingested_total", "stream" => stream.as_str())
+                    .increment(*n);
+                *n = 0;
+            }
+        }
+        for (reason, n) in RejectReason::ALL.into_iter().zip(self.rejected.iter_mut()) {
+            if *n > 0 {
+                metrics::counter!("stockflow_events_rejected_total", "reason" => reason.code())
+                    .increment(*n);
+                *n = 0;
+            }
+        }
+        let stats = engine.stats();
+        if stats.duplicates > self.duplicates {
+            metrics::counter!("stockflow_events_duplicate_total")
+                .increment(stats.duplicates - self.duplicates);
+            self.duplicates = stats.duplicates;
+        }
+        for (i, n) in stats.late_window_events.iter().enumerate() {
+            let reported = self.late.get(i).copied().unwrap_or(0);
+            if *n > reported {
+                let window = self.names.get(i).cloned().unwrap_or_else(|| i.to_string());
+                metrics::counter!("stockflow_window_late_events_total", "window" => window)
+                    .increment(n - reported);
+                if let Some(l) = self.late.get_mut(i) {
+                    *l = *n;
+                }
+            }
         }
     }
 }

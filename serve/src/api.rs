@@ -5,7 +5,7 @@
 use crate::problem::Problem;
 use serde::Serialize;
 use std::collections::HashMap;
-use stockflow_dataflow::views::ViewStore;
+use stockflow_dataflow::views::{ReservationLookup, ViewStore};
 use stockflow_types::progress::{Progress, NOT_YET};
 use stockflow_types::timefmt::{format_rfc3339, parse_param};
 use utoipa::{OpenApi, ToSchema};
@@ -230,12 +230,23 @@ pub fn location_stock(
 /// One reservation.
 #[utoipa::path(get, path = "/v1/reservations/{reservation_id}",
     params(("reservation_id" = String, Path, description = "The reservation")),
-    responses((status = 200, body = ReservationResponse), (status = 404, description = "Never seen, or forgotten after the retention period", body = Problem, content_type = "application/problem+json")))]
+    responses((status = 200, body = ReservationResponse), (status = 404, description = "Never seen, or forgotten `pipeline.retention` (log time) after it ended; the detail says which", body = Problem, content_type = "application/problem+json")))]
 pub fn reservation(store: &ViewStore, id: &str) -> Result<ReservationResponse, Problem> {
     let g = store.as_of();
-    let r = store
-        .reservation(id)
-        .ok_or_else(|| never_seen(format!("reservation {id:?}")))?;
+    let r = match store.lookup_reservation(id) {
+        ReservationLookup::Found(r) => r,
+        ReservationLookup::Forgotten { ended, .. } => {
+            return Err(Problem::not_found(format!(
+                "reservation {id:?} ended at {} (log time) and was forgotten after the retention period (pipeline.retention)",
+                format_rfc3339(ended)
+            )))
+        }
+        ReservationLookup::Unknown => {
+            return Err(Problem::not_found(format!(
+                "reservation {id:?} has never been seen, or was forgotten long ago (more than twice pipeline.retention after it ended)"
+            )))
+        }
+    };
     Ok(ReservationResponse {
         reservation_id: id.into(),
         sku: r.row.sku.to_string(),
@@ -390,8 +401,9 @@ pub fn healthz(store: &ViewStore) -> Health {
 }
 
 /// Readiness: the servers the pipeline uses (Kafka, ClickHouse) answered at the latest
-/// contact, the pipeline has absorbed everything its sources held when it started (the Kafka
-/// end offsets as of the start), and it is no more than `max_lag_ms` behind the clock.
+/// contact, the latest checkpoint write (if checkpoints are on) succeeded, the pipeline has
+/// absorbed everything its sources held when it started (the Kafka end offsets as of the
+/// start), and it is no more than `max_lag_ms` behind the clock.
 #[utoipa::path(get, path = "/readyz",
     responses((status = 200, body = Health), (status = 503, body = Problem, content_type = "application/problem+json")))]
 pub fn readyz(
@@ -406,6 +418,11 @@ pub fn readyz(
     }
     if progress.clickhouse_ok() == Some(false) {
         return Err(Problem::unavailable("ClickHouse is not reachable"));
+    }
+    if let Some(problem) = progress.checkpoint_problem() {
+        return Err(Problem::unavailable(format!(
+            "writing checkpoints fails (a restart would replay more than it should): {problem}"
+        )));
     }
     if as_of == 0 {
         return Err(Problem::unavailable(

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use stockflow_dataflow::clock::ManualClock;
 use stockflow_dataflow::views::ViewStore;
-use stockflow_dataflow::{Engine, EngineConfig};
+use stockflow_dataflow::{Engine, EngineConfig, Record};
 use stockflow_serve::{routes, ServeState};
 use stockflow_types::event::decode;
 use stockflow_types::progress::Progress;
@@ -18,7 +18,7 @@ fn state() -> Arc<ServeState> {
     let store = Arc::new(ViewStore::new(1, cfg.windows.clone(), cfg.top_k));
     let s = Arc::clone(&store);
     timely::execute(timely::Config::thread(), move |worker| {
-        let mut engine = Engine::build(worker, Arc::clone(&cfg), Arc::clone(&s), |c| c);
+        let mut engine = Engine::build(worker, Arc::clone(&cfg), Arc::clone(&s), None, |c| c);
         engine.advance_to(T0);
         for line in [
             format!(r#"{{"event_id":"1","type":"received","sku":"A/1 x","ts":{T0},"location":"north","qty":9}}"#),
@@ -28,8 +28,13 @@ fn state() -> Arc<ServeState> {
             ),
             format!(r#"{{"event_id":"3","type":"sold","sku":"A/1 x","ts":{T0},"location":"south","qty":2}}"#),
         ] {
-            engine.send(decode(line.as_bytes()).unwrap());
+            let event = decode(line.as_bytes()).unwrap();
+            engine.send(Record {
+                log_time: T0,
+                event,
+            });
         }
+        engine.advance_log(T0);
         engine.advance_to(T0 + 10);
         while engine.pending(T0 + 10) {
             worker.step();
@@ -136,7 +141,12 @@ async fn answers_and_problems() {
         );
     }
     assert_eq!(get(&s, "/v1/analytics/sku/nobody").await.0, 404);
-    assert_eq!(get(&s, "/v1/reservations/nope").await.0, 404);
+    let (status, _, body) = get(&s, "/v1/reservations/nope").await;
+    assert_eq!(status, 404);
+    assert!(
+        body["detail"].as_str().unwrap().contains("never been seen"),
+        "{body}"
+    );
     assert_eq!(get(&s, "/v2/anything").await.0, 404);
     let r = warp::test::request()
         .method("POST")
@@ -173,4 +183,15 @@ async fn answers_and_problems() {
     let (status, _, body) = get(&unready(down), "/readyz").await;
     assert_eq!(status, 503);
     assert!(body["detail"].as_str().unwrap().contains("Kafka"), "{body}");
+    // Nor while checkpoints cannot be written (lookups keep answering).
+    let failing = caught_up_at(T0);
+    failing.set_checkpoint_problem(Some("No space left on device".into()));
+    let failing = unready(failing);
+    let (status, _, body) = get(&failing, "/readyz").await;
+    assert_eq!(status, 503);
+    assert!(
+        body["detail"].as_str().unwrap().contains("No space left"),
+        "{body}"
+    );
+    assert_eq!(get(&failing, "/v1/stock/A%2F1%20x").await.0, 200);
 }

@@ -1,5 +1,6 @@
 //! Outputs of stockflow other than HTTP: where a dataflow diff becomes a ClickHouse row
-//! ([`clickhouse`]), and the dead-letter outputs where every rejected input lands with its
+//! ([`clickhouse`]), where the pipeline's state becomes a checkpoint file and comes back at
+//! the next start ([`checkpoint`]), and the dead-letter outputs where every rejected input lands with its
 //! reason, its original key and bytes and its source position (a file, [`dead_letter`], or a
 //! Kafka topic, [`kafka`]). [`kafka::client_config`] builds every rdkafka client of stockflow.
 //!
@@ -14,6 +15,7 @@
 //! assert!(std::fs::read_to_string(&path).unwrap().contains("\"offset\":7"));
 //! ```
 
+pub mod checkpoint;
 pub mod clickhouse;
 pub mod dead_letter;
 pub mod kafka;

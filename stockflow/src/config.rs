@@ -100,6 +100,7 @@ mod tests {
         let mut same = kafka;
         same.source = Settings::default().source;
         same.clickhouse.enabled = false;
+        same.checkpoint.enabled = false;
         assert_eq!(
             same,
             Settings::default(),

@@ -2,6 +2,7 @@
 
 mod config;
 mod produce;
+mod restore;
 mod run;
 
 use anyhow::Result;

@@ -37,7 +37,7 @@ pub fn produce(settings: &Settings, input: Option<&Path>) -> Result<()> {
     let clock = SystemClock;
     let started = clock.now_ms();
     let mut source: Box<dyn Source> = match input {
-        Some(path) => Box::new(JsonLinesSource::open(path)?),
+        Some(path) => Box::new(JsonLinesSource::open(path, &[])?),
         None => Box::new(Generator::new(
             &settings.generator,
             0,

@@ -3,22 +3,23 @@
 
 use anyhow::{Context, Result};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use stockflow_dataflow::clock::{Clock, SystemClock};
 use stockflow_dataflow::views::ViewStore;
-use stockflow_dataflow::{Engine, EngineConfig};
+use stockflow_dataflow::{Engine, EngineConfig, WorkerRestore};
 use stockflow_ingest::generator::{location_name, reservation_name, sku_name, Generator};
 use stockflow_ingest::jsonl::JsonLinesSource;
 use stockflow_ingest::kafka::{ensure_topics, KafkaSource};
 use stockflow_ingest::{run_worker, Source, WorkerIo, WorkerOptions};
 use stockflow_serve::ServeState;
+use stockflow_sinks::checkpoint::{CheckpointWriter, Resume};
 use stockflow_sinks::clickhouse::{self, ClickHouseSink};
 use stockflow_sinks::dead_letter::{DeadLetterFile, DeadLetters};
 use stockflow_sinks::kafka::KafkaDeadLetters;
 use stockflow_types::config::{Settings, SourceKind};
-use stockflow_types::progress::Progress;
+use stockflow_types::progress::{Progress, NOT_YET};
 
 /// Runs until SIGINT or SIGTERM.
 pub fn run(settings: Settings) -> Result<()> {
@@ -53,6 +54,23 @@ pub fn run(settings: Settings) -> Result<()> {
         .build()
         .context("starting the HTTP runtime")?;
 
+    // The newest valid checkpoint, routed to this run's workers.
+    let restored = if settings.checkpoint.enabled {
+        crate::restore::load(&settings, &cfg, workers)?
+    } else {
+        None
+    };
+    let resume: Vec<Resume> = restored
+        .as_ref()
+        .map(|r| r.positions.clone())
+        .unwrap_or_default();
+    let restored_at = restored.as_ref().map(|r| r.at);
+    let worker_restores: Arc<Mutex<Vec<Option<WorkerRestore>>>> =
+        Arc::new(Mutex::new(match restored {
+            Some(r) => r.workers.into_iter().map(Some).collect(),
+            None => (0..workers).map(|_| None).collect(),
+        }));
+
     // Rejected records go to the dead-letter topic with a Kafka source, else to a file.
     let (dead_letters, dead_letter_file): (Arc<dyn DeadLetters>, Option<DeadLetterFile>) = if kafka
     {
@@ -64,7 +82,9 @@ pub fn run(settings: Settings) -> Result<()> {
         let file = DeadLetterFile::create(&settings.dead_letter.path)?;
         (Arc::new(file.sender()), Some(file))
     };
-    let sources = Arc::new(Mutex::new(open_sources(&settings, &clock, &progress)?));
+    let sources = Arc::new(Mutex::new(open_sources(
+        &settings, &clock, &progress, &resume,
+    )?));
     let sink = settings.clickhouse.enabled.then(|| {
         ClickHouseSink::start(
             runtime.handle(),
@@ -73,9 +93,21 @@ pub fn run(settings: Settings) -> Result<()> {
             cfg.window_retention_ms,
             workers,
             Arc::clone(&progress),
+            restored_at,
         )
     });
+    let writer = settings.checkpoint.enabled.then(|| {
+        CheckpointWriter::start(
+            &settings.checkpoint,
+            workers,
+            crate::restore::fingerprint(&cfg),
+            Arc::clone(&progress),
+        )
+    });
+    let final_checkpoint = Arc::new(AtomicU64::new(NOT_YET));
     let mut opts = WorkerOptions::new(cfg.tick_ms, cfg.retention_ms);
+    opts.checkpoint_every = settings.checkpoint.interval;
+    opts.window_names = cfg.windows.iter().map(|w| w.name.clone()).collect();
     if settings.clickhouse.enabled {
         opts.max_sink_buffered = settings.clickhouse.buffer_rows;
         opts.drain_timeout = settings.clickhouse.flush_interval + Duration::from_secs(10);
@@ -86,40 +118,44 @@ pub fn run(settings: Settings) -> Result<()> {
     } else {
         timely::Config::thread()
     };
-    let guards = {
-        let (cfg, store, clock, shutdown, progress, dead_letters) = (
-            Arc::clone(&cfg),
-            Arc::clone(&store),
-            Arc::clone(&clock),
-            Arc::clone(&shutdown),
-            Arc::clone(&progress),
-            Arc::clone(&dead_letters),
-        );
-        let sink = sink.as_ref().map(ClickHouseSink::handle);
-        timely::execute(timely_config, move |worker| {
-            let local = worker.index() % workers;
-            let sink = sink.clone();
-            let mut engine =
-                Engine::build(
-                    worker,
-                    Arc::clone(&cfg),
-                    Arc::clone(&store),
-                    |c| match sink {
-                        Some(handle) => clickhouse::attach(c, handle, local),
-                        None => c,
-                    },
-                );
-            let mine = std::mem::take(&mut sources.lock().expect("not poisoned")[local]);
-            let io = WorkerIo {
-                dead_letters: dead_letters.as_ref(),
-                progress: &progress,
-                shutdown: &shutdown,
-            };
-            run_worker(worker, &mut engine, mine, clock.as_ref(), &io, &opts);
-            engine.shutdown(worker);
-        })
-        .map_err(|e| anyhow::anyhow!("starting timely workers: {e}"))?
-    };
+    let guards =
+        {
+            let (cfg, store, clock, shutdown, progress, dead_letters) = (
+                Arc::clone(&cfg),
+                Arc::clone(&store),
+                Arc::clone(&clock),
+                Arc::clone(&shutdown),
+                Arc::clone(&progress),
+                Arc::clone(&dead_letters),
+            );
+            let sink = sink.as_ref().map(ClickHouseSink::handle);
+            let parts = writer.as_ref().map(CheckpointWriter::sender);
+            let final_checkpoint = Arc::clone(&final_checkpoint);
+            timely::execute(timely_config, move |worker| {
+                let local = worker.index() % workers;
+                let sink = sink.clone();
+                let restore = worker_restores.lock().expect("not poisoned")[local].take();
+                let mut engine =
+                    Engine::build(worker, Arc::clone(&cfg), Arc::clone(&store), restore, |c| {
+                        match sink {
+                            Some(handle) => clickhouse::attach(c, handle, local),
+                            None => c,
+                        }
+                    });
+                let mine = std::mem::take(&mut sources.lock().expect("not poisoned")[local]);
+                let io = WorkerIo {
+                    dead_letters: dead_letters.as_ref(),
+                    progress: &progress,
+                    registry: store.registry(),
+                    checkpoints: parts.as_ref(),
+                    final_checkpoint: &final_checkpoint,
+                    shutdown: &shutdown,
+                };
+                run_worker(worker, &mut engine, mine, clock.as_ref(), &io, &opts);
+                engine.shutdown(worker);
+            })
+            .map_err(|e| anyhow::anyhow!("starting timely workers: {e}"))?
+        };
 
     let state = Arc::new(ServeState {
         store,
@@ -142,6 +178,9 @@ pub fn run(settings: Settings) -> Result<()> {
     tracing::info!("shutting down");
     shutdown.store(true, Ordering::Relaxed);
     drop(guards); // joins the workers, which wait for durability and commit their offsets
+    if let Some(writer) = writer {
+        writer.finish(Duration::from_secs(30));
+    }
     if let Some(sink) = sink {
         runtime.block_on(sink.finish(Duration::from_secs(10)));
     }
@@ -158,6 +197,7 @@ fn open_sources(
     settings: &Settings,
     clock: &Arc<dyn Clock>,
     progress: &Arc<Progress>,
+    resume: &[Resume],
 ) -> Result<Vec<Vec<Box<dyn Source>>>> {
     let workers = settings.pipeline.workers;
     let mut all: Vec<Vec<Box<dyn Source>>> = (0..workers).map(|_| Vec::new()).collect();
@@ -179,12 +219,19 @@ fn open_sources(
                 .input_file
                 .as_deref()
                 .expect("validated: file needs input_file");
-            all[0].push(Box::new(JsonLinesSource::open(path)?));
+            all[0].push(Box::new(JsonLinesSource::open(path, resume)?));
         }
         SourceKind::Kafka => {
             for (w, sources) in all.iter_mut().enumerate() {
-                let src = KafkaSource::open(&settings.kafka, w, workers, Arc::clone(progress))
-                    .with_context(|| format!("opening the Kafka source of worker {w}"))?;
+                let src = KafkaSource::open(
+                    &settings.kafka,
+                    w,
+                    workers,
+                    Arc::clone(progress),
+                    resume,
+                    settings.checkpoint.allow_gap,
+                )
+                .with_context(|| format!("opening the Kafka source of worker {w}"))?;
                 sources.push(Box::new(src));
             }
         }

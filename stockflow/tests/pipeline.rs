@@ -91,6 +91,12 @@ impl Names {
         if let Err(e) = clickhouse_exec(&format!("DROP DATABASE IF EXISTS {}", self.prefix)) {
             eprintln!("dropping the test database failed: {e}");
         }
+        let _ = std::fs::remove_dir_all(self.checkpoints());
+    }
+
+    /// The test's checkpoint directory.
+    fn checkpoints(&self) -> PathBuf {
+        std::env::temp_dir().join(format!("stockflow-{}", self.prefix))
     }
 
     fn sets(&self) -> Vec<String> {
@@ -106,6 +112,8 @@ impl Names {
             "clickhouse.flush_interval=200ms".into(),
             "pipeline.workers=2".into(),
             "http.listen=127.0.0.1:0".into(),
+            format!("checkpoint.dir={}", self.checkpoints().display()),
+            "checkpoint.interval=1s".into(),
         ]
     }
 }
@@ -132,7 +140,12 @@ impl Workload {
         let bytes = v.to_string().into_bytes();
         let ev = decode(&bytes).expect("valid event");
         self.records.push((orders, ev.sku.clone(), bytes));
-        self.admitted.push(Admitted { at: 0, ev });
+        self.admitted.push(Admitted {
+            at: 0,
+            part: 0,
+            lt: 0,
+            ev,
+        });
     }
 
     fn bad(&mut self, orders: bool, key: &str, bytes: Vec<u8>, reason: &'static str) {
@@ -192,7 +205,7 @@ impl Workload {
                     if let Some((orders, key, bytes)) = w.records.iter().filter(|r| !w.bad.contains_key(&r.2)).nth(rng.random_range(0..i.max(1))).cloned() {
                         let ev = decode(&bytes).expect("valid");
                         w.records.push((orders, key, bytes));
-                        w.admitted.push(Admitted { at: 0, ev });
+                        w.admitted.push(Admitted { at: 0, part: 0, lt: 0, ev });
                     }
                 }
                 _ => match rng.random_range(0..4) {
@@ -236,7 +249,7 @@ impl Workload {
             .duration_since(UNIX_EPOCH)
             .unwrap()
             .as_millis() as u64;
-        let mut v = reference(&self.admitted, now + 3_600_000, &cfg);
+        let mut v = reference(&self.admitted, now + 3_600_000, 1, &cfg);
         v.top.clear();
         v.windows.retain(|_, f| !f.is_zero());
         v

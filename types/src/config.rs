@@ -641,7 +641,9 @@ impl Settings {
                     "needs a source that can be read again from a position (kafka or file), not the generator",
                 ));
             }
-            if cp.interval.as_millis() < tick || cp.interval.subsec_nanos() % 1_000_000 != 0 {
+            if cp.interval.as_millis() < tick
+                || !cp.interval.subsec_nanos().is_multiple_of(1_000_000)
+            {
                 return Err(bad(
                     "checkpoint.interval",
                     "must be a whole number of milliseconds, at least pipeline.tick",

@@ -586,7 +586,10 @@ mod tests {
 
     #[test]
     fn peeks_the_business_time() {
-        assert_eq!(peek_ts(br#"{"ts":"1970-01-01T00:00:01Z","x":[1]}"#), Some(1000));
+        assert_eq!(
+            peek_ts(br#"{"ts":"1970-01-01T00:00:01Z","x":[1]}"#),
+            Some(1000)
+        );
         assert_eq!(peek_ts(br#"{"ts":5}"#), Some(5));
         assert_eq!(peek_ts(br#"{"ts":-5}"#), None);
         assert_eq!(peek_ts(b"{oops"), None);

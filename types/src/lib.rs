@@ -14,6 +14,7 @@
 pub mod config;
 pub mod event;
 pub mod progress;
+pub mod resume;
 pub mod rows;
 pub mod timefmt;
 

@@ -59,7 +59,10 @@ impl Progress {
 
     /// The outcome of the latest checkpoint write: `None` when it succeeded.
     pub fn set_checkpoint_problem(&self, problem: Option<String>) {
-        *self.checkpoint_problem.lock().unwrap_or_else(|e| e.into_inner()) = problem;
+        *self
+            .checkpoint_problem
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = problem;
     }
 
     /// Why the latest checkpoint write failed, if it did.

@@ -71,7 +71,7 @@ fn main() {
     {
         let share = workload(&gen, events, 0, 1, pace);
         let store = Arc::new(ViewStore::new(1, cfg.windows.clone(), cfg.top_k));
-        let mut state = stockflow_dataflow::ledger::LedgerState::new(Arc::clone(&cfg), store);
+        let mut state = stockflow_dataflow::ledger::LedgerState::new(Arc::clone(&cfg), store, 1);
         let mut out = Vec::new();
         let mut batch = Vec::with_capacity(pace.batch());
         let mut emitted = 0usize;
@@ -79,8 +79,17 @@ fn main() {
         let mut t = BASE_MS;
         let mut it = share.into_iter().peekable();
         while it.peek().is_some() {
-            batch.extend(it.by_ref().take(pace.batch()));
-            state.process(t, &mut batch, &mut out);
+            batch.extend(
+                it.by_ref()
+                    .take(pace.batch())
+                    .map(|event| stockflow_dataflow::Record {
+                        log_time: event.ts,
+                        event,
+                    }),
+            );
+            // Log time follows the business time of the generator.
+            let frontier = [stockflow_dataflow::Control::LogFrontier { worker: 0, at: t }];
+            state.process(t, &mut batch, &frontier, &mut out);
             emitted += out.len();
             out.clear();
             t += pace.tick;

@@ -68,7 +68,10 @@ impl Dedup {
         if !self.generations.contains_key(&g) {
             // A new generation starts at the size of the latest one: no doublings.
             let sized = match self.generations.last_key_value() {
-                Some((_, sets)) => sets.iter().map(|s| HashSet::with_capacity(s.len())).collect(),
+                Some((_, sets)) => sets
+                    .iter()
+                    .map(|s| HashSet::with_capacity(s.len()))
+                    .collect(),
                 None => (0..SHARDS).map(|_| HashSet::new()).collect(),
             };
             self.generations.insert(g, sized);
@@ -80,7 +83,10 @@ impl Dedup {
     /// The generations that no record at or after log time `frontier` can look at.
     pub fn expired(&self, frontier: Millis) -> Vec<u64> {
         let keep_from = self.generation(frontier).saturating_sub(1);
-        self.generations.range(..keep_from).map(|(g, _)| *g).collect()
+        self.generations
+            .range(..keep_from)
+            .map(|(g, _)| *g)
+            .collect()
     }
 
     pub fn drop_generation(&mut self, g: u64) {
@@ -114,7 +120,10 @@ mod tests {
         assert!(d.is_repeat(k, 149), "less than a window later");
         assert!(d.is_repeat(k, 199), "the next generation still remembers");
         assert!(!d.is_repeat(k, 200), "two generations later: applied again");
-        assert!(d.is_repeat(k, 10), "an earlier log time (another partition) still sees it");
+        assert!(
+            d.is_repeat(k, 10),
+            "an earlier log time (another partition) still sees it"
+        );
         assert!(d.expired(199).is_empty());
         assert_eq!(d.expired(200), vec![0]);
     }

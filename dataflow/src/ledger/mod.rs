@@ -61,6 +61,9 @@ pub struct LedgerIo {
     pub parts: Vec<Part>,
     /// A checkpoint is being written.
     pub writing: bool,
+    /// Times of the checkpoints begun since the worker last looked: their state is fixed, and
+    /// the worker notes where its sources stand at each before it lets them forget.
+    pub begun: Vec<Time>,
 }
 
 /// Builds the ledger on `events`, steered by `control`. `worker` is this worker's index in the
@@ -144,8 +147,7 @@ pub fn ledger<'s>(
                             (None, Some(b)) => b,
                             (None, None) => break,
                         };
-                        if events_frontier.less_equal(&next) || control_frontier.less_equal(&next)
-                        {
+                        if events_frontier.less_equal(&next) || control_frontier.less_equal(&next) {
                             break;
                         }
                         let (cap, mut records, controls) = match stash.remove(&next) {
@@ -166,9 +168,10 @@ pub fn ledger<'s>(
                                 .give_iterator(changes.drain(..).map(|(c, r)| (c, next, r)));
                         }
                         if checkpoint {
-                            if let Some(previous) = state.begin_snapshot(next, worker) {
-                                io.borrow_mut().parts.push(previous);
-                            }
+                            let previous = state.begin_snapshot(next, worker);
+                            let mut io = io.borrow_mut();
+                            io.parts.extend(previous);
+                            io.begun.push(next);
                         }
                         // Keep exactly one capability, at the earliest pending timer.
                         timer_cap = match (state.next_timer(), timer_cap.take()) {

@@ -6,11 +6,17 @@
 //! (ts, event_id), plus the log times at which the log first brought each. Everything else is
 //! derived from them and rebuilt on restore.
 
+use super::state::{Ctx, Sku};
 use super::stock::LocId;
+use super::timers::{LogTimer, PipelineTimer};
+use crate::clock::tick_ceil;
 use crate::Time;
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 use stockflow_types::rows::Status;
+use stockflow_types::rows::WindowFigures;
 use stockflow_types::Millis;
+use stockflow_types::Name;
 
 /// The deciding `reserved` event.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -166,56 +172,6 @@ impl Res {
         })
     }
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn reserved(expires_at: Millis) -> Reserved {
-        Reserved {
-            ts: 5,
-            event_id: "e".into(),
-            loc: 0,
-            qty: 2,
-            expires_at,
-        }
-    }
-
-    #[test]
-    fn phases_and_horizons() {
-        let mut r = Res {
-            terminal: Some(Terminal {
-                ts: 3,
-                event_id: "t".into(),
-                fulfilled: true,
-            }),
-            terminal_lt: Some(40),
-            ..Res::default()
-        };
-        assert_eq!(r.phase(0), Phase::Orphan);
-        assert_eq!(r.forget_at(100), 140);
-        r.reserved = Some(reserved(1000));
-        r.reserved_lt = Some(60);
-        assert_eq!(r.phase(0), Phase::Fulfilled);
-        assert_eq!(r.ended(), 60, "ended when both were read");
-        assert_eq!(r.contributions(0).shipped, Some((0, 3, 2)));
-        assert_eq!(r.contributions(0).live, None);
-        r.terminal = None;
-        assert_eq!(r.phase(999), Phase::Live);
-        assert_eq!(r.phase(1000), Phase::Expired);
-        assert_eq!(r.ended(), 1000, "a hold ends at its expiry in log time");
-        r.forgotten = Some(r.ended());
-        assert_eq!(r.phase(0), Phase::Forgotten);
-        assert_eq!(r.forget_at(100), 1200, "a tombstone lasts another retention");
-    }
-}
-
-use super::state::{Ctx, Sku};
-use super::timers::{LogTimer, PipelineTimer};
-use crate::clock::tick_ceil;
-use std::sync::Arc;
-use stockflow_types::rows::WindowFigures;
-use stockflow_types::Name;
 
 impl Sku {
     /// Applies a record of reservation `id` with log time `lt`: what the log has forgotten by
@@ -382,5 +338,52 @@ impl Sku {
                     .at_pipeline(expiry, ctx.sku, PipelineTimer::Expiry(Arc::clone(id)));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reserved(expires_at: Millis) -> Reserved {
+        Reserved {
+            ts: 5,
+            event_id: "e".into(),
+            loc: 0,
+            qty: 2,
+            expires_at,
+        }
+    }
+
+    #[test]
+    fn phases_and_horizons() {
+        let mut r = Res {
+            terminal: Some(Terminal {
+                ts: 3,
+                event_id: "t".into(),
+                fulfilled: true,
+            }),
+            terminal_lt: Some(40),
+            ..Res::default()
+        };
+        assert_eq!(r.phase(0), Phase::Orphan);
+        assert_eq!(r.forget_at(100), 140);
+        r.reserved = Some(reserved(1000));
+        r.reserved_lt = Some(60);
+        assert_eq!(r.phase(0), Phase::Fulfilled);
+        assert_eq!(r.ended(), 60, "ended when both were read");
+        assert_eq!(r.contributions(0).shipped, Some((0, 3, 2)));
+        assert_eq!(r.contributions(0).live, None);
+        r.terminal = None;
+        assert_eq!(r.phase(999), Phase::Live);
+        assert_eq!(r.phase(1000), Phase::Expired);
+        assert_eq!(r.ended(), 1000, "a hold ends at its expiry in log time");
+        r.forgotten = Some(r.ended());
+        assert_eq!(r.phase(0), Phase::Forgotten);
+        assert_eq!(
+            r.forget_at(100),
+            1200,
+            "a tombstone lasts another retention"
+        );
     }
 }

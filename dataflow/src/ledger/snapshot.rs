@@ -497,8 +497,8 @@ pub fn route(parts: &[Vec<u8>], workers: usize) -> Result<Vec<WorkerRestore>, Sn
             }
         }
     }
-    let (at, frontier) = meta
-        .ok_or_else(|| SnapshotError::Inconsistent("a checkpoint without parts".into()))?;
+    let (at, frontier) =
+        meta.ok_or_else(|| SnapshotError::Inconsistent("a checkpoint without parts".into()))?;
     for w in &mut out {
         w.at = at;
         w.frontier = frontier;

@@ -15,10 +15,10 @@
 
 use super::dedup::{self, Dedup};
 use super::reservation::{Published, Res};
+use super::sku_hash;
 use super::snapshot::Snapshot;
 use super::stock::{CountRec, Loc, LocId};
 use super::timers::{LogTimer, PipelineTimer, SkuId, Timers};
-use super::sku_hash;
 use crate::views::{ReservationView, SkuWindows, ViewStore};
 use crate::{Control, Diff, EngineConfig, Record, Time};
 use hashbrown::HashMap;
@@ -511,7 +511,9 @@ impl Sku {
             return;
         };
         let now = res.published_at(t, || {
-            let (loc, ts, _) = res.live_at.expect("a live reservation is in its location's set");
+            let (loc, ts, _) = res
+                .live_at
+                .expect("a live reservation is in its location's set");
             self.locs[loc as usize].live[&(ts, Arc::clone(id))]
                 .held
                 .expect("live reservations are allocated")

@@ -79,7 +79,12 @@ impl Incarnation {
     }
 
     fn forget_at(&self, retention: u64) -> u64 {
-        self.ended() + if self.forgotten.is_some() { 2 * retention } else { retention }
+        self.ended()
+            + if self.forgotten.is_some() {
+                2 * retention
+            } else {
+                retention
+            }
     }
 
     /// Forgets one step at log time `lt`: a reservation becomes a tombstone, a tombstone or an
@@ -223,7 +228,9 @@ pub fn reference(all: &[Admitted], t: Time, partitions: usize, cfg: &EngineConfi
                     *c = (e.ts, e.event_id.clone(), *qty);
                 }
             }
-            EventKind::Reserved { reservation_id: id, .. }
+            EventKind::Reserved {
+                reservation_id: id, ..
+            }
             | EventKind::Released { reservation_id: id }
             | EventKind::Fulfilled { reservation_id: id } => {
                 // What the log has forgotten by this record's log time.
@@ -254,7 +261,13 @@ pub fn reference(all: &[Admitted], t: Time, partitions: usize, cfg: &EngineConfi
                     } => {
                         locations.insert(key(location));
                         inc.reserved_lt.get_or_insert(lt);
-                        let cand = (e.ts, e.event_id.clone(), location.clone(), *qty, *expires_at);
+                        let cand = (
+                            e.ts,
+                            e.event_id.clone(),
+                            location.clone(),
+                            *qty,
+                            *expires_at,
+                        );
                         if inc.reserved.as_ref().is_none_or(|old| cand < *old) {
                             inc.reserved = Some(cand);
                         }
@@ -331,7 +344,8 @@ pub fn reference(all: &[Admitted], t: Time, partitions: usize, cfg: &EngineConfi
             } else {
                 Status::Insufficient
             };
-            v.reservations.insert(id.clone(), row(&id, &current[&id], status));
+            v.reservations
+                .insert(id.clone(), row(&id, &current[&id], status));
         }
         v.stock.insert(key.clone(), (on_hand, held));
     }

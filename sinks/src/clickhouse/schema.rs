@@ -1,7 +1,7 @@
 //! The tables of contract §4 and their rows.
 
 use clickhouse::Row;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use stockflow_types::rows::{ReservationRow, StockRow, WindowRow};
 use stockflow_types::Millis;
 
@@ -121,4 +121,26 @@ impl<'a> SalesWindow<'a> {
 /// Epoch ms to a ClickHouse `DateTime` (whole seconds, saturating at its range, 2106).
 fn date_time(ms: Millis) -> u32 {
     u32::try_from(ms / 1000).unwrap_or(u32::MAX)
+}
+
+/// The key of a `stock_levels` row.
+#[derive(Debug, Row, Deserialize)]
+pub(crate) struct StockKey {
+    pub sku: String,
+    pub location: String,
+}
+
+/// The key of a `reservations` row.
+#[derive(Debug, Row, Deserialize)]
+pub(crate) struct ReservationKey {
+    pub reservation_id: String,
+}
+
+/// The key of a `sales_windows` row.
+#[derive(Debug, Row, Deserialize)]
+pub(crate) struct WindowKey {
+    pub window: String,
+    pub window_start: u32,
+    pub sku: String,
+    pub location: String,
 }

@@ -3,7 +3,7 @@
 use super::schema::{ddl, Reservation, SalesWindow, StockLevel};
 use clickhouse::Client;
 use differential_dataflow::{AsCollection, VecCollection};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -61,7 +61,9 @@ pub struct ClickHouseSink {
 impl ClickHouseSink {
     /// Starts the task on `runtime` for `workers` local workers. It creates the database and
     /// tables when it first reaches the server. `window_retention_ms` tells evictions of windows
-    /// (which ClickHouse keeps as history) from windows that ceased to exist.
+    /// (which ClickHouse keeps as history) from windows that ceased to exist. `restored_at` is
+    /// the time of the checkpoint the pipeline restored, if it did: the rows an earlier run
+    /// wrote after it are rewritten from the restored state (see the module documentation).
     pub fn start(
         runtime: &tokio::runtime::Handle,
         cfg: &ClickHouseConfig,
@@ -69,6 +71,7 @@ impl ClickHouseSink {
         window_retention_ms: u64,
         workers: usize,
         progress: Arc<Progress>,
+        restored_at: Option<Millis>,
     ) -> Self {
         let (tx, rx) = unbounded_channel();
         let frontiers: Arc<[AtomicU64]> = (0..workers).map(|_| AtomicU64::new(0)).collect();
@@ -97,6 +100,8 @@ impl ClickHouseSink {
             staged_through: 0,
             durable: 0,
             schema_ready: false,
+            restored_at,
+            rewrite: None,
         };
         let task = runtime.spawn(writer.run());
         ClickHouseSink {
@@ -130,7 +135,7 @@ impl ClickHouseSink {
     }
 }
 
-#[derive(Hash, PartialEq, Eq)]
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
 enum Key {
     Stock(Name, Name),
     Reservation(Name),
@@ -150,16 +155,30 @@ fn key(c: &Change) -> Key {
     }
 }
 
+/// A key as ClickHouse keeps it: window starts in whole seconds.
+fn stored_key(c: &Change) -> Key {
+    match key(c) {
+        Key::Window(size, start, sku, loc) => Key::Window(size, start / 1000 * 1000, sku, loc),
+        k => k,
+    }
+}
+
 /// The net updates of one key since its last write, and the time of the latest.
 #[derive(Default)]
 struct Staged {
     rows: Vec<(Change, i64)>,
     version: Millis,
+    /// The latest row inserted since the last write (what ClickHouse keeps as history if the
+    /// pipeline forgets the row before it is written).
+    last_inserted: Option<Change>,
 }
 
 impl Staged {
     fn add(&mut self, c: Change, diff: i64, t: Millis) {
         self.version = self.version.max(t);
+        if diff > 0 {
+            self.last_inserted = Some(c.clone());
+        }
         match self.rows.iter().position(|(r, _)| *r == c) {
             Some(i) => {
                 self.rows[i].1 += diff;
@@ -199,6 +218,12 @@ struct Writer {
     /// ClickHouse holds every update before this time.
     durable: Millis,
     schema_ready: bool,
+    /// The time of the restored checkpoint, if any.
+    restored_at: Option<Millis>,
+    /// The keys an earlier run wrote after `restored_at` (read from ClickHouse once): their
+    /// restored rows are written again, so that no row keeps a value the restored state does
+    /// not reach (the crashed run may have written changes that the replay nets out).
+    rewrite: Option<HashSet<Key>>,
 }
 
 impl Writer {
@@ -210,6 +235,29 @@ impl Writer {
             .unwrap_or_else(Instant::now);
         loop {
             let stopping = self.stop.load(Ordering::Acquire);
+            if let (Some(at), None) = (self.restored_at, &self.rewrite) {
+                // Nothing is staged before the keys to rewrite are known.
+                match self.written_after(at).await {
+                    Ok(keys) => {
+                        tracing::info!(
+                            keys = keys.len(),
+                            after = at,
+                            "rows written after the restored checkpoint are rewritten"
+                        );
+                        self.rewrite = Some(keys);
+                        self.progress.set_clickhouse_ok(true);
+                    }
+                    Err(e) => {
+                        self.progress.set_clickhouse_ok(false);
+                        tracing::warn!(error = %e, "reading what ClickHouse holds after the restored checkpoint failed; retrying");
+                        if stopping {
+                            return;
+                        }
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        continue;
+                    }
+                }
+            }
             self.stage();
             let full = self.staged.len() >= self.cfg.batch_rows;
             let due = full || stopping || last_write.elapsed() >= self.cfg.flush_interval;
@@ -256,7 +304,19 @@ impl Writer {
         let (keys_before, mut folded) = (self.staged.len(), 0);
         for (t, updates) in std::mem::replace(&mut self.pending, later) {
             folded += updates.len();
+            let restored = Some(t) == self.restored_at;
             for (c, d) in updates {
+                if restored {
+                    // The restored state: ClickHouse holds it already (a checkpoint is published
+                    // only once the sink has written its time), but for the keys written since.
+                    let again = self
+                        .rewrite
+                        .as_ref()
+                        .is_some_and(|k| k.contains(&stored_key(&c)));
+                    if !again {
+                        continue;
+                    }
+                }
                 self.staged.entry(key(&c)).or_default().add(c, d, t);
             }
         }
@@ -337,9 +397,16 @@ impl Writer {
                 continue;
             };
             let v = staged.version;
-            if deleted && forgotten(change, v, self.window_retention_ms) {
-                continue; // ClickHouse keeps the history the pipeline no longer holds
-            }
+            let (change, deleted) = if deleted && forgotten(change, v, self.window_retention_ms) {
+                // ClickHouse keeps the history the pipeline no longer holds: the last row, if
+                // it was never written.
+                match &staged.last_inserted {
+                    Some(last) => (last, false),
+                    None => continue,
+                }
+            } else {
+                (change, deleted)
+            };
             match change {
                 Change::Stock(r) => stock.write(&StockLevel::new(r, v, deleted)).await?,
                 Change::Reservation(r) => {
@@ -361,6 +428,76 @@ impl Writer {
         reservations.end().await?;
         windows.end().await?;
         Ok(rows)
+    }
+}
+
+impl Writer {
+    /// The keys of every row ClickHouse holds with a version after `at`.
+    async fn written_after(&self, at: Millis) -> Result<HashSet<Key>, clickhouse::error::Error> {
+        use super::schema::{ReservationKey, StockKey, WindowKey};
+        let mut keys = HashSet::new();
+        let missing = |e: &clickhouse::error::Error| {
+            // No table (or database) yet: nothing was written.
+            let text = e.to_string();
+            text.contains("Code: 60") || text.contains("Code: 81") || text.contains("doesn't exist")
+        };
+        let stock = self
+            .client
+            .query(
+                "SELECT sku, location FROM stock_levels WHERE version > ? GROUP BY sku, location",
+            )
+            .bind(at)
+            .fetch_all::<StockKey>()
+            .await;
+        match stock {
+            Ok(rows) => keys.extend(
+                rows.into_iter()
+                    .map(|r| Key::Stock(r.sku.into(), r.location.into())),
+            ),
+            Err(e) if missing(&e) => return Ok(keys),
+            Err(e) => return Err(e),
+        }
+        let reservations = self
+            .client
+            .query(
+                "SELECT reservation_id FROM reservations WHERE version > ? GROUP BY reservation_id",
+            )
+            .bind(at)
+            .fetch_all::<ReservationKey>()
+            .await;
+        match reservations {
+            Ok(rows) => keys.extend(
+                rows.into_iter()
+                    .map(|r| Key::Reservation(r.reservation_id.into())),
+            ),
+            Err(e) if missing(&e) => {}
+            Err(e) => return Err(e),
+        }
+        let by_name: HashMap<&str, Millis> = self
+            .window_names
+            .iter()
+            .map(|(ms, name)| (name.as_str(), *ms))
+            .collect();
+        let windows = self
+            .client
+            .query("SELECT window, toUInt32(window_start) AS window_start, sku, location FROM sales_windows WHERE version > ? GROUP BY window, window_start, sku, location")
+            .bind(at)
+            .fetch_all::<WindowKey>()
+            .await;
+        match windows {
+            Ok(rows) => keys.extend(rows.into_iter().filter_map(|r| {
+                let size = *by_name.get(r.window.as_str())?;
+                Some(Key::Window(
+                    size,
+                    u64::from(r.window_start) * 1000,
+                    r.sku.into(),
+                    r.location.into(),
+                ))
+            })),
+            Err(e) if missing(&e) => {}
+            Err(e) => return Err(e),
+        }
+        Ok(keys)
     }
 }
 

@@ -1,0 +1,200 @@
+//! The thread that assembles the workers' parts into checkpoint files.
+
+use super::file::{list, write_atomic, Fingerprint, Header};
+use crossbeam_channel::{unbounded, Receiver, RecvTimeoutError, Sender};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use stockflow_types::config::CheckpointConfig;
+use stockflow_types::progress::Progress;
+use stockflow_types::resume::Resume;
+use stockflow_types::Millis;
+
+/// One worker's part of the checkpoint as of `at`.
+#[derive(Debug)]
+pub struct WorkerPart {
+    /// The pipeline time it is as of.
+    pub at: Millis,
+    /// The local worker that wrote it.
+    pub worker: usize,
+    /// Its serialized state.
+    pub bytes: Vec<u8>,
+    /// Where its sources' partitions resume.
+    pub positions: Vec<Resume>,
+}
+
+/// What a worker holds to hand its parts over: cheap to clone.
+#[derive(Clone, Debug)]
+pub struct PartSender(Sender<WorkerPart>);
+
+impl PartSender {
+    /// Hands a part over (never blocks).
+    pub fn send(&self, part: WorkerPart) {
+        // The writer lives until every sender is dropped.
+        let _ = self.0.send(part);
+    }
+}
+
+/// The writer thread.
+pub struct CheckpointWriter {
+    tx: Option<Sender<WorkerPart>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl CheckpointWriter {
+    /// Starts the thread for `workers` local workers. A checkpoint is published once all its
+    /// parts are in and `progress.durable()` has passed its time.
+    pub fn start(
+        cfg: &CheckpointConfig,
+        workers: usize,
+        fingerprint: Fingerprint,
+        progress: Arc<Progress>,
+    ) -> Self {
+        let (tx, rx) = unbounded();
+        let state = Writer {
+            dir: cfg.dir.clone(),
+            keep: cfg.keep,
+            workers,
+            fingerprint,
+            progress,
+            pending: BTreeMap::new(),
+        };
+        let thread = std::thread::Builder::new()
+            .name("checkpoint-writer".into())
+            .spawn(move || state.run(rx))
+            .expect("spawning the checkpoint writer");
+        CheckpointWriter {
+            tx: Some(tx),
+            thread: Some(thread),
+        }
+    }
+
+    /// A sender for a worker.
+    pub fn sender(&self) -> PartSender {
+        PartSender(self.tx.clone().expect("until finish"))
+    }
+
+    /// Publishes what is complete and durable, then stops; waits at most `timeout`.
+    pub fn finish(mut self, timeout: Duration) {
+        self.tx.take();
+        let Some(thread) = self.thread.take() else {
+            return;
+        };
+        let deadline = Instant::now() + timeout;
+        while !thread.is_finished() {
+            if Instant::now() >= deadline {
+                tracing::warn!("the last checkpoint was not written in time");
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = thread.join();
+    }
+}
+
+struct Writer {
+    dir: PathBuf,
+    keep: usize,
+    workers: usize,
+    fingerprint: Fingerprint,
+    progress: Arc<Progress>,
+    /// Parts by checkpoint time.
+    pending: BTreeMap<Millis, Vec<Option<WorkerPart>>>,
+}
+
+impl Writer {
+    fn run(mut self, rx: Receiver<WorkerPart>) {
+        let mut open = true;
+        loop {
+            match rx.recv_timeout(Duration::from_millis(20)) {
+                Ok(part) => {
+                    let slot = self
+                        .pending
+                        .entry(part.at)
+                        .or_insert_with(|| (0..self.workers).map(|_| None).collect());
+                    let w = part.worker % self.workers;
+                    slot[w] = Some(part);
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => open = false,
+            }
+            // The newest complete checkpoint makes every older one useless.
+            let complete = self
+                .pending
+                .iter()
+                .rev()
+                .find(|(_, parts)| parts.iter().all(Option::is_some))
+                .map(|(at, _)| *at);
+            let Some(at) = complete else {
+                if !open {
+                    return;
+                }
+                continue;
+            };
+            self.pending = self.pending.split_off(&at);
+            if self.progress.durable() > at {
+                let parts = self.pending.remove(&at).expect("complete");
+                self.publish(
+                    at,
+                    parts.into_iter().map(|p| p.expect("complete")).collect(),
+                );
+            } else if !open {
+                // Stopping: what is not durable by now will be read again at the next start.
+                return;
+            }
+        }
+    }
+
+    fn publish(&mut self, at: Millis, parts: Vec<WorkerPart>) {
+        let started = Instant::now();
+        let mut positions: Vec<Resume> = parts.iter().flat_map(|p| p.positions.clone()).collect();
+        positions.sort();
+        let header = Header {
+            at,
+            written_at: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as Millis),
+            positions,
+            part_lengths: parts.iter().map(|p| p.bytes.len() as u64).collect(),
+            fingerprint: self.fingerprint.clone(),
+        };
+        let bytes: Vec<&[u8]> = parts.iter().map(|p| p.bytes.as_slice()).collect();
+        match write_atomic(&self.dir, &header, &bytes) {
+            Ok((path, size)) => {
+                metrics::histogram!("stockflow_checkpoint_write_seconds")
+                    .record(started.elapsed().as_secs_f64());
+                metrics::counter!("stockflow_checkpoints_written_total").increment(1);
+                metrics::gauge!("stockflow_checkpoint_bytes").set(size as f64);
+                metrics::gauge!("stockflow_checkpoint_time_ms").set(at as f64);
+                self.progress.set_checkpoint_problem(None);
+                tracing::info!(path = %path.display(), bytes = size, at, "checkpoint written");
+                self.prune();
+            }
+            Err(e) => {
+                metrics::counter!("stockflow_checkpoint_failures_total").increment(1);
+                let problem = format!(
+                    "{e}: {}",
+                    std::error::Error::source(&e).map_or(String::new(), |s| s.to_string())
+                );
+                tracing::warn!(error = %problem, at, "writing a checkpoint failed; retrying at the next interval");
+                self.progress.set_checkpoint_problem(Some(problem));
+            }
+        }
+    }
+
+    /// Keeps the newest `keep` checkpoints.
+    fn prune(&self) {
+        match list(&self.dir) {
+            Ok(all) => {
+                for (_, path) in all.into_iter().skip(self.keep) {
+                    if let Err(e) = std::fs::remove_file(&path) {
+                        tracing::warn!(path = %path.display(), error = %e, "removing an old checkpoint failed");
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "listing checkpoints failed"),
+        }
+    }
+}

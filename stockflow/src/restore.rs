@@ -1,0 +1,86 @@
+//! The start from a checkpoint: the newest one that reads back whole, routed to this run's
+//! workers. A damaged one is skipped with a warning naming it (and counted); one written with
+//! other windows or another tick is an error, not a silent fresh start.
+
+use anyhow::{bail, Result};
+use std::time::Instant;
+use stockflow_dataflow::{ledger, EngineConfig, WorkerRestore};
+use stockflow_sinks::checkpoint::{self, Fingerprint, Resume};
+use stockflow_types::config::Settings;
+use stockflow_types::Millis;
+
+/// A checkpoint to start from.
+pub struct Restored {
+    /// The pipeline time its state is as of.
+    pub at: Millis,
+    /// Where every partition resumes.
+    pub positions: Vec<Resume>,
+    /// One state per local worker.
+    pub workers: Vec<WorkerRestore>,
+}
+
+/// What a checkpoint must have been written with to be restored by this configuration.
+pub fn fingerprint(cfg: &EngineConfig) -> Fingerprint {
+    Fingerprint {
+        tick_ms: cfg.tick_ms,
+        windows: cfg
+            .windows
+            .iter()
+            .map(|w| (w.name.clone(), w.size_ms))
+            .collect(),
+    }
+}
+
+/// The newest valid checkpoint in `checkpoint.dir`, if any.
+pub fn load(settings: &Settings, cfg: &EngineConfig, workers: usize) -> Result<Option<Restored>> {
+    let started = Instant::now();
+    let want = fingerprint(cfg);
+    for (_, path) in checkpoint::list(&settings.checkpoint.dir)? {
+        let loaded = match checkpoint::read(&path) {
+            Ok(l) => l,
+            Err(e) => {
+                metrics::counter!("stockflow_checkpoint_corrupt_total").increment(1);
+                tracing::warn!(path = %path.display(), error = %e, "skipping a checkpoint that does not read back whole; trying the previous one");
+                continue;
+            }
+        };
+        if loaded.header.fingerprint != want {
+            bail!(
+                "checkpoint {} was written with tick {} ms and windows {:?}, the configuration has tick {} ms and windows {:?}: \
+                 restore that configuration, or move the checkpoint directory away to rebuild the state from the log",
+                path.display(),
+                loaded.header.fingerprint.tick_ms,
+                loaded.header.fingerprint.windows,
+                want.tick_ms,
+                want.windows
+            );
+        }
+        let routed = match ledger::route(&loaded.parts, workers) {
+            Ok(r) => r,
+            Err(e) => {
+                metrics::counter!("stockflow_checkpoint_corrupt_total").increment(1);
+                tracing::warn!(path = %path.display(), error = %e, "skipping a checkpoint whose state does not decode; trying the previous one");
+                continue;
+            }
+        };
+        let skus: usize = routed.iter().map(WorkerRestore::sku_count).sum();
+        metrics::gauge!("stockflow_checkpoint_restore_seconds")
+            .set(started.elapsed().as_secs_f64());
+        tracing::info!(
+            path = %path.display(),
+            at = loaded.header.at,
+            skus,
+            written_by = loaded.parts.len(),
+            workers,
+            millis = started.elapsed().as_millis() as u64,
+            "restoring a checkpoint; reading what follows it"
+        );
+        return Ok(Some(Restored {
+            at: loaded.header.at,
+            positions: loaded.header.positions,
+            workers: routed,
+        }));
+    }
+    tracing::info!(dir = %settings.checkpoint.dir.display(), "no checkpoint to restore; reading the log from the start");
+    Ok(None)
+}

@@ -15,6 +15,8 @@
 #   scripts/services.sh postgres        PostgreSQL 15 from Debian, for the benchmarks' transactional
 #                                       baseline only (STOCKFLOW_POSTGRES_PORT, 55432)
 #   scripts/services.sh fresh-kafka     restart the broker this script started, with an empty log
+#   scripts/services.sh restart-kafka   restart the broker this script started, keeping its log
+#                                       (tansu applies topics' retention.ms when it starts)
 #
 # Ports: STOCKFLOW_KAFKA_PORT (9092), STOCKFLOW_CLICKHOUSE_PORT (HTTP, 8123),
 # STOCKFLOW_CLICKHOUSE_TCP_PORT (native protocol for clickhouse-client, 9000).
@@ -271,11 +273,19 @@ case "${1:-up}" in
     start_kafka
     create_topics
     ;;
+  restart-kafka)
+    stop_pidfile tansu "$dir/kafka/pid"
+    if port_open "$kafka_port"; then
+      log "a broker this script did not start answers on 127.0.0.1:$kafka_port; not touching it"
+      exit 1
+    fi
+    start_kafka
+    ;;
   stop-clickhouse) stop_clickhouse ;;
   start-clickhouse) start_clickhouse ;;
   env) print_env ;;
   *)
-    echo "usage: $0 [up|down|stop-clickhouse|start-clickhouse|env|postgres|fresh-kafka]" >&2
+    echo "usage: $0 [up|down|stop-clickhouse|start-clickhouse|env|postgres|fresh-kafka|restart-kafka]" >&2
     exit 2
     ;;
 esac

@@ -171,6 +171,9 @@ struct Staged {
     /// The latest row inserted since the last write (what ClickHouse keeps as history if the
     /// pipeline forgets the row before it is written).
     last_inserted: Option<Change>,
+    /// An earlier run wrote this key after the restored checkpoint, at versions up to its
+    /// crash: it is written again above them (see `Writer::rewrite`).
+    rewrite: bool,
 }
 
 impl Staged {
@@ -316,6 +319,10 @@ impl Writer {
                     if !again {
                         continue;
                     }
+                    let staged = self.staged.entry(key(&c)).or_default();
+                    staged.rewrite = true;
+                    staged.add(c, d, t);
+                    continue;
                 }
                 self.staged.entry(key(&c)).or_default().add(c, d, t);
             }
@@ -396,7 +403,13 @@ impl Writer {
             let Some((change, deleted)) = staged.outcome() else {
                 continue;
             };
-            let v = staged.version;
+            // A rewritten key goes above whatever the earlier run wrote: it is written only once
+            // the replay has caught up, at a frontier past that run's last time.
+            let v = if staged.rewrite {
+                staged.version.max(self.staged_through.saturating_sub(1))
+            } else {
+                staged.version
+            };
             let (change, deleted) = if deleted && forgotten(change, v, self.window_retention_ms) {
                 // ClickHouse keeps the history the pipeline no longer holds: the last row, if
                 // it was never written.

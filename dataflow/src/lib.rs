@@ -287,6 +287,12 @@ impl Engine {
         }
     }
 
+    /// The log frontier the ledger applies forgetting at: the least log time any worker's
+    /// sources may still deliver.
+    pub fn log_frontier(&self) -> Millis {
+        self.io.borrow().log_frontier
+    }
+
     /// The ledger's counters on this worker.
     pub fn stats(&self) -> LedgerStats {
         self.io.borrow().stats.clone()

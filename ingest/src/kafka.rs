@@ -392,6 +392,8 @@ impl Source for KafkaSource {
     fn durable(&mut self, t: Millis) {
         let mut tpl = TopicPartitionList::new();
         for part in &mut self.parts {
+            metrics::gauge!("stockflow_kafka_log_time_ms", "topic" => self.topics[part.topic].0.clone(), "partition" => part.partition.to_string())
+                .set(part.log_time as f64);
             let mut next = None;
             while part.admitted.front().is_some_and(|a| a.0 < t) {
                 let a = part.admitted.pop_front().expect("checked");

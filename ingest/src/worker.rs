@@ -414,6 +414,7 @@ impl Counters {
                 *n = 0;
             }
         }
+        metrics::gauge!("stockflow_log_frontier_ms").set(engine.log_frontier() as f64);
         let stats = engine.stats();
         if stats.duplicates > self.duplicates {
             metrics::counter!("stockflow_events_duplicate_total")

@@ -61,6 +61,8 @@ pub struct LedgerIo {
     pub parts: Vec<Part>,
     /// A checkpoint is being written.
     pub writing: bool,
+    /// The log frontier after the latest time applied.
+    pub log_frontier: u64,
     /// Times of the checkpoints begun since the worker last looked: their state is fixed, and
     /// the worker notes where its sources stand at each before it lets them forget.
     pub begun: Vec<Time>,
@@ -200,6 +202,7 @@ pub fn ledger<'s>(
                     }
                     let mut io = io.borrow_mut();
                     io.writing = state.snapshot_in_progress();
+                    io.log_frontier = state.log_frontier();
                     io.stats.clone_from(state.stats());
                 }
             },

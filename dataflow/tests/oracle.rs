@@ -433,7 +433,7 @@ fn one_run(
                 positions[a.part] += 1;
             }
             Ok(Some(Checkpoint {
-                parts: parts.into_iter().map(|p| p.bytes).collect(),
+                parts: parts.into_iter().map(|p| p.to_bytes()).collect(),
                 positions,
                 admitted: covered,
             }))

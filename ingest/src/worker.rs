@@ -260,7 +260,7 @@ impl Parts {
                 sender.send(WorkerPart {
                     at: part.at,
                     worker,
-                    bytes: part.bytes,
+                    chunks: part.chunks,
                     positions,
                 });
             }

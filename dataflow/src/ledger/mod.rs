@@ -51,6 +51,10 @@ pub fn owner(hash: u64, peers: usize) -> usize {
 
 /// How long one activation may spend writing a checkpoint.
 const CHECKPOINT_SLICE: Duration = Duration::from_millis(1);
+/// While a checkpoint is written, an activation applies times for at most this long before it
+/// yields (and re-activates itself): what a changed SKU costs to copy out first then falls on
+/// many steps, not one (a backlog of times touches most SKUs at once).
+const BUSY_SLICE: Duration = Duration::from_millis(5);
 
 /// What the operator tells the worker loop that runs it (same thread).
 #[derive(Debug, Default)]
@@ -142,7 +146,12 @@ pub fn ledger<'s>(
                             entry.2.append(batch);
                         }
                     });
+                    let activation = std::time::Instant::now();
                     loop {
+                        if state.snapshot_in_progress() && activation.elapsed() >= BUSY_SLICE {
+                            activator.activate();
+                            break;
+                        }
                         let next = match (stash.keys().next(), state.next_timer()) {
                             (Some(a), Some(b)) => *a.min(&b),
                             (Some(a), None) => *a,
@@ -186,15 +195,26 @@ pub fn ledger<'s>(
                         };
                     }
                     if state.snapshot_in_progress() {
+                        let started = std::time::Instant::now();
+                        let copied = state
+                            .snapshot
+                            .as_mut()
+                            .map_or(Duration::ZERO, |s| std::mem::take(&mut s.copied));
                         match state.snapshot_step(CHECKPOINT_SLICE) {
                             Some(part) => io.borrow_mut().parts.push(part),
                             None => activator.activate(),
                         }
+                        let stall = (started.elapsed() + copied).as_micros() as u64;
+                        let max = &mut state.stats.checkpoint_stall_max_us;
+                        *max = (*max).max(stall);
                     }
+                    // Complete: before both frontiers and before any time not yet applied.
                     let completed = events_frontier
                         .frontier()
                         .iter()
                         .chain(control_frontier.frontier().iter())
+                        .chain(stash.keys().next())
+                        .chain(state.next_timer().as_ref())
                         .min()
                         .copied();
                     if let Some(f) = completed {

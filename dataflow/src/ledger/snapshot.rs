@@ -92,13 +92,49 @@ struct WindowState {
     figures: WindowFigures,
 }
 
-/// A worker's finished part of a checkpoint.
+/// A worker's finished part of a checkpoint: serialized items in chunks of about a megabyte
+/// (one growing buffer would copy itself whole each time it doubles, tens of milliseconds
+/// in one slice for a large state).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Part {
     /// The pipeline time it is as of.
     pub at: Time,
-    /// The serialized items.
-    pub bytes: Vec<u8>,
+    /// The serialized items, in order.
+    pub chunks: Vec<Vec<u8>>,
+}
+
+impl Part {
+    /// Its size in bytes.
+    pub fn len(&self) -> usize {
+        self.chunks.iter().map(Vec::len).sum()
+    }
+
+    /// Whether it is empty (it never is: a header comes first).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The bytes in one piece, as a file holds them.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        self.chunks.concat()
+    }
+}
+
+/// The size of the chunks a part is written in.
+const CHUNK: usize = 1 << 20;
+
+/// A growing list of chunks.
+#[derive(Debug, Default)]
+struct Chunks(Vec<Vec<u8>>);
+
+impl Chunks {
+    fn write(&mut self, item: &Item) {
+        if self.0.last().is_none_or(|c| c.len() >= CHUNK) {
+            self.0.push(Vec::with_capacity(CHUNK + CHUNK / 4));
+        }
+        let last = self.0.last_mut().expect("pushed");
+        bincode::serialize_into(last, item).expect("writing into memory does not fail");
+    }
 }
 
 /// What one worker of a restart starts from.
@@ -141,11 +177,9 @@ pub(crate) struct Snapshot {
     dedup_pending: BTreeSet<(u64, usize)>,
     /// Keys inserted since `at` into shards not yet written.
     dedup_after: HashMap<(u64, usize), HashSet<u128>>,
-    out: Vec<u8>,
-}
-
-fn write_item(out: &mut Vec<u8>, item: &Item) {
-    bincode::serialize_into(out, item).expect("writing into memory does not fail");
+    out: Chunks,
+    /// Time spent copying out what was about to change, since the operator last looked.
+    pub copied: Duration,
 }
 
 fn sku_state(s: &Sku) -> SkuState {
@@ -192,16 +226,13 @@ impl LedgerState {
     /// written is finished first and returned.
     pub(crate) fn begin_snapshot(&mut self, at: Time, worker: usize) -> Option<Part> {
         let previous = self.snapshot.is_some().then(|| self.finish_snapshot());
-        let mut out = Vec::new();
-        write_item(
-            &mut out,
-            &Item::Meta {
-                at,
-                frontier: self.frontier,
-                worker,
-                peers: self.marks.len(),
-            },
-        );
+        let mut out = Chunks::default();
+        out.write(&Item::Meta {
+            at,
+            frontier: self.frontier,
+            worker,
+            peers: self.marks.len(),
+        });
         let dedup_pending = self
             .dedup
             .generations
@@ -215,6 +246,7 @@ impl LedgerState {
             dedup_pending,
             dedup_after: HashMap::new(),
             out,
+            copied: Duration::ZERO,
         });
         previous
     }
@@ -240,7 +272,7 @@ impl LedgerState {
                 }
                 let i = snap.cursor;
                 snap.done[i] = true;
-                write_item(&mut snap.out, &Item::Sku(sku_state(&self.skus[i])));
+                snap.out.write(&Item::Sku(sku_state(&self.skus[i])));
             }
             if started.elapsed() >= budget {
                 return None;
@@ -257,13 +289,13 @@ impl LedgerState {
                 write_dedup_shard(snap, &self.dedup, g, i);
             } else if let Some(i) = (snap.cursor..snap.done.len()).find(|i| !snap.done[*i]) {
                 snap.done[i] = true;
-                write_item(&mut snap.out, &Item::Sku(sku_state(&self.skus[i])));
+                snap.out.write(&Item::Sku(sku_state(&self.skus[i])));
             }
         }
         let snap = self.snapshot.take().expect("a checkpoint in progress");
         Part {
             at: snap.at,
-            bytes: snap.out,
+            chunks: snap.out.0,
         }
     }
 
@@ -272,8 +304,10 @@ impl LedgerState {
         if let Some(snap) = &mut self.snapshot {
             let i = id as usize;
             if i < snap.done.len() && !snap.done[i] {
+                let started = Instant::now();
                 snap.done[i] = true;
-                write_item(&mut snap.out, &Item::Sku(sku_state(&self.skus[i])));
+                snap.out.write(&Item::Sku(sku_state(&self.skus[i])));
+                snap.copied += started.elapsed();
             }
         }
     }
@@ -291,11 +325,13 @@ impl LedgerState {
     /// Copy-on-write: generation `g` is about to be dropped.
     pub(crate) fn before_dedup_drop(&mut self, g: u64) {
         if let Some(snap) = &mut self.snapshot {
+            let started = Instant::now();
             for i in 0..SHARDS {
                 if snap.dedup_pending.remove(&(g, i)) {
                     write_dedup_shard(snap, &self.dedup, g, i);
                 }
             }
+            snap.copied += started.elapsed();
         }
     }
 
@@ -429,13 +465,10 @@ fn write_dedup_shard(snap: &mut Snapshot, dedup: &dedup::Dedup, g: u64, i: usize
         None => sets[i].iter().copied().collect(),
     };
     if !keys.is_empty() {
-        write_item(
-            &mut snap.out,
-            &Item::Dedup {
-                generation: g,
-                keys,
-            },
-        );
+        snap.out.write(&Item::Dedup {
+            generation: g,
+            keys,
+        });
     }
 }
 

@@ -43,6 +43,9 @@ pub struct LedgerStats {
     /// Contributions left out because their window was final at the record's log time, per
     /// configured window.
     pub late_window_events: Vec<u64>,
+    /// The longest time one activation spent on checkpoint work (its slice plus what it
+    /// copied before changing it), µs: what a checkpoint adds to a worker's step at most.
+    pub checkpoint_stall_max_us: u64,
 }
 
 /// What a SKU's operations need from the worker's state.

@@ -121,8 +121,9 @@ pub fn list(dir: &Path) -> Result<Vec<(Millis, PathBuf)>, CheckpointError> {
     Ok(out)
 }
 
-/// Writes a checkpoint of `header` and `parts` into `dir` atomically: a temporary file, fsync,
-/// rename, fsync of the directory. Returns the file and its size.
+/// Writes a checkpoint of `header` and `parts` (the workers' parts one after another, each in
+/// any number of pieces: `header.part_lengths` says where each ends) into `dir` atomically: a
+/// temporary file, fsync, rename, fsync of the directory. Returns the file and its size.
 pub fn write_atomic(
     dir: &Path,
     header: &Header,

@@ -19,8 +19,8 @@ pub struct WorkerPart {
     pub at: Millis,
     /// The local worker that wrote it.
     pub worker: usize,
-    /// Its serialized state.
-    pub bytes: Vec<u8>,
+    /// Its serialized state, in chunks.
+    pub chunks: Vec<Vec<u8>>,
     /// Where its sources' partitions resume.
     pub positions: Vec<Resume>,
 }
@@ -157,10 +157,16 @@ impl Writer {
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as Millis),
             positions,
-            part_lengths: parts.iter().map(|p| p.bytes.len() as u64).collect(),
+            part_lengths: parts
+                .iter()
+                .map(|p| p.chunks.iter().map(|c| c.len() as u64).sum())
+                .collect(),
             fingerprint: self.fingerprint.clone(),
         };
-        let bytes: Vec<&[u8]> = parts.iter().map(|p| p.bytes.as_slice()).collect();
+        let bytes: Vec<&[u8]> = parts
+            .iter()
+            .flat_map(|p| p.chunks.iter().map(Vec::as_slice))
+            .collect();
         match write_atomic(&self.dir, &header, &bytes) {
             Ok((path, size)) => {
                 metrics::histogram!("stockflow_checkpoint_write_seconds")

@@ -9,6 +9,8 @@
 #   lookup-bench   open-loop lookups under ingest vs the hand-written server, a constant warp
 #                  handler and Redis GET
 #   spike-bench    10x the base rate through Kafka: memory, lookups, catch-up
+#   restart-bench  restart to ready from a checkpoint vs a full replay; checkpoint size, write
+#                  time and what it costs ingest and lookups; replay memory by horizon
 #
 #   scripts/bench.sh [--short]    --short: small sizes, under ~2 minutes once built, for
 #                                 regression checks; the default is the full run (~15 minutes)
@@ -50,12 +52,14 @@ if $short; then
   kafka_run kafka-bench 5000 2
   run lookup-bench --short
   kafka_run spike-bench 1000 5
+  run restart-bench 500000 5000
 else
   run engine-bench 2000000
   run pg-bench 60000
   kafka_run kafka-bench 100000 2
   run lookup-bench
   kafka_run spike-bench 1000 30
+  run restart-bench 10000000 50000
 fi
 STOCKFLOW_SERVICES_DIR=/var/tmp/stockflow-bench-services ./scripts/services.sh down
 

@@ -43,6 +43,20 @@ pub fn start_serving(mut cmd: Command) -> (Child, String) {
     (child, addr)
 }
 
+/// A checkpoint directory of its own for one run of the binary (`--set checkpoint.dir=...`):
+/// a benchmark starts from an empty state, not from an earlier run's checkpoint.
+pub fn fresh_checkpoint_dir() -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static RUN: AtomicU32 = AtomicU32::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "stockflow-bench-checkpoints-{}-{}",
+        std::process::id(),
+        RUN.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    format!("checkpoint.dir={}", dir.display())
+}
+
 /// A binary built beside the running one (`stockflow`, `handwritten`, ...).
 pub fn sibling(name: &str) -> PathBuf {
     std::env::current_exe()

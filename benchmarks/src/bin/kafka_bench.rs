@@ -317,6 +317,7 @@ fn stockflow(sets: &[String], events: u64, db: Option<&str>, probes: bool) -> Ru
     cmd.arg("--config")
         .arg(repo().join("configs/kafka.toml"))
         .args(sets.iter().flat_map(|s| ["--set", s.as_str()]))
+        .args(["--set", &stockflow_benchmarks::fresh_checkpoint_dir()])
         .arg("--set")
         .arg("http.listen=127.0.0.1:0");
     let (mut child, addr) = start_serving(cmd);

@@ -131,6 +131,10 @@ fn run(
     };
     let started = Instant::now();
     let end_time = Arc::new(AtomicU64::new(0));
+    // Workers that are done (fed everything and, with a checkpoint, handed over their part):
+    // every worker keeps the clock moving until all are.
+    let done_workers = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let dw = Arc::clone(&done_workers);
     let barrier = Arc::new(std::sync::Barrier::new(WORKERS));
     let (et, ba) = (Arc::clone(&end_time), Arc::clone(&barrier));
     let (c, s, sh, p, o, wr, rq, fi, rs) = (
@@ -156,6 +160,7 @@ fn run(
         let mut log_time = events.get(i.saturating_sub(1)).map_or(BASE_MS, |e| e.ts);
         let mut my_part: Option<Part> = None;
         let mut asked = false;
+        let mut counted = false;
         let mut local = Observed::default();
         let mut position_at: Option<(u64, Resume)> = None;
         // (pipeline time, events fed by the end of it, log time): where a checkpoint resumes.
@@ -219,7 +224,11 @@ fn run(
                     break;
                 }
             }
-            if i >= events.len() && (checkpoint_at.is_none() || my_part.is_some()) {
+            if !counted && i >= events.len() && (checkpoint_at.is_none() || my_part.is_some()) {
+                dw.fetch_add(1, Ordering::AcqRel);
+                counted = true;
+            }
+            if counted && dw.load(Ordering::Acquire) == WORKERS {
                 break;
             }
         }

@@ -78,6 +78,7 @@ fn main() {
     cmd.arg("--config")
         .arg(repo().join("configs/kafka.toml"))
         .args(sets.iter().flat_map(|s| ["--set", s.as_str()]))
+        .args(["--set", &stockflow_benchmarks::fresh_checkpoint_dir()])
         .args(["--set", "http.listen=127.0.0.1:0"]);
     let (mut stockflow, addr) = start_serving(cmd);
     let pid = stockflow.id();

@@ -177,6 +177,7 @@ impl Engine {
         let io = Rc::new(RefCell::new(LedgerIo::default()));
         let io2 = Rc::clone(&io);
         let start = restore.as_ref().map(|r| r.at);
+        let tick = cfg.tick_ms;
         let (mut input, mut control, probe) = worker.dataflow::<Time, _, _>(move |scope| {
             let (input, events) = scope.new_input::<Vec<Record>>();
             let (control, controls) = scope.new_input::<Vec<Control>>();
@@ -197,9 +198,10 @@ impl Engine {
                 topk::publish(ranked, Arc::clone(&store), local_worker, cfg.top_tick_ms).probe();
             (input, control, probe)
         });
+        // The restored rows are at the restored time; nothing read afterwards may be.
         if let Some(at) = start {
-            input.advance_to(at);
-            control.advance_to(at);
+            input.advance_to(at + tick);
+            control.advance_to(at + tick);
         }
         Engine {
             input,

@@ -382,7 +382,8 @@ fn one_run(
                 want.top = want_top.top;
                 let mut accumulated: BTreeMap<Change, i64> = BTreeMap::new();
                 for (ch, at, r) in c.lock().unwrap().iter() {
-                    if *at <= t {
+                    // Markers of forgetting are not rows.
+                    if *at <= t && !matches!(ch, Change::Forgotten(_)) {
                         *accumulated.entry(ch.clone()).or_default() += r;
                     }
                 }

@@ -2,14 +2,14 @@
 //! thread fills a bounded channel, so a slow pipeline slows the reader instead of filling memory.
 //!
 //! A file is a log of one partition: a record's position is its line number, its log time the
-//! latest `ts` of the lines so far. A restart from a checkpoint skips the lines it covers.
+//! latest `ts` of the valid events so far. A restart from a checkpoint skips the lines it covers.
 
 use crate::{Polled, Position, RawRecord, Source};
 use crossbeam_channel::{bounded, Receiver, TryRecvError};
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
-use stockflow_types::event::{peek_ts, MAX_RECORD_BYTES};
+use stockflow_types::event::{decode, MAX_RECORD_BYTES};
 use stockflow_types::resume::Resume;
 use stockflow_types::Millis;
 use thiserror::Error;
@@ -87,8 +87,9 @@ impl JsonLinesSource {
                             if number <= skip || line.iter().all(u8::is_ascii_whitespace) {
                                 continue; // covered by the checkpoint, or blank: not a record
                             }
-                            if let Some(ts) = peek_ts(&line) {
-                                log_time = log_time.max(ts);
+                            // Only a valid event moves log time: bad input changes nothing.
+                            if let Ok(ev) = decode(&line) {
+                                log_time = log_time.max(ev.ts);
                             }
                             let mut rec = RawRecord::new(None, line.clone(), Position::new(name.clone(), 0, number));
                             rec.log_time = log_time;
@@ -226,7 +227,12 @@ mod tests {
 
     #[test]
     fn resumes_after_the_lines_a_checkpoint_covers_with_their_log_time() {
-        let text = "{\"ts\":5}\n{\"ts\":3}\n{\"ts\":9}\n";
+        let ev = |ts: u64| {
+            format!(
+                r#"{{"event_id":"e{ts}","type":"sold","sku":"A","ts":{ts},"location":"L","qty":1}}"#
+            )
+        };
+        let text = format!("{}\n{}\n{{\"ts\":99}}\n{}\n", ev(5), ev(3), ev(9));
         let open = |from| {
             JsonLinesSource::from_reader(
                 "t".into(),
@@ -239,7 +245,11 @@ mod tests {
             .iter()
             .map(|r| (r.position.offset, r.log_time))
             .collect();
-        assert_eq!(times, vec![(1, 5), (2, 5), (3, 9)], "the latest ts so far");
+        assert_eq!(
+            times,
+            vec![(1, 5), (2, 5), (3, 5), (4, 9)],
+            "the latest valid ts so far"
+        );
         let mut src = open((0, 0));
         let mut out = Vec::new();
         while out.len() < 2 {
@@ -247,9 +257,9 @@ mod tests {
         }
         let at = src.positions_at(10);
         assert_eq!((at[0].next, at[0].log_time), (3, 5));
-        let rest = read_all(&mut open((2, 5)));
+        let rest = read_all(&mut open((3, 5)));
         assert_eq!(rest.len(), 1);
-        assert_eq!((rest[0].position.offset, rest[0].log_time), (3, 9));
+        assert_eq!((rest[0].position.offset, rest[0].log_time), (4, 9));
     }
 
     #[test]

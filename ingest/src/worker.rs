@@ -154,10 +154,12 @@ pub fn run_worker(
             );
             had_sources = false;
         }
-        if io.checkpoints.is_some() && worker.index() == 0 && Instant::now() >= next_checkpoint {
-            if !engine.writing_checkpoint() {
-                engine.request_checkpoint();
-            }
+        if io.checkpoints.is_some()
+            && worker.index() == 0
+            && Instant::now() >= next_checkpoint
+            && !engine.writing_checkpoint()
+        {
+            engine.request_checkpoint();
             next_checkpoint = Instant::now() + opts.checkpoint_every;
         }
         if Instant::now() >= next_durable {
@@ -254,8 +256,16 @@ impl Parts {
             self.positions.insert(at, positions);
         }
         while let Some(part) = engine.take_part() {
-            let positions = self.positions.remove(&part.at).unwrap_or_default();
+            let positions = self.positions.remove(&part.at);
             self.positions = self.positions.split_off(&part.at);
+            let Some(positions) = positions else {
+                // Without its positions a restart would read its records twice: never publish it.
+                tracing::error!(
+                    at = part.at,
+                    "a checkpoint part without source positions is dropped"
+                );
+                continue;
+            };
             if let Some(sender) = io.checkpoints {
                 sender.send(WorkerPart {
                     at: part.at,

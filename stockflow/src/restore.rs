@@ -17,6 +17,15 @@ pub struct Restored {
     pub positions: Vec<Resume>,
     /// One state per local worker.
     pub workers: Vec<WorkerRestore>,
+    /// The ClickHouse database that held its state (`url/database`), if any.
+    pub sink: Option<String>,
+}
+
+/// The identity of the configured ClickHouse sink, as a checkpoint records it.
+pub fn sink_identity(settings: &Settings) -> Option<String> {
+    let c = &settings.clickhouse;
+    c.enabled
+        .then(|| format!("{}/{}", c.url.trim_end_matches('/'), c.database))
 }
 
 /// What a checkpoint must have been written with to be restored by this configuration.
@@ -28,6 +37,11 @@ pub fn fingerprint(cfg: &EngineConfig) -> Fingerprint {
             .iter()
             .map(|w| (w.name.clone(), w.size_ms))
             .collect(),
+        horizons: (
+            cfg.retention_ms,
+            cfg.window_retention_ms,
+            cfg.dedup_window_ms,
+        ),
     }
 }
 
@@ -46,16 +60,14 @@ pub fn load(settings: &Settings, cfg: &EngineConfig, workers: usize) -> Result<O
         };
         if loaded.header.fingerprint != want {
             bail!(
-                "checkpoint {} was written with tick {} ms and windows {:?}, the configuration has tick {} ms and windows {:?}: \
+                "checkpoint {} was written with {}; the configuration has {}: \
                  restore that configuration, or move the checkpoint directory away to rebuild the state from the log",
                 path.display(),
-                loaded.header.fingerprint.tick_ms,
-                loaded.header.fingerprint.windows,
-                want.tick_ms,
-                want.windows
+                describe(&loaded.header.fingerprint),
+                describe(&want),
             );
         }
-        let routed = match ledger::route(&loaded.parts, workers) {
+        let routed = match ledger::route(&loaded.parts(), workers) {
             Ok(r) => r,
             Err(e) => {
                 metrics::counter!("stockflow_checkpoint_corrupt_total").increment(1);
@@ -70,7 +82,7 @@ pub fn load(settings: &Settings, cfg: &EngineConfig, workers: usize) -> Result<O
             path = %path.display(),
             at = loaded.header.at,
             skus,
-            written_by = loaded.parts.len(),
+            written_by = loaded.header.part_lengths.len(),
             workers,
             millis = started.elapsed().as_millis() as u64,
             "restoring a checkpoint; reading what follows it"
@@ -79,8 +91,17 @@ pub fn load(settings: &Settings, cfg: &EngineConfig, workers: usize) -> Result<O
             at: loaded.header.at,
             positions: loaded.header.positions,
             workers: routed,
+            sink: loaded.header.sink,
         }));
     }
     tracing::info!(dir = %settings.checkpoint.dir.display(), "no checkpoint to restore; reading the log from the start");
     Ok(None)
+}
+
+fn describe(f: &Fingerprint) -> String {
+    let (retention, window_retention, dedup) = f.horizons;
+    format!(
+        "tick {} ms, windows {:?}, retention {retention} ms, window_retention {window_retention} ms, dedup_window {dedup} ms",
+        f.tick_ms, f.windows
+    )
 }

@@ -64,7 +64,11 @@ pub fn run(settings: Settings) -> Result<()> {
         .as_ref()
         .map(|r| r.positions.clone())
         .unwrap_or_default();
-    let restored_at = restored.as_ref().map(|r| r.at);
+    let sink_identity = crate::restore::sink_identity(&settings);
+    let restored_for_sink = restored.as_ref().map(|r| clickhouse::Restored {
+        at: r.at,
+        sink_changed: r.sink != sink_identity,
+    });
     let worker_restores: Arc<Mutex<Vec<Option<WorkerRestore>>>> =
         Arc::new(Mutex::new(match restored {
             Some(r) => r.workers.into_iter().map(Some).collect(),
@@ -90,10 +94,9 @@ pub fn run(settings: Settings) -> Result<()> {
             runtime.handle(),
             &settings.clickhouse,
             &cfg.windows,
-            cfg.window_retention_ms,
             workers,
             Arc::clone(&progress),
-            restored_at,
+            restored_for_sink,
         )
     });
     let writer = settings.checkpoint.enabled.then(|| {
@@ -101,6 +104,7 @@ pub fn run(settings: Settings) -> Result<()> {
             &settings.checkpoint,
             workers,
             crate::restore::fingerprint(&cfg),
+            sink_identity.clone(),
             Arc::clone(&progress),
         )
     });

@@ -641,6 +641,14 @@ impl Settings {
                     "needs a source that can be read again from a position (kafka or file), not the generator",
                 ));
             }
+            if self.source.kind == SourceKind::File
+                && self.source.input_file.as_deref() == Some(std::path::Path::new("-"))
+            {
+                return Err(bad(
+                    "checkpoint.enabled",
+                    "standard input cannot be read again from a position: give a file",
+                ));
+            }
             if cp.interval.as_millis() < tick
                 || !cp.interval.subsec_nanos().is_multiple_of(1_000_000)
             {

@@ -419,18 +419,6 @@ pub fn decode(bytes: &[u8]) -> Result<Event, Rejection> {
     })
 }
 
-/// The business time `ts` of a record, if it has a valid one, without decoding the rest: the
-/// log time of a JSON-lines file (the latest `ts` so far) needs it before admission.
-pub fn peek_ts(bytes: &[u8]) -> Option<Millis> {
-    #[derive(Deserialize)]
-    struct Ts<'a> {
-        #[serde(borrow)]
-        ts: Option<&'a RawValue>,
-    }
-    let raw: Ts<'_> = serde_json::from_slice(bytes).ok()?;
-    time_field("ts", raw.ts).ok()
-}
-
 /// Decodes a message read from a topic that carries `expected` types only.
 pub fn decode_from(bytes: &[u8], expected: Stream) -> Result<Event, Rejection> {
     let ev = decode(bytes)?;
@@ -582,17 +570,6 @@ mod tests {
             decode_from(sold, Stream::Inventory).unwrap_err().reason,
             RejectReason::WrongTopic
         );
-    }
-
-    #[test]
-    fn peeks_the_business_time() {
-        assert_eq!(
-            peek_ts(br#"{"ts":"1970-01-01T00:00:01Z","x":[1]}"#),
-            Some(1000)
-        );
-        assert_eq!(peek_ts(br#"{"ts":5}"#), Some(5));
-        assert_eq!(peek_ts(br#"{"ts":-5}"#), None);
-        assert_eq!(peek_ts(b"{oops"), None);
     }
 
     #[test]

@@ -123,4 +123,9 @@ pub enum Change {
     Reservation(ReservationRow),
     /// A window row.
     Window(WindowRow),
+    /// Not a row: the retraction of this row at the same time is the pipeline *forgetting* it
+    /// (a window final and evicted, a reservation forgotten `retention` after it ended), not the
+    /// row ceasing to exist. Sinks keep the row's last state as history. Emitted once, never
+    /// retracted.
+    Forgotten(Box<Change>),
 }

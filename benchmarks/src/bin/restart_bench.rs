@@ -114,7 +114,7 @@ fn run(
             ];
             let mut rng = rand::rngs::SmallRng::seed_from_u64(3);
             while !done.load(Ordering::Relaxed) {
-                let sku = sku_name(rng.random_range(1..=skus));
+                let sku = sku_name(rng.random_range(1..=skus.max(1)));
                 let res =
                     reservation_name(rng.random_range(0..WORKERS), rng.random_range(1..100_000));
                 let t0 = Instant::now();
@@ -289,6 +289,52 @@ fn peak_rss_kib() -> u64 {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("--restore") {
+        // Profiling aid: restore a kept checkpoint (RESTART_BENCH_KEEP) and stop.
+        let path = std::path::Path::new(&args[2]);
+        let t0 = Instant::now();
+        let loaded = checkpoint::read(path).expect("reads back");
+        let restores = ledger::route(&loaded.parts(), WORKERS).expect("routes");
+        println!("read and routed in {:.2} s", t0.elapsed().as_secs_f64());
+        let cfg = Arc::new(config(false));
+        let at = loaded.header.at;
+        let store = Arc::new(ViewStore::new(WORKERS, cfg.windows.clone(), cfg.top_k));
+        let (c, st) = (Arc::clone(&cfg), Arc::clone(&store));
+        let restores = Arc::new(Mutex::new(
+            restores.into_iter().map(Some).collect::<Vec<_>>(),
+        ));
+        let t1 = Instant::now();
+        timely::execute(timely::Config::process(WORKERS), move |worker| {
+            let mine = restores.lock().unwrap()[worker.index()].take();
+            let mut engine = Engine::build(worker, Arc::clone(&c), Arc::clone(&st), mine, |x| x);
+            engine.advance_log(at);
+            engine.advance_to(at + 2);
+            while engine.pending(at + 2) {
+                worker.step();
+            }
+            engine.shutdown(worker);
+        })
+        .expect("timely starts")
+        .join();
+        let r = RunOutcome {
+            seconds: t1.elapsed().as_secs_f64(),
+            store,
+            parts: Vec::new(),
+            positions: Vec::new(),
+            checkpoint_seconds: 0.0,
+            observed: Observed::default(),
+            lookups: [
+                Histogram::<u64>::new(3).unwrap(),
+                Histogram::<u64>::new(3).unwrap(),
+            ],
+        };
+        println!(
+            "rebuilt in {:.2} s: {} keys",
+            r.seconds,
+            r.store.location_count()
+        );
+        return;
+    }
     if args.get(1).map(String::as_str) == Some("--memory") {
         // A child: replay EVENTS with short or default horizons, print the peak RSS.
         let events: usize = args[2].parse().expect("events");
@@ -355,7 +401,13 @@ fn main() {
                 .iter()
                 .map(|w| (w.name.clone(), w.size_ms))
                 .collect(),
+            horizons: (
+                cfg.retention_ms,
+                cfg.window_retention_ms,
+                cfg.dedup_window_ms,
+            ),
         },
+        sink: None,
     };
     let w0 = Instant::now();
     let bytes: Vec<&[u8]> = first
@@ -398,7 +450,7 @@ fn main() {
     // 3: restart to ready from the file, beside a full replay.
     let r0 = Instant::now();
     let loaded = checkpoint::read(&path).expect("reads back");
-    let restores = ledger::route(&loaded.parts, WORKERS).expect("routes");
+    let restores = ledger::route(&loaded.parts(), WORKERS).expect("routes");
     let load_seconds = r0.elapsed().as_secs_f64();
     let mut from = [0usize; WORKERS];
     for p in &loaded.header.positions {
@@ -433,7 +485,7 @@ fn main() {
     // The same checkpoint under a steady load instead of a catch-up: the tail at 5 events per
     // tick per worker (10,000 events/s), from the restored state.
     let loaded = checkpoint::read(&path).expect("reads back");
-    let restores = ledger::route(&loaded.parts, WORKERS).expect("routes");
+    let restores = ledger::route(&loaded.parts(), WORKERS).expect("routes");
     let steady = run(
         skus,
         &cfg,
@@ -459,7 +511,11 @@ fn main() {
         restarted.seconds,
         replay.seconds
     );
-    let _ = std::fs::remove_dir_all(&dir);
+    if std::env::var_os("RESTART_BENCH_KEEP").is_none() {
+        let _ = std::fs::remove_dir_all(&dir);
+    } else {
+        println!("  kept {}", path.display());
+    }
 
     // 4: memory of a replay by history length and horizon, in child processes.
     let me = std::env::current_exe().expect("own path");

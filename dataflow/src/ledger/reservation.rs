@@ -92,6 +92,9 @@ pub(crate) struct Res {
     pub expiry_timer: Option<Time>,
     pub log_timer: Option<Millis>,
     pub published: Option<Published>,
+    /// The last state of an incarnation just forgotten, to leave in the sinks as history: the
+    /// next settle emits it (and that it was forgotten, not deleted).
+    pub history: Option<Published>,
 }
 
 impl Res {
@@ -204,9 +207,10 @@ impl Sku {
         };
         let res = self.res.get_mut(&name).expect("present");
         if res.forgotten.is_some() {
-            // A new incarnation; the tombstone's row, if still published, is retracted below.
+            // A new incarnation; the tombstone's row, if still published, is retired below.
             *res = Res {
                 published: res.published,
+                history: res.history,
                 ..Res::default()
             };
         }
@@ -300,18 +304,28 @@ impl Sku {
         let res = self.res.get_mut(id).expect("present");
         if res.forgotten.is_some() || res.reserved.is_none() {
             let res = self.res.remove(id).expect("present");
-            if let Some(p) = res.published {
-                self.gone.push((Arc::clone(id), p));
+            if res.published.is_some() || res.history.is_some() {
+                self.gone.push((Arc::clone(id), res.published, res.history));
             }
             ctx.store.registry().unbind(id, &self.name);
             ctx.store.remove_reservation(id);
             return;
         }
+        // Its last state (as it would be published now) stays in the sinks as history.
+        let locs = &self.locs;
+        let held = || {
+            res.live_at
+                .and_then(|(loc, ts, _)| locs[loc as usize].live.get(&(ts, Arc::clone(id))))
+                .and_then(|l| l.held)
+                .unwrap_or(false)
+        };
+        let last = res.published_at(ctx.t, held).or(res.published);
         let ended = res.ended();
         let live = res.live_at.take();
         *res = Res {
             forgotten: Some(ended),
             published: res.published,
+            history: last,
             ..Res::default()
         };
         self.move_live(id, live, None);

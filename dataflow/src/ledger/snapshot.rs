@@ -225,7 +225,7 @@ impl LedgerState {
     /// Starts a checkpoint of the state as of `at` (just applied). A checkpoint still being
     /// written is finished first and returned.
     pub(crate) fn begin_snapshot(&mut self, at: Time, worker: usize) -> Option<Part> {
-        let previous = self.snapshot.is_some().then(|| self.finish_snapshot());
+        let previous = self.snapshot_step(Duration::MAX);
         let mut out = Chunks::default();
         out.write(&Item::Meta {
             at,
@@ -268,7 +268,11 @@ impl LedgerState {
                     snap.cursor += 1;
                 }
                 if snap.cursor == snap.done.len() {
-                    return Some(self.finish_snapshot());
+                    let snap = self.snapshot.take().expect("in progress");
+                    return Some(Part {
+                        at: snap.at,
+                        chunks: snap.out.0,
+                    });
                 }
                 let i = snap.cursor;
                 snap.done[i] = true;
@@ -277,25 +281,6 @@ impl LedgerState {
             if started.elapsed() >= budget {
                 return None;
             }
-        }
-    }
-
-    fn finish_snapshot(&mut self) -> Part {
-        while self.snapshot.as_ref().is_some_and(|s| {
-            !s.dedup_pending.is_empty() || s.done.iter().skip(s.cursor).any(|d| !d)
-        }) {
-            let snap = self.snapshot.as_mut().expect("checked");
-            if let Some((g, i)) = snap.dedup_pending.pop_first() {
-                write_dedup_shard(snap, &self.dedup, g, i);
-            } else if let Some(i) = (snap.cursor..snap.done.len()).find(|i| !snap.done[*i]) {
-                snap.done[i] = true;
-                snap.out.write(&Item::Sku(sku_state(&self.skus[i])));
-            }
-        }
-        let snap = self.snapshot.take().expect("a checkpoint in progress");
-        Part {
-            at: snap.at,
-            chunks: snap.out.0,
         }
     }
 
@@ -484,12 +469,15 @@ pub fn decode_part(bytes: &[u8]) -> Result<Vec<Item>, SnapshotError> {
 
 /// Routes the parts of a checkpoint (written by any number of workers) to `workers` workers:
 /// each SKU and each de-duplication key goes to the owner of its SKU.
-pub fn route(parts: &[Vec<u8>], workers: usize) -> Result<Vec<WorkerRestore>, SnapshotError> {
+pub fn route<P: AsRef<[u8]>>(
+    parts: &[P],
+    workers: usize,
+) -> Result<Vec<WorkerRestore>, SnapshotError> {
     let workers = workers.max(1);
     let mut out: Vec<WorkerRestore> = (0..workers).map(|_| WorkerRestore::default()).collect();
     let mut meta: Option<(Time, Millis)> = None;
     for (i, part) in parts.iter().enumerate() {
-        let mut items = decode_part(part)?.into_iter();
+        let mut items = decode_part(part.as_ref())?.into_iter();
         let Some(Item::Meta { at, frontier, .. }) = items.next() else {
             return Err(SnapshotError::Inconsistent(format!(
                 "part {i} does not start with its header"

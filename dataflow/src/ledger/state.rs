@@ -85,8 +85,9 @@ pub(crate) struct Sku {
     pub dirty: bool,
     pub dirty_locs: Vec<LocId>,
     pub dirty_res: Vec<Name>,
-    /// Reservations removed entirely while a row of theirs was still published.
-    pub gone: Vec<(Name, Published)>,
+    /// Reservations removed entirely while a row of theirs was still published, or their
+    /// history not yet emitted: (id, published, history).
+    pub gone: Vec<(Name, Option<Published>, Option<Published>)>,
     /// (size, start, location) → delta.
     pub window_deltas: Vec<((Millis, Millis, LocId), WindowFigures)>,
     pub evict_windows: bool,
@@ -470,8 +471,8 @@ impl LedgerState {
         }
 
         // 3. Reservation rows: statuses after allocation; tombstones and removals.
-        for (id, old) in std::mem::take(&mut s.gone) {
-            out.push((Change::Reservation(reservation_row(s, &id, old)), -1));
+        for (id, old, history) in std::mem::take(&mut s.gone) {
+            retire(s, &id, old, history, out);
         }
         emit_res.sort_unstable();
         emit_res.dedup();
@@ -487,6 +488,29 @@ impl LedgerState {
         dirty_locs.clear();
         s.dirty_locs = dirty_locs;
     }
+}
+
+/// Retires the row of a forgotten reservation: retracts what was published and leaves its last
+/// state, marked [`Change::Forgotten`], for the sinks to keep as history.
+pub(crate) fn retire(
+    s: &Sku,
+    id: &Name,
+    published: Option<Published>,
+    history: Option<Published>,
+    out: &mut Vec<(Change, Diff)>,
+) {
+    if let Some(old) = published {
+        out.push((Change::Reservation(reservation_row(s, id, old)), -1));
+    }
+    let Some(last) = history.or(published) else {
+        return;
+    };
+    let row = Change::Reservation(reservation_row(s, id, last));
+    if Some(last) != published {
+        out.push((row.clone(), 1));
+        out.push((row.clone(), -1));
+    }
+    out.push((Change::Forgotten(Box::new(row)), 1));
 }
 
 /// The row a reservation published.
@@ -510,9 +534,16 @@ impl Sku {
         id: &Name,
         out: &mut Vec<(Change, Diff)>,
     ) {
-        let Some(res) = self.res.get(id) else {
+        let Some(res) = self.res.get_mut(id) else {
             return;
         };
+        if let Some(history) = res.history.take() {
+            let old = res.published.take();
+            retire(self, id, old, Some(history), out);
+            // Its view goes too; a tombstone or a new incarnation takes its place below.
+            store.remove_reservation(id);
+        }
+        let res = &self.res[id];
         let now = res.published_at(t, || {
             let (loc, ts, _) = res
                 .live_at

@@ -113,16 +113,15 @@ impl Sku {
             w.windows.retain(|(size, start, loc), figures| {
                 let keep = final_at(cfg, *size, *start) > frontier;
                 if !keep {
-                    out.push((
-                        Change::Window(WindowRow {
-                            window_ms: *size,
-                            window_start: *start,
-                            sku: Arc::clone(sku),
-                            location: Arc::clone(loc),
-                            figures: *figures,
-                        }),
-                        -1,
-                    ));
+                    let row = Change::Window(WindowRow {
+                        window_ms: *size,
+                        window_start: *start,
+                        sku: Arc::clone(sku),
+                        location: Arc::clone(loc),
+                        figures: *figures,
+                    });
+                    out.push((Change::Forgotten(Box::new(row.clone())), 1));
+                    out.push((row, -1));
                 }
                 keep
             });

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use stockflow_types::resume::Resume;
 use stockflow_types::Millis;
@@ -15,13 +15,17 @@ const MAGIC: &[u8; 8] = b"SFCKPT\r\n";
 const SUFFIX: &str = ".sfc";
 
 /// What must not change between the run that wrote a checkpoint and the one that restores it:
-/// the windows (their state is kept by size) and the tick.
+/// the windows (their state is kept by size), the tick, and the horizons (de-duplication
+/// generations are numbered by `dedup_window`; a longer `retention` would admit counts older
+/// than movements already folded).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Fingerprint {
     /// The pipeline tick, ms.
     pub tick_ms: u64,
     /// The configured windows: (name, size ms).
     pub windows: Vec<(String, u64)>,
+    /// (retention, window_retention, dedup_window), ms.
+    pub horizons: (u64, u64, u64),
 }
 
 /// What a checkpoint is.
@@ -37,6 +41,9 @@ pub struct Header {
     pub part_lengths: Vec<u64>,
     /// The configuration it needs.
     pub fingerprint: Fingerprint,
+    /// The ClickHouse database that held everything before `at` when it was written
+    /// (`url/database`), if the sink was on: a restart with another one writes the whole state.
+    pub sink: Option<String>,
 }
 
 /// A checkpoint read back.
@@ -46,8 +53,17 @@ pub struct Loaded {
     pub path: PathBuf,
     /// Its header.
     pub header: Header,
-    /// The workers' parts.
-    pub parts: Vec<Vec<u8>>,
+    /// The file's bytes.
+    bytes: Vec<u8>,
+    /// Where each worker's part is in `bytes`.
+    ranges: Vec<std::ops::Range<usize>>,
+}
+
+impl Loaded {
+    /// The workers' parts (slices of the file, not copies).
+    pub fn parts(&self) -> Vec<&[u8]> {
+        self.ranges.iter().map(|r| &self.bytes[r.clone()]).collect()
+    }
 }
 
 /// Writing or reading a checkpoint failed.
@@ -177,10 +193,7 @@ pub fn write_atomic(
 
 /// Reads a checkpoint, verifying its magic, version, checksum and layout.
 pub fn read(path: &Path) -> Result<Loaded, CheckpointError> {
-    let mut bytes = Vec::new();
-    File::open(path)
-        .and_then(|mut f| f.read_to_end(&mut bytes))
-        .map_err(io("reading", path))?;
+    let bytes = std::fs::read(path).map_err(io("reading", path))?;
     let corrupt = |problem: &str| CheckpointError::Corrupt {
         path: path.to_path_buf(),
         problem: problem.to_string(),
@@ -210,13 +223,13 @@ pub fn read(path: &Path) -> Result<Loaded, CheckpointError> {
     let header: Header =
         bincode::deserialize(header_bytes).map_err(|e| corrupt(&format!("the header: {e}")))?;
     let mut at = start + header_len;
-    let mut parts = Vec::with_capacity(header.part_lengths.len());
+    let mut ranges = Vec::with_capacity(header.part_lengths.len());
     for len in &header.part_lengths {
         let end = at
             .checked_add(*len as usize)
             .filter(|end| *end <= body.len())
             .ok_or_else(|| corrupt("a part is cut short"))?;
-        parts.push(body[at..end].to_vec());
+        ranges.push(at..end);
         at = end;
     }
     if at != body.len() {
@@ -225,7 +238,8 @@ pub fn read(path: &Path) -> Result<Loaded, CheckpointError> {
     Ok(Loaded {
         path: path.to_path_buf(),
         header,
-        parts,
+        bytes,
+        ranges,
     })
 }
 
@@ -247,7 +261,9 @@ mod tests {
             fingerprint: Fingerprint {
                 tick_ms: 1,
                 windows: vec![("1m".into(), 60_000)],
+                horizons: (3_600_000, 7_200_000, 3_600_000),
             },
+            sink: None,
         }
     }
 
@@ -267,7 +283,7 @@ mod tests {
         assert_eq!(listed, vec![12, 5]);
         let l = read(&path).unwrap();
         assert_eq!(l.header, header(5));
-        assert_eq!(l.parts, vec![b"abc".to_vec(), vec![], b"de".to_vec()]);
+        assert_eq!(l.parts(), vec![&b"abc"[..], &b""[..], &b"de"[..]]);
         assert!(std::fs::read_dir(&d).unwrap().all(|e| !e
             .unwrap()
             .file_name()

@@ -50,10 +50,13 @@ impl CheckpointWriter {
         cfg: &CheckpointConfig,
         workers: usize,
         fingerprint: Fingerprint,
+        sink: Option<String>,
         progress: Arc<Progress>,
     ) -> Self {
         let (tx, rx) = unbounded();
+        remove_temporaries(&cfg.dir);
         let state = Writer {
+            sink,
             dir: cfg.dir.clone(),
             keep: cfg.keep,
             workers,
@@ -94,7 +97,23 @@ impl CheckpointWriter {
     }
 }
 
+/// Removes the temporary files of writes that a crash interrupted (they never take a
+/// checkpoint's name, but they take its room).
+fn remove_temporaries(dir: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with(".checkpoint-") && name.ends_with(".tmp") {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
 struct Writer {
+    sink: Option<String>,
     dir: PathBuf,
     keep: usize,
     workers: usize,
@@ -162,6 +181,7 @@ impl Writer {
                 .map(|p| p.chunks.iter().map(|c| c.len() as u64).sum())
                 .collect(),
             fingerprint: self.fingerprint.clone(),
+            sink: self.sink.clone(),
         };
         let bytes: Vec<&[u8]> = parts
             .iter()

@@ -6,9 +6,10 @@
 //! a time, it folds that time's updates into one pending row per key (the latest state wins).
 //! A batch is written when it holds `batch_rows` keys or `flush_interval` after the last write:
 //! per key, the row as it now is with `version` = the pipeline time of its latest change and
-//! `deleted = 0`, or the last row it had with `deleted = 1` when it ceased to exist (rows the
-//! pipeline merely forgets for retention, ended reservations and old windows, stay as they were:
-//! ClickHouse keeps the history). Tables are
+//! `deleted = 0`, or the last row it had with `deleted = 1` when it ceased to exist. Rows the
+//! pipeline merely forgets for retention (ended reservations, final windows; the ledger marks
+//! them [`stockflow_types::rows::Change::Forgotten`]) stay as they were, or are written once as
+//! their last state if they never were: ClickHouse keeps the history. Tables are
 //! `ReplacingMergeTree(version)` (contract §4), so `FINAL ... WHERE deleted = 0` reads the
 //! current values, and writing the same state again (a retry, a replay after a restart) changes
 //! no answer.
@@ -27,4 +28,4 @@ mod schema;
 mod sink;
 
 pub use schema::ddl;
-pub use sink::{attach, ClickHouseSink, SinkHandle};
+pub use sink::{attach, ClickHouseSink, Restored, SinkHandle};

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use stockflow_types::config::{ClickHouseConfig, WindowSpec};
 use stockflow_types::progress::Progress;
-use stockflow_types::rows::Change;
+use stockflow_types::rows::{Change, WindowFigures, WindowRow};
 use stockflow_types::{Millis, Name};
 use timely::dataflow::operators::core::Inspect;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
@@ -60,18 +60,16 @@ pub struct ClickHouseSink {
 
 impl ClickHouseSink {
     /// Starts the task on `runtime` for `workers` local workers. It creates the database and
-    /// tables when it first reaches the server. `window_retention_ms` tells evictions of windows
-    /// (which ClickHouse keeps as history) from windows that ceased to exist. `restored_at` is
-    /// the time of the checkpoint the pipeline restored, if it did: the rows an earlier run
-    /// wrote after it are rewritten from the restored state (see the module documentation).
+    /// tables when it first reaches the server. `restored` says which checkpoint the pipeline
+    /// restored, if it did: the rows an earlier run wrote after it are rewritten from the
+    /// restored state (see the module documentation).
     pub fn start(
         runtime: &tokio::runtime::Handle,
         cfg: &ClickHouseConfig,
         windows: &[WindowSpec],
-        window_retention_ms: u64,
         workers: usize,
         progress: Arc<Progress>,
-        restored_at: Option<Millis>,
+        restored: Option<Restored>,
     ) -> Self {
         let (tx, rx) = unbounded_channel();
         let frontiers: Arc<[AtomicU64]> = (0..workers).map(|_| AtomicU64::new(0)).collect();
@@ -90,7 +88,6 @@ impl ClickHouseSink {
                 .iter()
                 .map(|w| (w.size_ms, w.name.clone()))
                 .collect(),
-            window_retention_ms,
             rx,
             frontiers: Arc::clone(&frontiers),
             progress: Arc::clone(&progress),
@@ -100,8 +97,9 @@ impl ClickHouseSink {
             staged_through: 0,
             durable: 0,
             schema_ready: false,
-            restored_at,
-            rewrite: None,
+            restored_at: restored.map(|r| r.at),
+            rewrite: restored.and_then(|r| r.sink_changed.then_some(Rewrite::All)),
+            unseen: HashSet::new(),
         };
         let task = runtime.spawn(writer.run());
         ClickHouseSink {
@@ -135,6 +133,34 @@ impl ClickHouseSink {
     }
 }
 
+/// The checkpoint a pipeline restored, as the sink needs to know it.
+#[derive(Clone, Copy, Debug)]
+pub struct Restored {
+    /// Its pipeline time.
+    pub at: Millis,
+    /// It was written while another ClickHouse database, or none, was the sink: this one may
+    /// hold nothing of its state, so all of it is written.
+    pub sink_changed: bool,
+}
+
+/// What the restored state must write again.
+#[derive(Debug)]
+enum Rewrite {
+    /// The keys an earlier run wrote after the checkpoint.
+    Keys(HashSet<Key>),
+    /// Everything: the tables hold nothing of the checkpoint's state.
+    All,
+}
+
+impl Rewrite {
+    fn contains(&self, k: &Key) -> bool {
+        match self {
+            Rewrite::Keys(keys) => keys.contains(k),
+            Rewrite::All => true,
+        }
+    }
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
 enum Key {
     Stock(Name, Name),
@@ -152,6 +178,7 @@ fn key(c: &Change) -> Key {
             r.sku.clone(),
             r.location.clone(),
         ),
+        Change::Forgotten(row) => key(row),
     }
 }
 
@@ -174,11 +201,18 @@ struct Staged {
     /// An earlier run wrote this key after the restored checkpoint, at versions up to its
     /// crash: it is written again above them (see `Writer::rewrite`).
     rewrite: bool,
+    /// The pipeline forgot the row in this batch (a [`Change::Forgotten`] marker): its
+    /// disappearance is not a deletion, and ClickHouse keeps its last state.
+    forgotten: bool,
 }
 
 impl Staged {
     fn add(&mut self, c: Change, diff: i64, t: Millis) {
         self.version = self.version.max(t);
+        if matches!(c, Change::Forgotten(_)) {
+            self.forgotten = true;
+            return;
+        }
         if diff > 0 {
             self.last_inserted = Some(c.clone());
         }
@@ -193,10 +227,15 @@ impl Staged {
         }
     }
 
-    /// The row to write and whether it is a deletion; `None` if nothing changed.
+    /// The row to write and whether it is a deletion; `None` if nothing changed (for ClickHouse).
     fn outcome(&self) -> Option<(&Change, bool)> {
         if let Some((c, _)) = self.rows.iter().find(|(_, d)| *d > 0) {
             return Some((c, false));
+        }
+        if self.forgotten {
+            // Forgotten, not deleted: its last state stays, written if it never was (it
+            // appeared or changed in this batch).
+            return self.last_inserted.as_ref().map(|c| (c, false));
         }
         self.rows.first().map(|(c, _)| (c, true))
     }
@@ -207,7 +246,6 @@ struct Writer {
     client: Client,
     cfg: ClickHouseConfig,
     window_names: HashMap<Millis, String>,
-    window_retention_ms: u64,
     rx: UnboundedReceiver<Vec<Update>>,
     frontiers: Arc<[AtomicU64]>,
     progress: Arc<Progress>,
@@ -226,7 +264,11 @@ struct Writer {
     /// The keys an earlier run wrote after `restored_at` (read from ClickHouse once): their
     /// restored rows are written again, so that no row keeps a value the restored state does
     /// not reach (the crashed run may have written changes that the replay nets out).
-    rewrite: Option<HashSet<Key>>,
+    rewrite: Option<Rewrite>,
+    /// Keys to rewrite that neither the restored state nor the replay has touched yet: windows
+    /// among them, which the crashed run created after the checkpoint and the replay nets out,
+    /// are written as deleted once the replay has caught up.
+    unseen: HashSet<Key>,
 }
 
 impl Writer {
@@ -241,13 +283,15 @@ impl Writer {
             if let (Some(at), None) = (self.restored_at, &self.rewrite) {
                 // Nothing is staged before the keys to rewrite are known.
                 match self.written_after(at).await {
-                    Ok(keys) => {
-                        tracing::info!(
-                            keys = keys.len(),
-                            after = at,
-                            "rows written after the restored checkpoint are rewritten"
-                        );
-                        self.rewrite = Some(keys);
+                    Ok(rewrite) => {
+                        match &rewrite {
+                            Rewrite::Keys(keys) => tracing::info!(keys = keys.len(), after = at, "rows written after the restored checkpoint are rewritten"),
+                            Rewrite::All => tracing::info!(at, "ClickHouse holds no tables yet: the whole restored state is written"),
+                        }
+                        if let Rewrite::Keys(keys) = &rewrite {
+                            self.unseen = keys.clone();
+                        }
+                        self.rewrite = Some(rewrite);
                         self.progress.set_clickhouse_ok(true);
                     }
                     Err(e) => {
@@ -267,6 +311,9 @@ impl Writer {
             // While the pipeline replays its start backlog, intermediate states would make
             // ClickHouse go back in time: hold them (one row per key) unless the batch is full.
             let replaying = self.staged_through <= self.progress.caught_up();
+            if !replaying && !self.unseen.is_empty() {
+                self.delete_unseen_windows();
+            }
             if due && self.staged_through > self.durable && (!replaying || full || stopping) {
                 if self.write().await {
                     last_ping = Instant::now();
@@ -309,6 +356,9 @@ impl Writer {
             folded += updates.len();
             let restored = Some(t) == self.restored_at;
             for (c, d) in updates {
+                if !self.unseen.is_empty() {
+                    self.unseen.remove(&stored_key(&c));
+                }
                 if restored {
                     // The restored state: ClickHouse holds it already (a checkpoint is published
                     // only once the sink has written its time), but for the keys written since.
@@ -410,16 +460,6 @@ impl Writer {
             } else {
                 staged.version
             };
-            let (change, deleted) = if deleted && forgotten(change, v, self.window_retention_ms) {
-                // ClickHouse keeps the history the pipeline no longer holds: the last row, if
-                // it was never written.
-                match &staged.last_inserted {
-                    Some(last) => (last, false),
-                    None => continue,
-                }
-            } else {
-                (change, deleted)
-            };
             match change {
                 Change::Stock(r) => stock.write(&StockLevel::new(r, v, deleted)).await?,
                 Change::Reservation(r) => {
@@ -434,6 +474,7 @@ impl Writer {
                         .write(&SalesWindow::new(r, name, v, deleted))
                         .await?
                 }
+                Change::Forgotten(_) => unreachable!("markers are not staged as rows"),
             }
             rows += 1;
         }
@@ -445,84 +486,101 @@ impl Writer {
 }
 
 impl Writer {
-    /// The keys of every row ClickHouse holds with a version after `at`.
-    async fn written_after(&self, at: Millis) -> Result<HashSet<Key>, clickhouse::error::Error> {
+    /// Windows the crashed run wrote after the restored checkpoint that exist neither in the
+    /// restored state nor after the replay: written as deleted, above that run's versions.
+    fn delete_unseen_windows(&mut self) {
+        for k in std::mem::take(&mut self.unseen) {
+            let Key::Window(window_ms, window_start, sku, location) = k.clone() else {
+                continue; // stock rows never disappear; reservations stay as history
+            };
+            let row = Change::Window(WindowRow {
+                window_ms,
+                window_start,
+                sku,
+                location,
+                figures: WindowFigures::default(),
+            });
+            let staged = self.staged.entry(k).or_default();
+            staged.rewrite = true;
+            staged.add(row, -1, self.staged_through.saturating_sub(1));
+            self.progress.add_buffered(1);
+        }
+    }
+
+    /// The keys of every row ClickHouse holds with a version after `at`; everything if a table
+    /// is missing (the restored state is not there at all).
+    async fn written_after(&self, at: Millis) -> Result<Rewrite, clickhouse::error::Error> {
         use super::schema::{ReservationKey, StockKey, WindowKey};
-        let mut keys = HashSet::new();
-        let missing = |e: &clickhouse::error::Error| {
-            // No table (or database) yet: nothing was written.
-            let text = e.to_string();
-            text.contains("Code: 60") || text.contains("Code: 81") || text.contains("doesn't exist")
-        };
-        let stock = self
-            .client
-            .query(
-                "SELECT sku, location FROM stock_levels WHERE version > ? GROUP BY sku, location",
-            )
-            .bind(at)
-            .fetch_all::<StockKey>()
-            .await;
-        match stock {
-            Ok(rows) => keys.extend(
-                rows.into_iter()
-                    .map(|r| Key::Stock(r.sku.into(), r.location.into())),
-            ),
-            Err(e) if missing(&e) => return Ok(keys),
-            Err(e) => return Err(e),
-        }
-        let reservations = self
-            .client
-            .query(
-                "SELECT reservation_id FROM reservations WHERE version > ? GROUP BY reservation_id",
-            )
-            .bind(at)
-            .fetch_all::<ReservationKey>()
-            .await;
-        match reservations {
-            Ok(rows) => keys.extend(
-                rows.into_iter()
-                    .map(|r| Key::Reservation(r.reservation_id.into())),
-            ),
-            Err(e) if missing(&e) => {}
-            Err(e) => return Err(e),
-        }
         let by_name: HashMap<&str, Millis> = self
             .window_names
             .iter()
             .map(|(ms, name)| (name.as_str(), *ms))
             .collect();
-        let windows = self
-            .client
-            .query("SELECT window, toUInt32(window_start) AS window_start, sku, location FROM sales_windows WHERE version > ? GROUP BY window, window_start, sku, location")
-            .bind(at)
-            .fetch_all::<WindowKey>()
-            .await;
-        match windows {
-            Ok(rows) => keys.extend(rows.into_iter().filter_map(|r| {
-                let size = *by_name.get(r.window.as_str())?;
-                Some(Key::Window(
-                    size,
-                    u64::from(r.window_start) * 1000,
-                    r.sku.into(),
-                    r.location.into(),
-                ))
-            })),
-            Err(e) if missing(&e) => {}
-            Err(e) => return Err(e),
-        }
-        Ok(keys)
+        let Some(stock) = self
+            .keys_after::<StockKey>("sku, location FROM stock_levels", "sku, location", at)
+            .await?
+        else {
+            return Ok(Rewrite::All);
+        };
+        let Some(reservations) = self
+            .keys_after::<ReservationKey>("reservation_id FROM reservations", "reservation_id", at)
+            .await?
+        else {
+            return Ok(Rewrite::All);
+        };
+        let Some(windows) = self
+            .keys_after::<WindowKey>(
+                "window, toUInt32(window_start) AS window_start, sku, location FROM sales_windows",
+                "window, window_start, sku, location",
+                at,
+            )
+            .await?
+        else {
+            return Ok(Rewrite::All);
+        };
+        let mut keys: HashSet<Key> = stock
+            .into_iter()
+            .map(|r| Key::Stock(r.sku.into(), r.location.into()))
+            .collect();
+        keys.extend(
+            reservations
+                .into_iter()
+                .map(|r| Key::Reservation(r.reservation_id.into())),
+        );
+        keys.extend(windows.into_iter().filter_map(|r| {
+            let size = *by_name.get(r.window.as_str())?;
+            let start = u64::from(r.window_start) * 1000;
+            Some(Key::Window(size, start, r.sku.into(), r.location.into()))
+        }));
+        Ok(Rewrite::Keys(keys))
     }
-}
 
-/// Whether the disappearance of `row` at `t` is the pipeline forgetting it for retention rather
-/// than the row ceasing to exist: a reservation is only ever forgotten (`pipeline.retention`
-/// after it ended), a window is evicted `window_retention` after its end (before that, it
-/// disappears only when late corrections bring every figure back to zero).
-fn forgotten(row: &Change, t: Millis, window_retention_ms: u64) -> bool {
-    match row {
-        Change::Stock(_) => false,
-        Change::Reservation(_) => true,
-        Change::Window(w) => w.window_start + w.window_ms + window_retention_ms <= t,
+    /// `SELECT {what} WHERE version > at GROUP BY {group}`; `None` if the table is missing.
+    async fn keys_after<R>(
+        &self,
+        what: &str,
+        group: &str,
+        at: Millis,
+    ) -> Result<Option<Vec<R>>, clickhouse::error::Error>
+    where
+        R: clickhouse::RowOwned + clickhouse::RowRead,
+    {
+        let sql = format!("SELECT {what} WHERE version > ? GROUP BY {group}");
+        match self.client.query(&sql).bind(at).fetch_all::<R>().await {
+            Ok(rows) => Ok(Some(rows)),
+            Err(e) => {
+                let text = e.to_string();
+                // No table (or database) yet: nothing of the checkpoint's state is there.
+                if text.contains("Code: 60")
+                    || text.contains("Code: 81")
+                    || text.contains("doesn't exist")
+                {
+                    Ok(None)
+                } else {
+                    Err(e)
+                }
+            }
+        }
     }
 }
 
@@ -542,21 +600,30 @@ mod tests {
     }
 
     #[test]
-    fn evictions_are_history_not_deletions() {
-        use stockflow_types::rows::{WindowFigures, WindowRow};
-        let w = Change::Window(WindowRow {
-            window_ms: 60_000,
-            window_start: 0,
-            sku: "A".into(),
-            location: "L".into(),
-            figures: WindowFigures::default(),
-        });
-        assert!(
-            !forgotten(&w, 60_000 + 999, 1000),
-            "a retained window emptied by a correction"
-        );
-        assert!(forgotten(&w, 61_000, 1000), "evicted");
-        assert!(!forgotten(&stock(1), u64::MAX, 0));
+    fn forgotten_rows_stay_as_history_deleted_ones_do_not() {
+        let forgotten = |c: &Change| Change::Forgotten(Box::new(c.clone()));
+        // Forgotten after it was written: nothing to write.
+        let mut s = Staged::default();
+        s.add(stock(1), -1, 10);
+        s.add(forgotten(&stock(1)), 1, 10);
+        assert_eq!(s.outcome(), None);
+        // Changed and forgotten in one batch: its last state is written, not deleted.
+        let mut s = Staged::default();
+        s.add(stock(1), -1, 10);
+        s.add(stock(2), 1, 10);
+        s.add(stock(2), -1, 11);
+        s.add(forgotten(&stock(2)), 1, 11);
+        assert_eq!(s.outcome(), Some((&stock(2), false)));
+        // Appeared and forgotten in one batch.
+        let mut s = Staged::default();
+        s.add(stock(3), 1, 10);
+        s.add(stock(3), -1, 10);
+        s.add(forgotten(&stock(3)), 1, 10);
+        assert_eq!(s.outcome(), Some((&stock(3), false)));
+        // Ceased to exist (no marker): a deletion.
+        let mut s = Staged::default();
+        s.add(stock(1), -1, 10);
+        assert_eq!(s.outcome(), Some((&stock(1), true)));
     }
 
     #[test]

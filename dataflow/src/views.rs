@@ -143,6 +143,11 @@ impl Registry {
         }
     }
 
+    /// Binds `id` to `sku`, sharing the names (a restore, where every id is its own).
+    pub(crate) fn bind_restored(&self, id: &Name, sku: &Name) {
+        self.owners.insert(Arc::clone(id), Arc::clone(sku));
+    }
+
     /// Releases `id` if it is bound to `sku` (the ledger forgot the reservation entirely).
     pub fn unbind(&self, id: &str, sku: &str) {
         self.owners.remove_if(id, |_, owner| **owner == *sku);

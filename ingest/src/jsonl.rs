@@ -4,9 +4,8 @@
 //! A file is a log of one partition: a record's position is its line number, its log time the
 //! latest `ts` of the valid events so far. A restart from a checkpoint skips the lines it covers.
 
-use crate::{Polled, Position, RawRecord, Source};
+use crate::{Admissions, Polled, Position, RawRecord, Source};
 use crossbeam_channel::{bounded, Receiver, TryRecvError};
-use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use stockflow_types::event::{decode, MAX_RECORD_BYTES};
@@ -29,10 +28,8 @@ pub struct JsonLinesSource {
     name: String,
     /// The last line read and its log time.
     last: (i64, Millis),
-    /// (admission time, line, log time) of what was polled, oldest first.
-    admitted: VecDeque<(Millis, i64, Millis)>,
-    /// The position after the last entry taken off `admitted`.
-    base: (i64, Millis),
+    /// Where it stood after each admission time (offsets are line numbers).
+    admitted: Admissions,
 }
 
 impl JsonLinesSource {
@@ -110,8 +107,7 @@ impl JsonLinesSource {
             rx,
             name,
             last: (from.0, from.1),
-            admitted: VecDeque::new(),
-            base: (from.0, from.1),
+            admitted: Admissions::new(from.0, from.1),
         }
     }
 }
@@ -143,10 +139,7 @@ impl Source for JsonLinesSource {
             match self.rx.try_recv() {
                 Ok(rec) => {
                     self.last = (rec.position.offset, rec.log_time);
-                    match self.admitted.back_mut() {
-                        Some(a) if a.0 == t => (a.1, a.2) = self.last,
-                        _ => self.admitted.push_back((t, self.last.0, self.last.1)),
-                    }
+                    self.admitted.admitted(t, self.last.0, self.last.1);
                     out.push(rec);
                 }
                 Err(TryRecvError::Empty) => break,
@@ -166,12 +159,7 @@ impl Source for JsonLinesSource {
     }
 
     fn positions_at(&self, t: Millis) -> Vec<Resume> {
-        let (line, log_time) = self
-            .admitted
-            .iter()
-            .take_while(|a| a.0 <= t)
-            .last()
-            .map_or(self.base, |a| (a.1, a.2));
+        let (line, log_time) = self.admitted.at(t);
         vec![Resume {
             source: self.name.clone(),
             partition: 0,
@@ -181,10 +169,7 @@ impl Source for JsonLinesSource {
     }
 
     fn durable(&mut self, t: Millis) {
-        while self.admitted.front().is_some_and(|a| a.0 < t) {
-            let a = self.admitted.pop_front().expect("checked");
-            self.base = (a.1, a.2);
-        }
+        self.admitted.durable(t);
     }
 }
 

@@ -24,14 +24,14 @@
 //! `stockflow_kafka_consumer_lag{topic,partition}` counts the records after the committed
 //! offset (the consumer group's lag: what is read but not yet durable, or not yet read).
 
-use crate::{Polled, Position, RawRecord, Source};
+use crate::{Admissions, Polled, Position, RawRecord, Source};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::ClientContext;
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use stockflow_sinks::kafka::client_config;
@@ -153,10 +153,8 @@ struct Part {
     next: i64,
     /// The log time of the last record read (or of the record before the resume offset).
     log_time: Millis,
-    /// (admission time, next offset, log time) after the records admitted at it, oldest first.
-    admitted: VecDeque<(Millis, i64, Millis)>,
-    /// The position after the last entry taken off `admitted` (or the start position).
-    base: (i64, Millis),
+    /// Where it stood after each admission time.
+    admitted: Admissions,
     /// The latest offset stored for commit.
     stored: Option<i64>,
 }
@@ -260,8 +258,7 @@ impl KafkaSource {
                     committed_at_start: 0,
                     next: from,
                     log_time,
-                    admitted: VecDeque::new(),
-                    base: (from, log_time),
+                    admitted: Admissions::new(from, log_time),
                     stored: None,
                 });
             }
@@ -333,10 +330,7 @@ impl Source for KafkaSource {
             if let Some(ts) = m.timestamp().to_millis().filter(|ts| *ts >= 0) {
                 part.log_time = part.log_time.max(ts as Millis);
             }
-            match part.admitted.back_mut() {
-                Some(last) if last.0 == t => (last.1, last.2) = (part.next, part.log_time),
-                _ => part.admitted.push_back((t, part.next, part.log_time)),
-            }
+            part.admitted.admitted(t, part.next, part.log_time);
             out.push(RawRecord {
                 key: m.key().map(<[u8]>::to_vec),
                 value: m.payload().unwrap_or_default().to_vec(),
@@ -373,12 +367,7 @@ impl Source for KafkaSource {
         self.parts
             .iter()
             .map(|p| {
-                let (next, log_time) = p
-                    .admitted
-                    .iter()
-                    .take_while(|a| a.0 <= t)
-                    .last()
-                    .map_or(p.base, |a| (a.1, a.2));
+                let (next, log_time) = p.admitted.at(t);
                 Resume {
                     source: self.topics[p.topic].0.clone(),
                     partition: p.partition,
@@ -394,13 +383,7 @@ impl Source for KafkaSource {
         for part in &mut self.parts {
             metrics::gauge!("stockflow_kafka_log_time_ms", "topic" => self.topics[part.topic].0.clone(), "partition" => part.partition.to_string())
                 .set(part.log_time as f64);
-            let mut next = None;
-            while part.admitted.front().is_some_and(|a| a.0 < t) {
-                let a = part.admitted.pop_front().expect("checked");
-                part.base = (a.1, a.2);
-                next = Some(a.1);
-            }
-            if let Some(next) = next {
+            if let Some(next) = part.admitted.durable(t) {
                 let topic = &self.topics[part.topic].0;
                 if tpl
                     .add_partition_offset(topic, part.partition, Offset::Offset(next))

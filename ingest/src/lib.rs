@@ -27,6 +27,7 @@ mod worker;
 
 pub use worker::{run_worker, WorkerIo, WorkerOptions};
 
+use std::collections::VecDeque;
 use stockflow_dataflow::views::Registry;
 use stockflow_dataflow::Record;
 use stockflow_types::event::{decode, decode_from, EventKind, RejectReason, Rejection, Stream};
@@ -85,6 +86,56 @@ impl RawRecord {
             dead_lettered: false,
             log_time: 0,
         }
+    }
+}
+
+/// Where a partition stood after the records admitted at each pipeline time: what
+/// [`Source::positions_at`] answers and what [`Source::durable`] lets go, for any source whose
+/// records have offsets (a Kafka partition, a file's lines).
+#[derive(Debug)]
+pub struct Admissions {
+    /// (admission time, next offset, log time) after the records admitted at it, oldest first.
+    entries: VecDeque<(Millis, i64, Millis)>,
+    /// The position after the last entry let go (or the start position).
+    base: (i64, Millis),
+}
+
+impl Admissions {
+    /// Starting at offset `next` with log time `log_time`.
+    pub fn new(next: i64, log_time: Millis) -> Self {
+        Admissions {
+            entries: VecDeque::new(),
+            base: (next, log_time),
+        }
+    }
+
+    /// Records up to `next` (exclusive), the latest with log time `log_time`, were admitted at
+    /// `t`.
+    pub fn admitted(&mut self, t: Millis, next: i64, log_time: Millis) {
+        match self.entries.back_mut() {
+            Some(last) if last.0 == t => (last.1, last.2) = (next, log_time),
+            _ => self.entries.push_back((t, next, log_time)),
+        }
+    }
+
+    /// (next offset, log time) after everything admitted at or before `t`.
+    pub fn at(&self, t: Millis) -> (i64, Millis) {
+        self.entries
+            .iter()
+            .take_while(|a| a.0 <= t)
+            .last()
+            .map_or(self.base, |a| (a.1, a.2))
+    }
+
+    /// Lets go of what was admitted before `t`; returns the next offset after it, if it moved.
+    pub fn durable(&mut self, t: Millis) -> Option<i64> {
+        let mut next = None;
+        while self.entries.front().is_some_and(|a| a.0 < t) {
+            let a = self.entries.pop_front().expect("checked");
+            self.base = (a.1, a.2);
+            next = Some(a.1);
+        }
+        next
     }
 }
 

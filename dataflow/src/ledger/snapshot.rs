@@ -336,8 +336,17 @@ impl LedgerState {
         for (g, keys) in restore.dedup {
             state.dedup.extend(g, keys);
         }
-        let mut rows = Vec::new();
+        // One row per location, reservation and window: sized at once (a vector of millions
+        // doubling copies itself and touches fresh memory at every step).
+        let mut rows = Vec::with_capacity(
+            restore
+                .skus
+                .iter()
+                .map(|s| s.locations.len() + s.reservations.len() + s.windows.len())
+                .sum(),
+        );
         let mut changed = Vec::new();
+        let (mut pipeline_timers, mut log_timers) = (Vec::new(), Vec::new());
         for sku in restore.skus {
             let id = state.new_sku(Arc::clone(&sku.name));
             let s = &mut state.skus[id as usize];
@@ -356,14 +365,13 @@ impl LedgerState {
                     w.windows.insert((win.size, win.start, loc), win.figures);
                     let final_at = final_at(&cfg, win.size, win.start);
                     if s.window_timers.insert(final_at) {
-                        state.timers.at_log(final_at, id, LogTimer::Windows);
+                        log_timers.push((final_at, id, LogTimer::Windows));
                     }
                 }
                 w.changed_at = at;
             }
             for r in sku.reservations {
-                // Admission bound every id to one SKU, so the parts cannot disagree.
-                let _ = store.registry().bind(&r.id, &s.name);
+                store.registry().bind_restored(&r.id, &s.name);
                 let mut res = Res {
                     reserved: r.reserved,
                     terminal: r.terminal,
@@ -374,15 +382,11 @@ impl LedgerState {
                 };
                 let forget_at = res.forget_at(cfg.retention_ms);
                 res.log_timer = Some(forget_at);
-                state
-                    .timers
-                    .at_log(forget_at, id, LogTimer::Forget(Arc::clone(&r.id)));
+                log_timers.push((forget_at, id, LogTimer::Forget(Arc::clone(&r.id))));
                 if let (Phase::Live, Some(reserved)) = (res.phase(at), &res.reserved) {
                     let expiry = tick_ceil(reserved.expires_at, cfg.tick_ms);
                     res.expiry_timer = Some(expiry);
-                    state
-                        .timers
-                        .at_pipeline(expiry, id, PipelineTimer::Expiry(Arc::clone(&r.id)));
+                    pipeline_timers.push((expiry, id, PipelineTimer::Expiry(Arc::clone(&r.id))));
                     let live = (reserved.loc, reserved.ts, reserved.qty);
                     res.live_at = Some(live);
                     s.locs[live.0 as usize].add_live(live.1, &r.id, live.2);
@@ -432,6 +436,7 @@ impl LedgerState {
                 ));
             }
         }
+        state.timers = super::timers::Timers::from_lists(pipeline_timers, log_timers);
         (state, rows)
     }
 }

@@ -47,6 +47,20 @@ impl Timers {
         self.log.entry(lt).or_default().push((sku, timer));
     }
 
+    /// Timers built at once from lists in any order (a restore sets millions): sorted, grouped
+    /// and bulk-built rather than inserted one by one.
+    pub fn from_lists(
+        mut pipeline: Vec<(Time, SkuId, PipelineTimer)>,
+        mut log: Vec<(Millis, SkuId, LogTimer)>,
+    ) -> Self {
+        pipeline.sort_unstable_by_key(|e| e.0);
+        log.sort_unstable_by_key(|e| e.0);
+        Timers {
+            pipeline: group(pipeline),
+            log: group(log),
+        }
+    }
+
     /// The earliest pipeline time at which a timer is due.
     pub fn next_pipeline(&self) -> Option<Time> {
         self.pipeline.keys().next().copied()
@@ -71,4 +85,15 @@ impl Timers {
             out.extend(entry.remove());
         }
     }
+}
+
+fn group<T>(sorted: Vec<(u64, SkuId, T)>) -> BTreeMap<u64, Vec<(SkuId, T)>> {
+    let mut grouped: Vec<(u64, Vec<(SkuId, T)>)> = Vec::new();
+    for (at, sku, timer) in sorted {
+        match grouped.last_mut() {
+            Some((last, list)) if *last == at => list.push((sku, timer)),
+            _ => grouped.push((at, vec![(sku, timer)])),
+        }
+    }
+    grouped.into_iter().collect()
 }

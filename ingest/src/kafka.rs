@@ -12,7 +12,12 @@
 //! A start reads each partition from where the restored checkpoint left it ([`Resume`]), or
 //! from the beginning without one. If the broker has already deleted records the start needs
 //! (its log start offset is above the resume offset), opening fails with
-//! [`KafkaSourceError::Gap`] naming them, unless the configuration allows the gap. The
+//! [`KafkaSourceError::Gap`] naming them, unless the configuration allows the gap. The same
+//! holds while running (`auto.offset.reset=error`: librdkafka never jumps on its own): if the
+//! broker deletes records before they are read (the pipeline fell behind the topic's
+//! retention), that partition stops, `/readyz` says which records are missing and
+//! `stockflow_kafka_gap_stops_total` counts it; with `checkpoint.allow_gap` it goes on from the
+//! broker's first offset and `stockflow_kafka_gap_records_total` counts what was skipped. The
 //! committed offsets tell which records an earlier run already sent to the dead-letter topic,
 //! so that a replay does not send them twice. The end offsets as of the start tell when the
 //! worker has caught up ([`Source::caught_up`], `/readyz`).
@@ -30,6 +35,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::ClientContext;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -132,7 +138,7 @@ impl ClientContext for SourceContext {
     fn error(&self, error: KafkaError, reason: &str) {
         if matches!(
             error.rdkafka_error_code(),
-            Some(rdkafka::types::RDKafkaErrorCode::AllBrokersDown)
+            Some(RDKafkaErrorCode::AllBrokersDown)
         ) {
             self.progress.set_kafka_ok(false);
         }
@@ -157,6 +163,8 @@ struct Part {
     admitted: Admissions,
     /// The latest offset stored for commit.
     stored: Option<i64>,
+    /// Stopped because the broker deleted records before they were read.
+    stopped: bool,
 }
 
 /// One worker's share of the partitions of the inventory and orders topics.
@@ -166,6 +174,8 @@ pub struct KafkaSource {
     parts: Vec<Part>,
     index: HashMap<(usize, i32), usize>,
     caught_up: bool,
+    progress: Arc<Progress>,
+    allow_gap: bool,
 }
 
 impl KafkaSource {
@@ -195,10 +205,12 @@ impl KafkaSource {
                 k.commit_interval.as_millis().to_string(),
             )
             .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest")
+            .set("auto.offset.reset", "error") // a jump would skip records: see `out_of_range`
             .set("enable.partition.eof", "false")
             .set("statistics.interval.ms", "1000")
-            .create_with_context(SourceContext { progress })
+            .create_with_context(SourceContext {
+                progress: progress.clone(),
+            })
             .map_err(kafka("creating the Kafka consumer"))?;
         let topics = [
             (k.inventory_topic.clone(), Stream::Inventory),
@@ -260,6 +272,7 @@ impl KafkaSource {
                     log_time,
                     admitted: Admissions::new(from, log_time),
                     stored: None,
+                    stopped: false,
                 });
             }
         }
@@ -301,8 +314,82 @@ impl KafkaSource {
             parts,
             index,
             caught_up,
+            progress,
+            allow_gap,
         })
     }
+
+    /// librdkafka found a fetch offset out of the range the broker holds (it names no
+    /// partition): check every partition still read.
+    fn out_of_range(&mut self, t: Millis) {
+        for part in self.parts.iter_mut().filter(|p| !p.stopped) {
+            let topic = &self.topics[part.topic].0;
+            let _ = check_gap(
+                &self.consumer,
+                topic,
+                part,
+                self.allow_gap,
+                &self.progress,
+                t,
+                true,
+            );
+        }
+    }
+}
+
+/// Whether records of `part` were deleted by the broker before they were read: its next
+/// offset is below the broker's first (the pipeline fell behind the topic's retention), or
+/// beyond its end (the topic was recreated). Such a partition stops (paused, named in
+/// `/readyz`), unless the configuration allows the gap: then it goes on from the broker's first
+/// offset (admissions at `t` record the new position; `seek`: the consumer is not past it yet).
+/// Returns whether records are missing.
+/// (A jump in offsets alone is no gap: transaction markers and compaction leave holes.)
+fn check_gap(
+    consumer: &BaseConsumer<SourceContext>,
+    topic: &str,
+    part: &mut Part,
+    allow_gap: bool,
+    progress: &Progress,
+    t: Millis,
+    seek: bool,
+) -> Result<bool, KafkaError> {
+    let partition = part.partition;
+    let (first, end) = consumer.fetch_watermarks(topic, partition, START_TIMEOUT)?;
+    let from = part.next;
+    if from >= first && from <= end {
+        return Ok(false);
+    }
+    if allow_gap && from < first {
+        if seek {
+            consumer.seek(topic, partition, Offset::Offset(first), START_TIMEOUT)?;
+        }
+        tracing::warn!(%topic, partition, from, first, "records deleted by the broker before they were read are missing from the state (checkpoint.allow_gap)");
+        metrics::counter!("stockflow_kafka_gap_records_total").increment((first - from) as u64);
+        part.next = first;
+        part.admitted.admitted(t, first, part.log_time);
+        return Ok(true);
+    }
+    let problem = if from < first {
+        format!(
+            "records {from}..{first} of {topic}/{partition} were deleted by the broker before \
+             they were read (the pipeline fell behind the topic's retention); reading \
+             {topic}/{partition} stopped: restore them, or restart with checkpoint.allow_gap = \
+             true to accept answers without them"
+        )
+    } else {
+        format!(
+            "{topic}/{partition} ends at offset {end}, before the next record to read ({from}): \
+             was the topic recreated? Reading {topic}/{partition} stopped"
+        )
+    };
+    tracing::error!("{problem}");
+    metrics::counter!("stockflow_kafka_gap_stops_total").increment(1);
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition(topic, partition);
+    let _ = consumer.pause(&tpl);
+    part.stopped = true;
+    progress.add_source_problem(problem);
+    Ok(true)
 }
 
 impl Source for KafkaSource {
@@ -312,6 +399,10 @@ impl Source for KafkaSource {
             let m = match self.consumer.poll(Duration::ZERO) {
                 None => break,
                 Some(Ok(m)) => m,
+                Some(Err(KafkaError::MessageConsumption(RDKafkaErrorCode::AutoOffsetReset))) => {
+                    self.out_of_range(t);
+                    break;
+                }
                 Some(Err(e)) => {
                     metrics::counter!("stockflow_kafka_errors_total").increment(1);
                     tracing::warn!(error = %e, "reading from Kafka failed; the client retries");
@@ -325,7 +416,38 @@ impl Source for KafkaSource {
                 continue;
             };
             let part = &mut self.parts[i];
+            if part.stopped {
+                continue;
+            }
             let offset = m.offset();
+            if offset > part.next {
+                // Holes are normal (transaction markers, compaction); deleted records are not.
+                let topic = &self.topics[ti].0;
+                match check_gap(
+                    &self.consumer,
+                    topic,
+                    part,
+                    self.allow_gap,
+                    &self.progress,
+                    t,
+                    false,
+                ) {
+                    Ok(false) => {}
+                    Ok(true) if !part.stopped => {} // allowed: this record is the first after it
+                    Ok(true) => continue,
+                    Err(e) => {
+                        // Not knowing is not admitting: read it again once the broker answers.
+                        tracing::warn!(%topic, partition = part.partition, error = %e, "checking a jump in offsets failed; retrying");
+                        let _ = self.consumer.seek(
+                            topic,
+                            part.partition,
+                            Offset::Offset(part.next),
+                            START_TIMEOUT,
+                        );
+                        break;
+                    }
+                }
+            }
             part.next = offset + 1;
             if let Some(ts) = m.timestamp().to_millis().filter(|ts| *ts >= 0) {
                 part.log_time = part.log_time.max(ts as Millis);
@@ -342,7 +464,10 @@ impl Source for KafkaSource {
             n += 1;
         }
         if !self.caught_up {
-            self.caught_up = self.parts.iter().all(|p| p.next >= p.end_at_start);
+            self.caught_up = self
+                .parts
+                .iter()
+                .all(|p| p.next >= p.end_at_start || p.stopped);
         }
         if n > 0 {
             Polled::Records

@@ -214,3 +214,48 @@ pub fn admit(rec: &RawRecord, retention: u64, registry: &Registry) -> Result<Rec
         event: ev,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(json: &str, log_time: Millis) -> RawRecord {
+        let mut r = RawRecord::new(None, json.as_bytes().to_vec(), Position::new("t", 0, 0));
+        r.log_time = log_time;
+        r
+    }
+
+    #[test]
+    fn a_count_is_too_old_by_its_log_time_not_the_clock() {
+        let registry = Registry::default();
+        let count =
+            r#"{"event_id":"c","type":"counted","sku":"A","ts":1000,"location":"L","qty":1}"#;
+        assert!(admit(&record(count, 1500), 500, &registry).is_ok());
+        let too_old = admit(&record(count, 1501), 500, &registry).unwrap_err();
+        assert_eq!(too_old.reason, RejectReason::CountTooOld);
+    }
+
+    #[test]
+    fn a_reservation_id_belongs_to_one_sku() {
+        let registry = Registry::default();
+        let reserved = r#"{"event_id":"1","type":"reserved","sku":"A","ts":1,"location":"L","qty":1,"reservation_id":"r","expires_at":9}"#;
+        let released_a =
+            r#"{"event_id":"2","type":"released","sku":"A","ts":2,"reservation_id":"r"}"#;
+        let released_b =
+            r#"{"event_id":"3","type":"released","sku":"B","ts":2,"reservation_id":"r"}"#;
+        assert!(admit(&record(reserved, 1), 1000, &registry).is_ok());
+        assert!(admit(&record(released_a, 2), 1000, &registry).is_ok());
+        let mismatch = admit(&record(released_b, 2), 1000, &registry).unwrap_err();
+        assert_eq!(mismatch.reason, RejectReason::ReservationSkuMismatch);
+        assert!(
+            mismatch.detail.contains("belongs to SKU \"A\""),
+            "{}",
+            mismatch.detail
+        );
+        registry.unbind("r", "A");
+        assert!(
+            admit(&record(released_b, 3), 1000, &registry).is_ok(),
+            "free once forgotten"
+        );
+    }
+}

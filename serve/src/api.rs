@@ -400,7 +400,8 @@ pub fn healthz(store: &ViewStore) -> Health {
     }
 }
 
-/// Readiness: the servers the pipeline uses (Kafka, ClickHouse) answered at the latest
+/// Readiness: no source stopped reading (records deleted by the broker before they were read),
+/// the servers the pipeline uses (Kafka, ClickHouse) answered at the latest
 /// contact, the latest checkpoint write (if checkpoints are on) succeeded, the pipeline has
 /// absorbed everything its sources held when it started (the Kafka end offsets as of the
 /// start), and it is no more than `max_lag_ms` behind the clock.
@@ -413,6 +414,9 @@ pub fn readyz(
     max_lag_ms: u64,
 ) -> Result<Health, Problem> {
     let as_of = store.as_of();
+    if let Some(problem) = progress.source_problem() {
+        return Err(Problem::unavailable(problem));
+    }
     if progress.kafka_ok() == Some(false) {
         return Err(Problem::unavailable("Kafka is not reachable"));
     }

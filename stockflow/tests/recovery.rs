@@ -58,6 +58,8 @@ fn a_restart_never_changes_a_late_count() {
         "pipeline.windows=[\"2s\"]",
         "pipeline.window_retention=4s",
         "clickhouse.enabled=false",
+        // One partition per topic: the log frontier moves with this test's records alone.
+        "kafka.create_partitions=1",
     ];
     let p = Pipeline::start_with(&names, &settings); // creates the topics
     let now = now_ms();
@@ -76,7 +78,48 @@ fn a_restart_never_changes_a_late_count() {
         p.metric("stockflow_events_ingested_total") >= 3.0
     });
     assert_eq!(on_hand(&p), 95);
-    std::thread::sleep(Duration::from_secs(3)); // past the retention of the count's business time
+
+    // A reservation, and a release naming it under another SKU: bad input, with its own reason.
+    let mut r = Workload::default();
+    r.valid(true, json!({"event_id": "h1", "type": "reserved", "sku": "RP-1", "ts": now - 2000, "reservation_id": "res-1", "location": "L", "qty": 1, "expires_at": now - 1000}));
+    let mismatch = json!({"event_id": "x1", "type": "released", "sku": "OTHER", "ts": now - 1500, "reservation_id": "res-1"});
+    r.bad(
+        true,
+        "OTHER",
+        mismatch.to_string().into_bytes(),
+        "reservation_sku_mismatch",
+    );
+    produce(&names, &r.records);
+    let produced = now_ms();
+    // More than the retention later in log time, traffic on both topics moves the log
+    // frontier: res-1 is forgotten, and its lookup says so. Its tombstone lives from
+    // `retention` to twice `retention` after the reservation's log time (its record's
+    // timestamp, just before `produced`): a frontier 5 s later is within it.
+    std::thread::sleep(Duration::from_millis(5000));
+    let later = now_ms();
+    let mut tick = Workload::default();
+    tick.valid(false, json!({"event_id": "t1", "type": "received", "sku": "TICK", "ts": later, "location": "L", "qty": 1}));
+    tick.valid(true, json!({"event_id": "t2", "type": "sold", "sku": "TICK", "ts": later, "location": "L", "qty": 1}));
+    produce(&names, &tick.records);
+    assert!(
+        now_ms() - produced < 7000,
+        "the broker took too long; the test cannot tell"
+    );
+    let dls = dead_letters(&names, 1);
+    assert_eq!(dls.len(), 1, "{dls:?}");
+    assert_eq!(dls[0].1, "reservation_sku_mismatch");
+    let forgotten = |p: &Pipeline| {
+        let (status, body) = p.get("/v1/reservations/res-1");
+        status == 404
+            && body["detail"]
+                .as_str()
+                .unwrap_or("")
+                .contains("forgotten after the retention")
+    };
+    wait_for("res-1 to be forgotten", Duration::from_secs(30), || {
+        forgotten(&p)
+    });
+    assert_eq!(on_hand(&p), 95);
     p.terminate();
     for (round, extra) in [
         (1, &settings[..]),
@@ -89,6 +132,11 @@ fn a_restart_never_changes_a_late_count() {
     ] {
         let p = Pipeline::start_with(&names, extra);
         assert_eq!(on_hand(&p), 95, "after restart {round}");
+        assert!(
+            forgotten(&p),
+            "after restart {round}: {:?}",
+            p.get("/v1/reservations/res-1")
+        );
         assert_eq!(
             p.metric("stockflow_events_rejected_total{reason=\"count_too_old\"}"),
             0.0,
@@ -285,31 +333,7 @@ fn a_start_that_needs_deleted_records_stops_with_a_clear_error() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let names = Names::new("gap");
     create_topics_with_retention(&names);
-    // Old records (a day old by timestamp) and new ones, on one partition of each topic.
-    let producer: ThreadedProducer<_> = ClientConfig::new()
-        .set("bootstrap.servers", kafka_addr())
-        .create()
-        .expect("a producer");
-    let now = now_ms() as i64;
-    for (i, ts) in (0..6)
-        .map(|i| (i, now - 86_400_000))
-        .chain((6..9).map(|i| (i, now)))
-    {
-        let value = json!({"event_id": format!("g{i}"), "type": "received", "sku": "G", "ts": ts, "location": "L", "qty": 1}).to_string();
-        producer
-            .send(
-                BaseRecord::to(&names.inventory())
-                    .partition(0)
-                    .key("G")
-                    .payload(&value)
-                    .timestamp(ts),
-            )
-            .map_err(|(e, _)| e)
-            .expect("queued");
-    }
-    producer
-        .flush(Duration::from_secs(30))
-        .expect("acknowledged");
+    produce_old_and_new(&names);
     services("restart-kafka");
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", kafka_addr())
@@ -353,6 +377,94 @@ fn a_start_that_needs_deleted_records_stops_with_a_clear_error() {
     assert!(p.metric("stockflow_kafka_gap_records_total") >= first as f64);
     drop(p);
     names.clean_up();
+}
+
+/// The same while running: the pipeline is stopped (SIGSTOP) before it reads records that the
+/// broker then deletes. The partition stops, `/readyz` names the missing records and a metric
+/// counts the stop; nothing after the gap is admitted. With `checkpoint.allow_gap`, it goes on
+/// after the gap and counts the records skipped.
+#[test]
+fn records_deleted_before_they_are_read_stop_the_partition() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    for allow_gap in [false, true] {
+        let names = Names::new("rungap");
+        create_topics_with_retention(&names);
+        let allow = format!("checkpoint.allow_gap={allow_gap}");
+        let p = Pipeline::start_with(
+            &names,
+            &[
+                "kafka.create_partitions=0",
+                "clickhouse.enabled=false",
+                &allow,
+            ],
+        );
+        p.wait_ready();
+        let pid = p.child.id().to_string();
+        let signal = |sig: &str| {
+            let ok = Command::new("kill")
+                .args([sig, &pid])
+                .status()
+                .expect("kill");
+            assert!(ok.success(), "kill {sig} {pid}");
+        };
+        signal("-STOP");
+        // A fetch in flight is answered (empty) within kafka.options' fetch.wait.max.ms; no
+        // other request leaves the stopped process, so nothing can bring it these records.
+        std::thread::sleep(Duration::from_millis(500));
+        produce_old_and_new(&names);
+        services("restart-kafka");
+        signal("-CONT");
+        if allow_gap {
+            wait_for("the records after the gap", Duration::from_secs(60), || {
+                p.get("/v1/stock/G/L").1["on_hand"].as_i64().is_some()
+            });
+            let deleted = p.metric("stockflow_kafka_gap_records_total");
+            assert!(deleted > 0.0, "the skipped records are counted");
+            let (_, body) = p.get("/v1/stock/G/L");
+            assert_eq!(body["on_hand"].as_f64(), Some(9.0 - deleted), "{body}");
+            p.wait_ready();
+        } else {
+            let want = format!(
+                "of {}/0 were deleted by the broker before they were read",
+                names.inventory()
+            );
+            p.wait_readyz(503, &want, Duration::from_secs(60));
+            assert_eq!(p.metric("stockflow_kafka_gap_stops_total"), 1.0);
+            let (status, _) = p.get("/v1/stock/G/L");
+            assert_eq!(status, 404, "nothing after the gap is admitted");
+        }
+        drop(p);
+        names.clean_up();
+    }
+}
+
+/// Six records a day old by timestamp, then three new ones, on partition 0 of the inventory
+/// topic (tansu deletes the old ones when it restarts, by the topic's retention).
+fn produce_old_and_new(names: &Names) {
+    let producer: ThreadedProducer<_> = ClientConfig::new()
+        .set("bootstrap.servers", kafka_addr())
+        .create()
+        .expect("a producer");
+    let now = now_ms() as i64;
+    for (i, ts) in (0..6)
+        .map(|i| (i, now - 86_400_000))
+        .chain((6..9).map(|i| (i, now)))
+    {
+        let value = json!({"event_id": format!("g{i}"), "type": "received", "sku": "G", "ts": ts, "location": "L", "qty": 1}).to_string();
+        producer
+            .send(
+                BaseRecord::to(&names.inventory())
+                    .partition(0)
+                    .key("G")
+                    .payload(&value)
+                    .timestamp(ts),
+            )
+            .map_err(|(e, _)| e)
+            .expect("queued");
+    }
+    producer
+        .flush(Duration::from_secs(30))
+        .expect("acknowledged");
 }
 
 /// The test's topics with a deletion policy and a retention of a minute.

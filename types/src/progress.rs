@@ -22,6 +22,8 @@ pub struct Progress {
     clickhouse: Option<AtomicBool>,
     /// Why the latest checkpoint write failed, while it is the latest outcome.
     checkpoint_problem: Mutex<Option<String>>,
+    /// Why sources stopped reading (records deleted before they were read), one per partition.
+    source_problems: Mutex<Vec<String>>,
 }
 
 impl Progress {
@@ -38,6 +40,7 @@ impl Progress {
             kafka: kafka.then(|| AtomicBool::new(false)),
             clickhouse: clickhouse.then(|| AtomicBool::new(false)),
             checkpoint_problem: Mutex::new(None),
+            source_problems: Mutex::new(Vec::new()),
         }
     }
 
@@ -71,6 +74,23 @@ impl Progress {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    /// A source stopped reading a partition, for good (until a restart): why.
+    pub fn add_source_problem(&self, problem: String) {
+        self.source_problems
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(problem);
+    }
+
+    /// Why sources stopped reading, if any did.
+    pub fn source_problem(&self) -> Option<String> {
+        let problems = self
+            .source_problems
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        (!problems.is_empty()).then(|| problems.join("; "))
     }
 
     /// Worker `w` (its index modulo the local workers) has admitted, at pipeline times at or

@@ -229,7 +229,11 @@ fn run(
                     fi.fetch_max(started.elapsed().as_micros() as u64, Ordering::AcqRel);
                     my_part = Some(part);
                 }
-                if !engine.pending(t.saturating_sub(50)) {
+                // Once every worker is done, the others may already have stopped stepping:
+                // waiting here for times they will not complete would never end.
+                if !engine.pending(t.saturating_sub(50))
+                    || dw.load(Ordering::Acquire) == WORKERS
+                {
                     break;
                 }
             }

@@ -231,9 +231,7 @@ fn run(
                 }
                 // Once every worker is done, the others may already have stopped stepping:
                 // waiting here for times they will not complete would never end.
-                if !engine.pending(t.saturating_sub(50))
-                    || dw.load(Ordering::Acquire) == WORKERS
-                {
+                if !engine.pending(t.saturating_sub(50)) || dw.load(Ordering::Acquire) == WORKERS {
                     break;
                 }
             }

@@ -6,6 +6,7 @@
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+pub mod differential;
 pub mod engine;
 pub mod kafka;
 pub mod summary;

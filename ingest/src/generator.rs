@@ -154,7 +154,7 @@ impl Generator {
         } else {
             self.sku()
         };
-        if self.open.len() >= 100_000 {
+        if self.open.len() as u64 >= self.cfg.open_holds.max(1) {
             self.open.pop_front(); // left to expire
         }
         self.open.push_back((id.clone(), sku.clone()));

@@ -180,6 +180,10 @@ pub struct GeneratorConfig {
     /// Share of reservations that go to the most popular SKU, `sku-00001` (a flash sale).
     #[serde(default)]
     pub flash_sale: f64,
+    /// Open reservations a generator keeps for later `released`/`fulfilled` events; beyond it
+    /// the oldest is left to expire. Small values give a steady state (live holds stop growing).
+    #[serde(default = "default_open_holds")]
+    pub open_holds: u64,
 }
 
 // Defaults: a small demo shop (10k SKUs, 20 locations, Zipf 1.1 like retail sales), 5k events/s
@@ -208,6 +212,9 @@ fn default_bad_ratio() -> f64 {
 fn default_hold() -> Duration {
     Duration::from_secs(120)
 }
+fn default_open_holds() -> u64 {
+    100_000
+}
 
 impl Default for GeneratorConfig {
     fn default() -> Self {
@@ -222,6 +229,7 @@ impl Default for GeneratorConfig {
             bad_ratio: default_bad_ratio(),
             hold: default_hold(),
             flash_sale: 0.0,
+            open_holds: default_open_holds(),
         }
     }
 }

@@ -1,167 +1,337 @@
-//! Engine-only ingest throughput: the dataflow with 1 and 2 workers against a single-thread
-//! `HashMap` fold of the same events, in the same run, plus resident memory per live
-//! (sku, location) key.
+//! Engine-only ingest throughput, on the steady-state workload and its flash-sale variant:
+//! stockflow's dataflow with 1 and 2 workers, the same computation written the way a
+//! differential-dataflow user would ([`stockflow_benchmarks::differential`]), and a single-thread
+//! `HashMap` fold of stock levels only, all on the same events in the same run; plus resident
+//! memory per live (sku, location) key and per reservation kept, each measured in a process of
+//! its own.
 //!
-//! `cargo run --release -p stockflow-benchmarks --bin engine-bench -- [EVENTS]`
+//! `cargo run --release -p stockflow-benchmarks --bin engine-bench -- [EVENTS] [TICK_MS] [steady|flash|all]`
+//!
+//! The steady-state workload: 100k SKUs × 20 locations, Zipf 1.1, reservations that end
+//! (released, fulfilled, or left to expire after a 1 s hold) so that live state stops growing,
+//! horizons (retention, de-duplication) of 1 s of log time: the run covers 5 s of business time
+//! at 2,000 events per ms, the horizons are scaled to it. The flash sale sends 30% of the
+//! reservations to the most popular SKU.
 
+use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
-use stockflow_benchmarks::engine::{run_engine, run_shares, workload, Pace, BASE_MS};
-use stockflow_benchmarks::{rss_bytes, summary, HashMapFold};
+use std::time::{Duration, Instant};
+use stockflow_benchmarks::engine::{run_engine, run_shares, workload, Input, Pace, BASE_MS};
+use stockflow_benchmarks::{differential, rss_bytes, summary, HashMapFold};
 use stockflow_dataflow::views::ViewStore;
 use stockflow_dataflow::EngineConfig;
 use stockflow_ingest::generator::Generator;
 use stockflow_types::config::{GeneratorConfig, Settings};
-use stockflow_types::event::Event;
+use stockflow_types::event::{Event, EventKind};
 
-fn main() {
-    let events: usize = std::env::args()
-        .nth(1)
-        .and_then(|a| a.parse().ok())
-        .unwrap_or(4_000_000);
-    let tick: u64 = std::env::args()
-        .nth(2)
-        .and_then(|a| a.parse().ok())
-        .unwrap_or(1);
-    let pace = Pace { tick };
+const WORKLOADS: [&str; 2] = ["steady", "flash"];
+
+/// The settings and generator of a workload.
+fn workload_config(name: &str, tick: u64) -> (Arc<EngineConfig>, GeneratorConfig) {
     let mut settings = Settings::default();
-    settings.pipeline.tick = std::time::Duration::from_millis(tick);
+    settings.pipeline.tick = Duration::from_millis(tick);
+    settings.pipeline.retention = Duration::from_secs(1);
+    settings.pipeline.dedup_window = Duration::from_secs(1);
     let gen = GeneratorConfig {
         rate: 0,
-        ..settings.generator
+        skus: 100_000,
+        locations: 20,
+        zipf: 1.1,
+        hold: Duration::from_secs(1),
+        open_holds: 20_000,
+        flash_sale: if name == "flash" { 0.3 } else { 0.0 },
+        ..settings.generator.clone()
     };
-    let cfg = Arc::new(EngineConfig::from_settings(&settings).expect("defaults are valid"));
-    println!(
-        "engine-bench: {events} events, {} SKUs (Zipf {}), {} locations, windows {:?}, tick {tick} ms = {} events per tick per worker",
-        gen.skus,
-        gen.zipf,
-        gen.locations,
-        cfg.windows.iter().map(|w| w.name.as_str()).collect::<Vec<_>>(),
-        pace.batch()
-    );
+    let cfg = EngineConfig::from_settings(&settings).expect("benchmark settings are valid");
+    (Arc::new(cfg), gen)
+}
 
-    // Memory first, before other runs have grown (and fragmented) the heap.
-    // Memory: generate the events inside the worker as they are admitted (no input held) and
-    // divide the growth of resident memory by the live (sku, location) keys.
+fn is_reservation(ev: &Event) -> bool {
+    matches!(
+        ev.kind,
+        EventKind::Reserved { .. } | EventKind::Released { .. } | EventKind::Fulfilled { .. }
+    )
+}
+
+/// The child process of a memory measurement: the workload generated inside the one worker as
+/// it is admitted (no input held), optionally without its reservation events; prints the growth
+/// of resident memory and what is live.
+fn memory_child(name: &str, events: usize, tick: u64, reservations: bool) {
+    let pace = Pace { tick };
+    let (cfg, gen) = workload_config(name, tick);
     let before = rss_bytes();
     let clock = Arc::new(AtomicU64::new(BASE_MS));
     let c = Arc::clone(&clock);
+    // One generator stands for both workers' (same seed stream, twice the rate of each).
     let mut g = Generator::new(&gen, 0, 1, Arc::new(move || c.load(Ordering::Relaxed)));
     let mut i = 0;
     let streamed = std::iter::from_fn(move || {
-        clock.store(pace.ts(i), Ordering::Relaxed);
+        clock.store(
+            BASE_MS + (i / (2 * pace.batch())) as u64 * tick,
+            Ordering::Relaxed,
+        );
         i += 1;
         Some(g.next_event())
-    });
-    let run = run_engine(&cfg, vec![Box::new(streamed.take(events))], pace);
+    })
+    .take(events)
+    .filter(move |ev| reservations || !is_reservation(ev));
+    let run = run_engine(&cfg, vec![Box::new(streamed)], pace);
     let after = rss_bytes();
-    let keys = run.store.location_count();
     println!(
-        "memory after {events} events on 1 worker: {} live (sku, location) keys, {} SKUs, {} reservations held; \
-         resident growth {:.1} MiB = {:.0} bytes per key (views, reservations, windows and de-dup ids included)",
-        keys,
-        run.store.sku_count(),
+        "MEMORY {} {} {} {}",
+        after.saturating_sub(before),
+        run.store.location_count(),
         run.store.reservation_count(),
-        after.saturating_sub(before) as f64 / 1048576.0,
-        after.saturating_sub(before) as f64 / keys.max(1) as f64,
+        run.store.sku_count()
+    );
+}
+
+/// Runs [`memory_child`] in a process of its own: (growth, keys, reservations, skus).
+fn memory(name: &str, events: usize, tick: u64, reservations: bool) -> (u64, u64, u64, u64) {
+    let out = Command::new(std::env::current_exe().expect("own path"))
+        .args([
+            "memory",
+            name,
+            &events.to_string(),
+            &tick.to_string(),
+            if reservations { "1" } else { "0" },
+        ])
+        .output()
+        .expect("the memory run starts");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find_map(|l| l.strip_prefix("MEMORY "))
+        .unwrap_or_else(|| panic!("the memory run reports: {text} {:?}", out.status));
+    let v: Vec<u64> = line
+        .split(' ')
+        .map(|x| x.parse().expect("numbers"))
+        .collect();
+    (v[0], v[1], v[2], v[3])
+}
+
+/// Checks the differential peer's answers against stockflow's views of the same run; returns
+/// (stock levels, reservations, windows) compared.
+fn verify(store: &ViewStore, dd: &differential::Answers) -> (usize, usize, usize) {
+    let skus: std::collections::BTreeSet<&String> = dd
+        .on_hand
+        .keys()
+        .chain(dd.reserved.keys())
+        .map(|(s, _)| s)
+        .collect();
+    let mut stock_rows = 0;
+    for sku in skus {
+        let stock = store
+            .stock(sku)
+            .expect("every SKU of the peer is in the views");
+        for row in stock.iter() {
+            let key = (sku.clone(), row.location.to_string());
+            let on_hand = dd.on_hand.get(&key).copied().unwrap_or(0);
+            let reserved = dd.reserved.get(&key).copied().unwrap_or(0);
+            assert_eq!(
+                (row.on_hand, row.reserved),
+                (on_hand, reserved),
+                "{sku}/{}",
+                row.location
+            );
+            stock_rows += 1;
+        }
+    }
+    let mut reservations = 0;
+    for (id, status) in &dd.status {
+        match store.reservation(id) {
+            Some(view) => {
+                assert_eq!(view.row.status, *status, "status of {id}");
+                reservations += 1;
+            }
+            None => assert!(
+                !matches!(
+                    status,
+                    stockflow_types::rows::Status::Held
+                        | stockflow_types::rows::Status::Insufficient
+                ),
+                "live reservation {id} missing from the views"
+            ),
+        }
+    }
+    assert_eq!(
+        reservations,
+        store.reservation_count(),
+        "every view compared"
+    );
+    let mut windows = 0;
+    for ((sku, loc, size, start), f) in &dd.windows {
+        let w = store.windows(sku).expect("windows of the SKU");
+        let w = w.read();
+        let Some(figures) = w.windows.get(&(*size, *start, loc.as_str().into())) else {
+            assert_eq!(f, &[0; 4], "window {sku}/{loc}/{size}/{start}");
+            continue;
+        };
+        assert_eq!(
+            [
+                figures.units_sold,
+                figures.units_received,
+                figures.units_reserved,
+                figures.orders
+            ],
+            *f,
+            "window {sku}/{loc}/{size}/{start}"
+        );
+        windows += 1;
+    }
+    (stock_rows, reservations, windows)
+}
+
+fn boxed(shares: &[Vec<Event>]) -> Vec<Input> {
+    shares
+        .iter()
+        .map(|s| Box::new(s.clone().into_iter()) as Input)
+        .collect()
+}
+
+/// One workload: every run on the same events, then the table.
+fn bench(name: &str, events: usize, tick: u64) {
+    let pace = Pace { tick };
+    let (cfg, gen) = workload_config(name, tick);
+    println!(
+        "\n## {name}: {events} events, {} SKUs (Zipf {}), {} locations, flash sale {}, hold {:?}, \
+         open holds {} per generator, retention and de-dup {:?}, windows {:?}, tick {tick} ms",
+        gen.skus,
+        gen.zipf,
+        gen.locations,
+        gen.flash_sale,
+        gen.hold,
+        gen.open_holds,
+        Duration::from_millis(cfg.retention_ms),
+        cfg.windows
+            .iter()
+            .map(|w| w.name.as_str())
+            .collect::<Vec<_>>(),
     );
 
-    // The ledger state machine alone, one thread, no timely: where the per-event work goes.
-    {
-        let share = workload(&gen, events, 0, 1, pace);
-        let store = Arc::new(ViewStore::new(1, cfg.windows.clone(), cfg.top_k));
-        let mut state = stockflow_dataflow::ledger::LedgerState::new(Arc::clone(&cfg), store, 1);
-        let mut out = Vec::new();
-        let mut batch = Vec::with_capacity(pace.batch());
-        let mut emitted = 0usize;
-        let t0 = Instant::now();
-        let mut t = BASE_MS;
-        let mut it = share.into_iter().peekable();
-        while it.peek().is_some() {
-            batch.extend(
-                it.by_ref()
-                    .take(pace.batch())
-                    .map(|event| stockflow_dataflow::Record {
-                        log_time: event.ts,
-                        event,
-                    }),
-            );
-            // Log time follows the business time of the generator.
-            let frontier = [stockflow_dataflow::Control::LogFrontier { worker: 0, at: t }];
-            state.process(t, &mut batch, &frontier, &mut out);
-            emitted += out.len();
-            out.clear();
-            t += pace.tick;
-        }
-        let secs = t0.elapsed().as_secs_f64();
-        println!(
-            "  ledger state machine alone (no timely, no top-K): {:.0} events/s, {:.2} row changes per event",
-            events as f64 / secs,
-            emitted as f64 / events as f64
-        );
-    }
+    // Memory, each in a fresh process: everything, then the same events without reservations.
+    let (all, keys, kept, skus) = memory(name, events, tick, true);
+    let (stock_only, stock_keys, _, _) = memory(name, events, tick, false);
+    let per_key = stock_only as f64 / stock_keys.max(1) as f64;
+    let per_res = all.saturating_sub(stock_only) as f64 / kept.max(1) as f64;
+    println!(
+        "memory, 1 worker: {keys} live (sku, location) keys of {skus} SKUs, {kept} reservations kept (live, or ended within the retention); \
+         resident growth {:.1} MiB; without the reservation events {:.1} MiB over {stock_keys} keys = {per_key:.0} B per key \
+         (stock, windows, de-dup ids); the reservations add {per_res:.0} B each",
+        all as f64 / 1048576.0,
+        stock_only as f64 / 1048576.0,
+    );
 
-    if std::env::var_os("LEDGER_ONLY").is_some() {
-        return;
+    let two: Vec<Vec<Event>> = (0..2)
+        .map(|w| workload(&gen, events / 2, w, 2, pace))
+        .collect();
+    // One worker reads both shares as one log, in business-time order.
+    let mut merged: Vec<Event> = two.iter().flatten().cloned().collect();
+    merged.sort_by_key(|e| e.ts);
+    let one = vec![merged];
+
+    let mut fold = HashMapFold::default();
+    let t0 = Instant::now();
+    for ev in &one[0] {
+        fold.apply(ev);
     }
+    let fold_rate = events as f64 / t0.elapsed().as_secs_f64();
+
     let mut rows = Vec::new();
-    let mut baseline = 0.0;
-    for workers in [1usize, 2] {
-        let shares: Vec<Vec<Event>> = (0..workers)
-            .map(|w| workload(&gen, events / workers, w, workers, pace))
-            .collect();
-        // Baseline: the same events folded by one thread, in business-time order.
-        let mut ordered: Vec<&Event> = shares.iter().flatten().collect();
-        ordered.sort_by_key(|e| e.ts);
-        let mut fold = HashMapFold::default();
-        let t0 = Instant::now();
-        for ev in ordered {
-            fold.apply(ev);
-        }
-        let fold_rate = events as f64 / t0.elapsed().as_secs_f64();
-        if workers == 1 {
-            baseline = fold_rate;
-        }
-        let run = run_shares(&cfg, shares, pace);
+    for (workers, shares) in [(1usize, &one), (2, &two)] {
+        let run = run_shares(&cfg, shares.clone(), pace);
         let rate = events as f64 / run.seconds;
-        // The views must agree with the fold on every stock level.
         let mut checked = 0;
         for (sku, locs) in &fold.stock {
             let stock = run
                 .store
                 .stock(sku)
                 .expect("every SKU of the fold is in the views");
-            for (loc, on_hand) in locs {
-                let row = stock.get(loc).expect("location present");
-                assert_eq!(row.on_hand, on_hand.on_hand, "{sku}/{loc}");
+            for (loc, level) in locs {
+                assert_eq!(stock.get(loc).expect("location").on_hand, level.on_hand);
                 checked += 1;
             }
         }
-        println!("  {workers} worker(s): verified {checked} stock levels against the fold; {} reservations in the views", run.store.reservation_count());
-        rows.push((workers, rate, fold_rate));
-    }
-    println!();
-    println!("{:<34} {:>14} {:>16}", "run", "events/s", "vs HashMap fold");
-    println!(
-        "{:<34} {:>14.0} {:>16}",
-        "HashMap fold, 1 thread (baseline)", baseline, "1.00x"
-    );
-    for (workers, rate, fold) in &rows {
+        let dd = differential::run(&cfg.windows, boxed(shares), pace);
+        let dd_rate = events as f64 / dd.seconds;
+        let (rows_checked, reservations, windows) = verify(&run.store, &dd.answers);
         println!(
-            "{:<34} {:>14.0} {:>15.2}x",
-            format!("stockflow dataflow, {workers} worker(s)"),
+            "  {workers} worker(s): stockflow {rate:.0} events/s, differential {dd_rate:.0} events/s; \
+             verified {checked} stock levels against the fold, {rows_checked} stock rows, {reservations} reservations \
+             and {windows} windows of stockflow against the differential peer"
+        );
+        rows.push((workers, rate, dd_rate));
+    }
+
+    println!();
+    println!(
+        "{:<44} {:>12} {:>10} {:>16}",
+        "run", "events/s", "vs fold", "vs differential"
+    );
+    println!(
+        "{:<44} {:>12.0} {:>10} {:>16}",
+        "HashMap fold of stock only, 1 thread", fold_rate, "1.00x", ""
+    );
+    for (workers, rate, dd_rate) in &rows {
+        println!(
+            "{:<44} {:>12.0} {:>9.2}x {:>15.2}x",
+            format!("stockflow, {workers} worker(s)"),
             rate,
-            rate / fold
+            rate / fold_rate,
+            rate / dd_rate
+        );
+        println!(
+            "{:<44} {:>12.0} {:>9.2}x {:>16}",
+            format!("differential peer, {workers} worker(s)"),
+            dd_rate,
+            dd_rate / fold_rate,
+            "1.00x"
         );
     }
-    if let Some((_, rate, fold)) = rows.iter().find(|r| r.0 == 2) {
-        summary::record(
-            "engine only, 2 workers, every view vs a 1-thread HashMap fold of stock only",
-            &format!("{rate:.0} events/s"),
-            &format!("{fold:.0} events/s"),
-            rate / fold,
-            "≥ 1,000,000 events/s",
-        );
+    let (_, rate, dd_rate) = rows[1];
+    summary::record(
+        &format!("engine, {name} workload, 2 workers vs a 1-thread HashMap fold of stock only"),
+        &format!("{rate:.0} events/s"),
+        &format!("{fold_rate:.0} events/s"),
+        rate / fold_rate,
+        "≥ 1,000,000 events/s and ≥ 0.33x",
+    );
+    summary::record(
+        &format!("engine, {name} workload, 2 workers vs the differential peer, 2 workers"),
+        &format!("{rate:.0} events/s"),
+        &format!("{dd_rate:.0} events/s"),
+        rate / dd_rate,
+        "≥ 5x",
+    );
+    summary::record(
+        &format!(
+            "engine memory, {name} workload: per live (sku, location) key / per reservation kept"
+        ),
+        &format!("{per_key:.0} B / {per_res:.0} B"),
+        "1,000 B per key (target)",
+        per_key / 1000.0,
+        "≤ 1,000 B / ≤ 300 B",
+    );
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("memory") {
+        let parse = |i: usize| args[i].parse::<usize>().expect("a number");
+        memory_child(&args[1], parse(2), parse(3) as u64, args[4] == "1");
+        return;
+    }
+    let events: usize = args
+        .first()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(10_000_000);
+    let tick: u64 = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(1);
+    let which = args.get(2).map(String::as_str).unwrap_or("all");
+    println!("engine-bench: stockflow's dataflow beside a differential-dataflow formulation and a HashMap fold");
+    for name in WORKLOADS {
+        if which == "all" || which == name {
+            bench(name, events, tick);
+        }
     }
 }

@@ -6,6 +6,8 @@
 //! its own.
 //!
 //! `cargo run --release -p stockflow-benchmarks --bin engine-bench -- [EVENTS] [TICK_MS] [steady|flash|all]`
+//! (`engine-bench ledger [steady|flash] [EVENTS]`: the ledger state machine alone, one thread;
+//! `engine-bench stockflow [steady|flash] [EVENTS]`: stockflow alone on 2 workers, for profiles.)
 //!
 //! The steady-state workload: 100k SKUs × 20 locations, Zipf 1.1, reservations that end
 //! (released, fulfilled, or left to expire after a 1 s hold) so that live state stops growing,
@@ -26,6 +28,8 @@ use stockflow_types::config::{GeneratorConfig, Settings};
 use stockflow_types::event::{Event, EventKind};
 
 const WORKLOADS: [&str; 2] = ["steady", "flash"];
+/// Events of the side-by-side run with the differential peer (see [`bench`]).
+const DIFFERENTIAL_EVENTS: usize = 2_000_000;
 
 /// The settings and generator of a workload.
 fn workload_config(name: &str, tick: u64) -> (Arc<EngineConfig>, GeneratorConfig) {
@@ -41,7 +45,7 @@ fn workload_config(name: &str, tick: u64) -> (Arc<EngineConfig>, GeneratorConfig
         hold: Duration::from_secs(1),
         open_holds: 20_000,
         flash_sale: if name == "flash" { 0.3 } else { 0.0 },
-        ..settings.generator.clone()
+        ..settings.generator
     };
     let cfg = EngineConfig::from_settings(&settings).expect("benchmark settings are valid");
     (Arc::new(cfg), gen)
@@ -84,6 +88,43 @@ fn memory_child(name: &str, events: usize, tick: u64, reservations: bool) {
         run.store.location_count(),
         run.store.reservation_count(),
         run.store.sku_count()
+    );
+}
+
+/// The ledger state machine alone, one thread, no timely, no top-K: where the per-event work
+/// goes (`engine-bench ledger WORKLOAD EVENTS`; for callgrind, see docs/benchmarks.md).
+fn ledger_only(name: &str, events: usize, tick: u64) {
+    let pace = Pace { tick };
+    let (cfg, gen) = workload_config(name, tick);
+    let share = workload(&gen, events, 0, 1, pace);
+    let store = Arc::new(ViewStore::new(1, cfg.windows.clone(), cfg.top_k));
+    let mut state = stockflow_dataflow::ledger::LedgerState::new(Arc::clone(&cfg), store, 1);
+    let (mut out, mut batch) = (Vec::new(), Vec::with_capacity(pace.batch()));
+    let mut emitted = 0usize;
+    let t0 = Instant::now();
+    let mut t = BASE_MS;
+    let mut it = share.into_iter().peekable();
+    while it.peek().is_some() {
+        batch.extend(
+            it.by_ref()
+                .take(pace.batch())
+                .map(|event| stockflow_dataflow::Record {
+                    log_time: event.ts,
+                    event,
+                }),
+        );
+        // Log time follows the business time of the generator.
+        let frontier = [stockflow_dataflow::Control::LogFrontier { worker: 0, at: t }];
+        state.process(t, &mut batch, &frontier, &mut out);
+        emitted += out.len();
+        out.clear();
+        t += pace.tick;
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    println!(
+        "ledger state machine alone ({name}, {events} events, 1 thread, no timely, no top-K): {:.0} events/s, {:.2} row changes per event",
+        events as f64 / secs,
+        emitted as f64 / events as f64
     );
 }
 
@@ -241,7 +282,6 @@ fn bench(name: &str, events: usize, tick: u64) {
     let mut rows = Vec::new();
     for (workers, shares) in [(1usize, &one), (2, &two)] {
         let run = run_shares(&cfg, shares.clone(), pace);
-        let rate = events as f64 / run.seconds;
         let mut checked = 0;
         for (sku, locs) in &fold.stock {
             let stock = run
@@ -253,43 +293,88 @@ fn bench(name: &str, events: usize, tick: u64) {
                 checked += 1;
             }
         }
-        let dd = differential::run(&cfg.windows, boxed(shares), pace);
-        let dd_rate = events as f64 / dd.seconds;
-        let (rows_checked, reservations, windows) = verify(&run.store, &dd.answers);
         println!(
-            "  {workers} worker(s): stockflow {rate:.0} events/s, differential {dd_rate:.0} events/s; \
-             verified {checked} stock levels against the fold, {rows_checked} stock rows, {reservations} reservations \
-             and {windows} windows of stockflow against the differential peer"
+            "  stockflow, {workers} worker(s): verified {checked} stock levels against the fold"
         );
-        rows.push((workers, rate, dd_rate));
+        rows.push((workers, events as f64 / run.seconds));
     }
+    drop(one);
+
+    // The differential peer keeps every movement and every reservation (it has no horizons)
+    // and runs at a few tens of thousands of events/s: it and stockflow run on the first
+    // `DIFFERENTIAL_EVENTS` of the same events, and stockflow's views are checked against it.
+    let prefix = events.min(DIFFERENTIAL_EVENTS);
+    let head: Vec<Vec<Event>> = two
+        .iter()
+        .map(|s| s[..(prefix / 2).min(s.len())].to_vec())
+        .collect();
+    drop(two);
+    let run = run_shares(&cfg, head.clone(), pace);
+    let head_rate = prefix as f64 / run.seconds;
+    let dd = differential::run(&cfg.windows, boxed(&head), pace);
+    let dd_rate = prefix as f64 / dd.seconds;
+    let (rows_checked, reservations, windows) = verify(&run.store, &dd.answers);
+    println!(
+        "  first {prefix} events, 2 workers: verified {rows_checked} stock rows, {reservations} reservations \
+         and {windows} windows of stockflow against the differential peer"
+    );
 
     println!();
+    println!("{:<52} {:>12} {:>10}", "run", "events/s", "ratio");
     println!(
-        "{:<44} {:>12} {:>10} {:>16}",
-        "run", "events/s", "vs fold", "vs differential"
+        "{:<52} {:>12.0} {:>10}",
+        "HashMap fold of stock only, 1 thread", fold_rate, "1.00x"
     );
-    println!(
-        "{:<44} {:>12.0} {:>10} {:>16}",
-        "HashMap fold of stock only, 1 thread", fold_rate, "1.00x", ""
-    );
-    for (workers, rate, dd_rate) in &rows {
+    for (workers, rate) in &rows {
         println!(
-            "{:<44} {:>12.0} {:>9.2}x {:>15.2}x",
+            "{:<52} {:>12.0} {:>9.2}x",
             format!("stockflow, {workers} worker(s)"),
             rate,
             rate / fold_rate,
-            rate / dd_rate
-        );
-        println!(
-            "{:<44} {:>12.0} {:>9.2}x {:>16}",
-            format!("differential peer, {workers} worker(s)"),
-            dd_rate,
-            dd_rate / fold_rate,
-            "1.00x"
         );
     }
-    let (_, rate, dd_rate) = rows[1];
+    println!(
+        "{:<52} {:>12.0} {:>10}",
+        format!("differential peer, 2 workers, first {prefix}"),
+        dd_rate,
+        "1.00x"
+    );
+    println!(
+        "{:<52} {:>12.0} {:>9.2}x",
+        format!("stockflow, 2 workers, first {prefix}"),
+        head_rate,
+        head_rate / dd_rate
+    );
+    let rate = rows[1].1;
+
+    // The allocator's default (freed memory back to the kernel after 10 ms) against what the
+    // binary sets (kept), each in a process of its own on the same events.
+    let purge = |delay: &str| -> f64 {
+        let out = Command::new(std::env::current_exe().expect("own path"))
+            .args(["stockflow", name, &events.to_string()])
+            .env("MIMALLOC_PURGE_DELAY", delay)
+            .output()
+            .expect("the run starts");
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.lines()
+            .find_map(|l| {
+                l.rsplit_once(": ")
+                    .and_then(|(_, r)| r.strip_suffix(" events/s"))
+            })
+            .and_then(|r| r.parse().ok())
+            .unwrap_or_else(|| panic!("the run reports: {text}"))
+    };
+    let (kept, returned) = (purge("-1"), purge("10"));
+    println!(
+        "{:<52} {:>12.0} {:>9.2}x",
+        "stockflow, 2 workers, freed memory kept (default)", kept, 1.0
+    );
+    println!(
+        "{:<52} {:>12.0} {:>9.2}x",
+        "stockflow, 2 workers, returned to the kernel after 10 ms",
+        returned,
+        returned / kept
+    );
     summary::record(
         &format!("engine, {name} workload, 2 workers vs a 1-thread HashMap fold of stock only"),
         &format!("{rate:.0} events/s"),
@@ -298,10 +383,10 @@ fn bench(name: &str, events: usize, tick: u64) {
         "≥ 1,000,000 events/s and ≥ 0.33x",
     );
     summary::record(
-        &format!("engine, {name} workload, 2 workers vs the differential peer, 2 workers"),
-        &format!("{rate:.0} events/s"),
+        &format!("engine, {name} workload, first {prefix} events, 2 workers vs the differential peer, 2 workers"),
+        &format!("{head_rate:.0} events/s"),
         &format!("{dd_rate:.0} events/s"),
-        rate / dd_rate,
+        head_rate / dd_rate,
         "≥ 5x",
     );
     summary::record(
@@ -316,10 +401,58 @@ fn bench(name: &str, events: usize, tick: u64) {
 }
 
 fn main() {
+    // As the stockflow binary does.
+    stockflow_types::process::keep_freed_memory();
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("memory") {
         let parse = |i: usize| args[i].parse::<usize>().expect("a number");
         memory_child(&args[1], parse(2), parse(3) as u64, args[4] == "1");
+        return;
+    }
+    if args.first().map(String::as_str) == Some("stockflow") {
+        // stockflow alone on 2 workers (for profiles).
+        let name = args.get(1).map_or("steady", String::as_str);
+        let events = args
+            .get(2)
+            .and_then(|a| a.parse().ok())
+            .unwrap_or(1_000_000);
+        let pace = Pace { tick: 1 };
+        let (cfg, gen) = workload_config(name, 1);
+        let two: Vec<Vec<Event>> = (0..2)
+            .map(|w| workload(&gen, events / 2, w, 2, pace))
+            .collect();
+        let run = run_shares(&cfg, two, pace);
+        println!(
+            "stockflow, 2 workers, {name}: {:.0} events/s",
+            events as f64 / run.seconds
+        );
+        return;
+    }
+    if args.first().map(String::as_str) == Some("differential") {
+        // The differential peer alone on 2 workers (for profiles).
+        let name = args.get(1).map_or("steady", String::as_str);
+        let events = args
+            .get(2)
+            .and_then(|a| a.parse().ok())
+            .unwrap_or(1_000_000);
+        let pace = Pace { tick: 1 };
+        let (cfg, gen) = workload_config(name, 1);
+        let two: Vec<Vec<Event>> = (0..2)
+            .map(|w| workload(&gen, events / 2, w, 2, pace))
+            .collect();
+        let run = differential::run(&cfg.windows, boxed(&two), pace);
+        println!(
+            "differential peer, 2 workers, {name}: {:.0} events/s",
+            events as f64 / run.seconds
+        );
+        return;
+    }
+    if args.first().map(String::as_str) == Some("ledger") {
+        let events = args
+            .get(2)
+            .and_then(|a| a.parse().ok())
+            .unwrap_or(1_000_000);
+        ledger_only(args.get(1).map_or("steady", String::as_str), events, 1);
         return;
     }
     let events: usize = args

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Every benchmark of the project, each beside its baseline in the same run, then ONE table of the
 # headline rows (scenario, stockflow, baseline, ratio, target). docs/benchmarks.md explains each:
-#   engine-bench   the dataflow alone vs a HashMap fold of the same events
+#   engine-bench   the dataflow alone on a steady-state and a flash-sale workload vs a HashMap
+#                  fold and a differential-dataflow formulation of the same events; memory per
+#                  key and per reservation
 #   pg-bench       the dataflow vs PostgreSQL 15, one transaction per event (uniform, Zipf 1.2,
 #                  flash sale)
 #   kafka-bench    end to end from Kafka vs a plain consumer and the hand-written baseline;
@@ -13,7 +15,7 @@
 #                  time and what it costs ingest and lookups; replay memory by horizon
 #
 #   scripts/bench.sh [--short]    --short: small sizes, under ~2 minutes once built, for
-#                                 regression checks; the default is the full run (~15 minutes)
+#                                 regression checks; the default is the full run (~30 minutes)
 #
 # Starts what it needs: scripts/services.sh (broker, ClickHouse, PostgreSQL); Redis is installed
 # by lookup-bench if missing. The full table also goes to target/bench-summary.md.
@@ -54,7 +56,7 @@ if $short; then
   kafka_run spike-bench 1000 5
   run restart-bench 500000 5000
 else
-  run engine-bench 2000000
+  run engine-bench 10000000
   run pg-bench 60000
   kafka_run kafka-bench 100000 2
   run lookup-bench

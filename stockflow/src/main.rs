@@ -68,7 +68,6 @@ struct ProduceArgs {
 }
 
 fn main() -> Result<()> {
-    stockflow_types::process::keep_freed_memory();
     let cli = Cli::parse();
     let args = match cli.command {
         None => RunArgs::default(),

@@ -1,8 +1,7 @@
 //! Types that several stockflow crates share: the contract's events (§1) with their
 //! validation, the rows the dataflow maintains (§2), timestamps, and the configuration.
 //!
-//! Nothing here does I/O, but for [`process::keep_freed_memory`], which the binaries call
-//! first. The smallest use decodes one producer message:
+//! Nothing here does I/O. The smallest use decodes one producer message:
 //!
 //! ```
 //! use stockflow_types::event::{decode, EventKind};
@@ -14,7 +13,6 @@
 
 pub mod config;
 pub mod event;
-pub mod process;
 pub mod progress;
 pub mod resume;
 pub mod rows;

@@ -347,34 +347,6 @@ fn bench(name: &str, events: usize, tick: u64) {
     );
     let rate = rows[1].1;
 
-    // The allocator's default (freed memory back to the kernel after 10 ms) against what the
-    // binary sets (kept), each in a process of its own on the same events.
-    let purge = |delay: &str| -> f64 {
-        let out = Command::new(std::env::current_exe().expect("own path"))
-            .args(["stockflow", name, &events.to_string()])
-            .env("MIMALLOC_PURGE_DELAY", delay)
-            .output()
-            .expect("the run starts");
-        let text = String::from_utf8_lossy(&out.stdout);
-        text.lines()
-            .find_map(|l| {
-                l.rsplit_once(": ")
-                    .and_then(|(_, r)| r.strip_suffix(" events/s"))
-            })
-            .and_then(|r| r.parse().ok())
-            .unwrap_or_else(|| panic!("the run reports: {text}"))
-    };
-    let (kept, returned) = (purge("-1"), purge("10"));
-    println!(
-        "{:<52} {:>12.0} {:>9.2}x",
-        "stockflow, 2 workers, freed memory kept (default)", kept, 1.0
-    );
-    println!(
-        "{:<52} {:>12.0} {:>9.2}x",
-        "stockflow, 2 workers, returned to the kernel after 10 ms",
-        returned,
-        returned / kept
-    );
     summary::record(
         &format!("engine, {name} workload, 2 workers vs a 1-thread HashMap fold of stock only"),
         &format!("{rate:.0} events/s"),
@@ -401,8 +373,6 @@ fn bench(name: &str, events: usize, tick: u64) {
 }
 
 fn main() {
-    // As the stockflow binary does.
-    stockflow_types::process::keep_freed_memory();
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("memory") {
         let parse = |i: usize| args[i].parse::<usize>().expect("a number");

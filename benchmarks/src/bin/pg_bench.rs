@@ -194,8 +194,6 @@ fn postgres_run(events: &Arc<Vec<Event>>, connections: usize, sync: &str) -> (f6
 }
 
 fn main() {
-    // As the stockflow binary does.
-    stockflow_types::process::keep_freed_memory();
     let mut args = std::env::args().skip(1);
     let events: usize = args.next().map_or(60_000, |a| a.parse().expect("EVENTS"));
     let connections: usize = args.next().map_or(8, |a| a.parse().expect("CONNECTIONS"));

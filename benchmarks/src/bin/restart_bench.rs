@@ -299,8 +299,6 @@ fn peak_rss_kib() -> u64 {
 }
 
 fn main() {
-    // As the stockflow binary does.
-    stockflow_types::process::keep_freed_memory();
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("--restore") {
         // Profiling aid: restore a kept checkpoint (RESTART_BENCH_KEEP) and stop.

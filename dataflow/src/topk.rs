@@ -114,9 +114,18 @@ impl LocalRanking {
 
     /// Applies one time's changes; pushes the changes of the local top `k` lists to `out`.
     fn apply(&mut self, sold: Vec<Sold>, out: &mut Vec<(Ranked, Diff)>) {
-        let mut touched = BTreeSet::new();
+        // One time holds many changes of the same (window, SKU) (a popular SKU sells all the
+        // time): net them first, so the ordered set changes once per (window, SKU).
+        let mut net: HashMap<((Millis, Millis), Name), i64> = HashMap::with_capacity(sold.len());
         for (window, sku, units) in sold {
-            let key = (window, sku);
+            *net.entry((window, sku)).or_insert(0) += units;
+        }
+        let mut touched = BTreeSet::new();
+        for (key, units) in net {
+            if units == 0 {
+                continue;
+            }
+            let window = key.0;
             let total = self.totals.entry(key.clone()).or_insert(0);
             let old = *total;
             *total += units;

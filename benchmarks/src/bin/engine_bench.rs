@@ -7,7 +7,8 @@
 //!
 //! `cargo run --release -p stockflow-benchmarks --bin engine-bench -- [EVENTS] [TICK_MS] [steady|flash|all]`
 //! (`engine-bench ledger [steady|flash] [EVENTS]`: the ledger state machine alone, one thread;
-//! `engine-bench stockflow [steady|flash] [EVENTS]`: stockflow alone on 2 workers, for profiles.)
+//! `engine-bench stockflow [steady|flash] [EVENTS] [WORKERS]`: stockflow alone, for profiles;
+//! `engine-bench differential [steady|flash] [EVENTS]`: the peer alone on 2 workers.)
 //!
 //! The steady-state workload: 100k SKUs × 20 locations, Zipf 1.1, reservations that end
 //! (released, fulfilled, or left to expire after a 1 s hold) so that live state stops growing,
@@ -380,20 +381,21 @@ fn main() {
         return;
     }
     if args.first().map(String::as_str) == Some("stockflow") {
-        // stockflow alone on 2 workers (for profiles).
+        // stockflow alone (for profiles): WORKLOAD EVENTS [WORKERS, default 2].
         let name = args.get(1).map_or("steady", String::as_str);
         let events = args
             .get(2)
             .and_then(|a| a.parse().ok())
             .unwrap_or(1_000_000);
+        let workers: usize = args.get(3).and_then(|a| a.parse().ok()).unwrap_or(2);
         let pace = Pace { tick: 1 };
         let (cfg, gen) = workload_config(name, 1);
-        let two: Vec<Vec<Event>> = (0..2)
-            .map(|w| workload(&gen, events / 2, w, 2, pace))
+        let shares: Vec<Vec<Event>> = (0..workers)
+            .map(|w| workload(&gen, events / workers, w, workers, pace))
             .collect();
-        let run = run_shares(&cfg, two, pace);
+        let run = run_shares(&cfg, shares, pace);
         println!(
-            "stockflow, 2 workers, {name}: {:.0} events/s",
+            "stockflow, {workers} worker(s), {name}: {:.0} events/s",
             events as f64 / run.seconds
         );
         return;

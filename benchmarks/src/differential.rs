@@ -207,9 +207,9 @@ pub fn run(windows: &[WindowSpec], per_worker: Vec<Input>, pace: Pace) -> Run {
         while probe.less_than(&(t + 1)) {
             worker.step();
         }
-        // Expiries fall at pipeline times: as of the last time, nothing after.
+        // Every time up to the last is complete: the answers are as of it.
         let out = std::mem::take(&mut *out.borrow_mut());
-        res.lock().unwrap().push((t, out));
+        res.lock().unwrap().push(out);
         for id in worker.installed_dataflows() {
             worker.drop_dataflow(id);
         }
@@ -456,11 +456,11 @@ fn dataflow<'s>(
 }
 
 /// The workers' outputs as one set of answers as of the last time.
-fn merge(parts: Vec<(Time, Outputs)>) -> Answers {
+fn merge(parts: Vec<Outputs>) -> Answers {
     let mut a = Answers::default();
     let mut held = HashMap::new();
     let mut lives = HashMap::new();
-    for (_, o) in &parts {
+    for o in &parts {
         a.on_hand.extend(present(&o.on_hand));
         a.reserved.extend(present(&o.alloc_reserved));
         held.extend(present(&o.held));

@@ -133,9 +133,6 @@ impl LocalRanking {
             if new == 0 {
                 self.totals.remove(&key);
             }
-            if old == new {
-                continue;
-            }
             let ranked = self.ranked.entry(window).or_default();
             if old > 0 {
                 ranked.remove(&(-old, Arc::clone(&key.1)));

@@ -8,7 +8,7 @@
 //! `cargo run --release -p stockflow-benchmarks --bin engine-bench -- [EVENTS] [TICK_MS] [steady|flash|all]`
 //! (`engine-bench ledger [steady|flash] [EVENTS]`: the ledger state machine alone, one thread;
 //! `engine-bench stockflow [steady|flash] [EVENTS] [WORKERS]`: stockflow alone, for profiles;
-//! `engine-bench differential [steady|flash] [EVENTS]`: the peer alone on 2 workers.)
+//! `engine-bench differential [steady|flash] [EVENTS] [WORKERS]`: the peer alone.)
 //!
 //! The steady-state workload: 100k SKUs × 20 locations, Zipf 1.1, reservations that end
 //! (released, fulfilled, or left to expire after a 1 s hold) so that live state stops growing,
@@ -225,6 +225,13 @@ fn verify(store: &ViewStore, dd: &differential::Answers) -> (usize, usize, usize
     (stock_rows, reservations, windows)
 }
 
+/// The workload's events for `workers` workers, `events` in all.
+fn shares(gen: &GeneratorConfig, events: usize, workers: usize, pace: Pace) -> Vec<Vec<Event>> {
+    (0..workers)
+        .map(|w| workload(gen, events / workers, w, workers, pace))
+        .collect()
+}
+
 fn boxed(shares: &[Vec<Event>]) -> Vec<Input> {
     shares
         .iter()
@@ -265,9 +272,7 @@ fn bench(name: &str, events: usize, tick: u64) {
         stock_only as f64 / 1048576.0,
     );
 
-    let two: Vec<Vec<Event>> = (0..2)
-        .map(|w| workload(&gen, events / 2, w, 2, pace))
-        .collect();
+    let two = shares(&gen, events, 2, pace);
     // One worker reads both shares as one log, in business-time order.
     let mut merged: Vec<Event> = two.iter().flatten().cloned().collect();
     merged.sort_by_key(|e| e.ts);
@@ -380,8 +385,9 @@ fn main() {
         memory_child(&args[1], parse(2), parse(3) as u64, args[4] == "1");
         return;
     }
-    if args.first().map(String::as_str) == Some("stockflow") {
-        // stockflow alone (for profiles): WORKLOAD EVENTS [WORKERS, default 2].
+    let mode = args.first().map(String::as_str);
+    if matches!(mode, Some("stockflow" | "differential")) {
+        // One engine alone, for profiles: WORKLOAD EVENTS [WORKERS, default 2].
         let name = args.get(1).map_or("steady", String::as_str);
         let events = args
             .get(2)
@@ -390,32 +396,16 @@ fn main() {
         let workers: usize = args.get(3).and_then(|a| a.parse().ok()).unwrap_or(2);
         let pace = Pace { tick: 1 };
         let (cfg, gen) = workload_config(name, 1);
-        let shares: Vec<Vec<Event>> = (0..workers)
-            .map(|w| workload(&gen, events / workers, w, workers, pace))
-            .collect();
-        let run = run_shares(&cfg, shares, pace);
+        let shares = shares(&gen, events, workers, pace);
+        let (label, seconds) = if mode == Some("stockflow") {
+            ("stockflow", run_shares(&cfg, shares, pace).seconds)
+        } else {
+            let run = differential::run(&cfg.windows, boxed(&shares), pace);
+            ("differential peer", run.seconds)
+        };
         println!(
-            "stockflow, {workers} worker(s), {name}: {:.0} events/s",
-            events as f64 / run.seconds
-        );
-        return;
-    }
-    if args.first().map(String::as_str) == Some("differential") {
-        // The differential peer alone on 2 workers (for profiles).
-        let name = args.get(1).map_or("steady", String::as_str);
-        let events = args
-            .get(2)
-            .and_then(|a| a.parse().ok())
-            .unwrap_or(1_000_000);
-        let pace = Pace { tick: 1 };
-        let (cfg, gen) = workload_config(name, 1);
-        let two: Vec<Vec<Event>> = (0..2)
-            .map(|w| workload(&gen, events / 2, w, 2, pace))
-            .collect();
-        let run = differential::run(&cfg.windows, boxed(&two), pace);
-        println!(
-            "differential peer, 2 workers, {name}: {:.0} events/s",
-            events as f64 / run.seconds
+            "{label}, {workers} worker(s), {name}: {:.0} events/s",
+            events as f64 / seconds
         );
         return;
     }

@@ -249,6 +249,14 @@ case "${1:-up}" in
   up)
     command -v curl >/dev/null 2>&1 || as_root apt-get install -y -qq curl >/dev/null
     command -v ss >/dev/null 2>&1 || as_root apt-get install -y -qq iproute2 >/dev/null
+    # The secure-connection tests: openssl makes their CA, haproxy terminates TLS before tansu.
+    for tool in openssl haproxy; do
+      if ! command -v "$tool" >/dev/null 2>&1; then
+        log "installing $tool from Debian's packages"
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$tool" >/dev/null
+      fi
+    done
     start_clickhouse
     start_kafka
     create_topics

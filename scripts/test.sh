@@ -20,6 +20,14 @@ if command -v rustup >/dev/null 2>&1; then
   done
 fi
 
+# librdkafka is built with OpenSSL (Kafka over TLS, SASL/SCRAM): its headers and pkg-config.
+if ! pkg-config --exists openssl 2>/dev/null; then
+  step "installing libssl-dev and pkg-config (Debian's packages)"
+  sudo_=""; [ "$(id -u)" = 0 ] || sudo_=sudo
+  $sudo_ env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  $sudo_ env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libssl-dev pkg-config >/dev/null
+fi
+
 step "services: Kafka-protocol broker and ClickHouse on loopback (scripts/services.sh)"
 ./scripts/services.sh up
 

@@ -64,6 +64,19 @@ pub enum KafkaSourceError {
         #[source]
         source: KafkaError,
     },
+    /// The brokers did not answer, or refused the connection (TLS, SASL).
+    #[error(
+        "cannot reach Kafka at {brokers} ({protocol}): {problem} (check kafka.brokers, \
+         kafka.security_protocol, [kafka.tls] and [kafka.sasl])"
+    )]
+    Unreachable {
+        /// `kafka.brokers`.
+        brokers: String,
+        /// `kafka.security_protocol`.
+        protocol: &'static str,
+        /// What the client said last.
+        problem: String,
+    },
     /// A topic does not exist.
     #[error("topic {0:?} does not exist (create it, or set kafka.create_partitions)")]
     MissingTopic(String),
@@ -545,6 +558,60 @@ impl Source for KafkaSource {
     }
 }
 
+/// The errors a client reports while it is checked, for the check to say why it failed.
+#[derive(Default)]
+struct CheckContext {
+    last: parking_lot::Mutex<Option<(Option<RDKafkaErrorCode>, String)>>,
+}
+
+impl ClientContext for CheckContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        *self.last.lock() = Some((error.rdkafka_error_code(), format!("{error}: {reason}")));
+    }
+}
+
+impl ConsumerContext for CheckContext {}
+
+/// How long [`check_brokers`] waits for an answer.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Checks that the brokers answer with these settings (address, TLS, SASL): a wrong password or
+/// CA then fails the start at once with what the client said, instead of the clients retrying
+/// forever; an unreachable broker fails after [`CHECK_TIMEOUT`].
+pub fn check_brokers(k: &KafkaConfig) -> Result<(), KafkaSourceError> {
+    let client: BaseConsumer<CheckContext> = client_config(k)
+        .create_with_context(CheckContext::default())
+        .map_err(kafka("creating a Kafka client"))?;
+    let started = std::time::Instant::now();
+    let problem = loop {
+        let attempt = client.fetch_metadata(None, Duration::from_secs(1));
+        // The client's own errors (a refused handshake, say) reach the context on a poll.
+        let _ = client.poll(Duration::from_millis(100));
+        let last = client.context().last.lock().take();
+        let refused = last.as_ref().is_some_and(|(code, _)| {
+            matches!(
+                code,
+                Some(RDKafkaErrorCode::Authentication | RDKafkaErrorCode::SSL)
+            )
+        });
+        match attempt {
+            Ok(_) => return Ok(()),
+            Err(e) if refused || started.elapsed() >= CHECK_TIMEOUT => {
+                break match last {
+                    Some((_, why)) => format!("{e}; {why}"),
+                    None => e.to_string(),
+                };
+            }
+            Err(_) => {}
+        }
+    };
+    Err(KafkaSourceError::Unreachable {
+        brokers: k.brokers.clone(),
+        protocol: k.security_protocol.as_librdkafka(),
+        problem,
+    })
+}
+
 /// Creates the inventory, orders and dead-letter topics if they are missing, with
 /// `kafka.create_partitions` partitions (one for the dead-letter topic) and replication 1: for
 /// local runs and tests; production topics are made by their owners (`create_partitions = 0`).
@@ -571,7 +638,9 @@ pub async fn ensure_topics(k: &KafkaConfig) -> Result<(), KafkaSourceError> {
         ),
         NewTopic::new(&k.dead_letter_topic, 1, TopicReplication::Fixed(1)),
     ];
-    let opts = AdminOptions::new().operation_timeout(Some(START_TIMEOUT));
+    let opts = AdminOptions::new()
+        .operation_timeout(Some(START_TIMEOUT))
+        .request_timeout(Some(START_TIMEOUT));
     let results = admin
         .create_topics(&topics, &opts)
         .await

@@ -43,9 +43,35 @@ pub fn load(file: Option<&Path>, sets: &[String]) -> Result<Settings> {
         };
         fig = fig.merge(Toml::string(&layer));
     }
-    let settings: Settings = fig.extract().context("reading the configuration")?;
+    let mut settings: Settings = fig.extract().context("reading the configuration")?;
+    read_files(&mut settings)?;
     settings.validate()?;
     Ok(settings)
+}
+
+/// Checks that every file the settings name can be read, and reads the secrets given as files
+/// (`*.password_file`: the content without a trailing newline) into their fields.
+fn read_files(settings: &mut Settings) -> Result<()> {
+    let (named, secrets) = settings.files();
+    for (field, path) in named {
+        std::fs::File::open(&path)
+            .with_context(|| format!("{field}: {} cannot be read", path.display()))?;
+    }
+    for (field, file, secret) in secrets {
+        let Some(path) = file else { continue };
+        if !secret.is_empty() {
+            bail!("{field}: set either the password or the file, not both");
+        }
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("{field}: {} cannot be read", path.display()))?;
+        let value = text.strip_suffix('\n').unwrap_or(&text);
+        let value = value.strip_suffix('\r').unwrap_or(value);
+        if value.is_empty() {
+            bail!("{field}: {} is empty", path.display());
+        }
+        *secret = value.into();
+    }
+    Ok(())
 }
 
 fn toml_value_ok(doc: &str) -> bool {
@@ -119,6 +145,22 @@ mod tests {
             .unwrap_err()
         );
         assert!(err.contains("is set by stockflow"), "{err}");
+    }
+
+    #[test]
+    fn named_files_must_be_readable() {
+        let err = format!(
+            "{:#}",
+            load(
+                None,
+                &[
+                    "kafka.security_protocol=ssl".into(),
+                    "kafka.tls.ca_file=/nonexistent/ca.pem".into()
+                ]
+            )
+            .unwrap_err()
+        );
+        assert!(err.contains("kafka.tls.ca_file"), "{err}");
     }
 
     #[test]

@@ -39,6 +39,8 @@ enum Command {
     Config,
     /// Print the OpenAPI document.
     Openapi,
+    /// Print the JSON Schema of the events producers send (docs/events.md).
+    Schema,
 }
 
 #[derive(Debug, Default, clap::Args)]
@@ -72,6 +74,11 @@ fn main() -> Result<()> {
     let args = match cli.command {
         None => RunArgs::default(),
         Some(Command::Run(args)) => args,
+        Some(Command::Schema) => {
+            let schema = stockflow_types::schema::event_schema();
+            println!("{}", serde_json::to_string_pretty(&schema)?);
+            return Ok(());
+        }
         Some(Command::Openapi) => {
             use utoipa::OpenApi;
             println!(
@@ -89,7 +96,7 @@ fn main() -> Result<()> {
         }
         Some(Command::Config) => {
             let s = config::load(cli.config.as_deref(), &cli.sets)?;
-            println!("{}", serde_json::to_string_pretty(&s)?);
+            println!("{}", serde_json::to_string_pretty(&s.redacted())?);
             return Ok(());
         }
     };

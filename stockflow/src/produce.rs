@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use stockflow_dataflow::clock::{Clock, SystemClock};
 use stockflow_ingest::generator::Generator;
 use stockflow_ingest::jsonl::JsonLinesSource;
-use stockflow_ingest::kafka::ensure_topics;
+use stockflow_ingest::kafka::{check_brokers, ensure_topics};
 use stockflow_ingest::{Polled, RawRecord, Source};
 use stockflow_sinks::kafka::client_config;
 use stockflow_types::config::Settings;
@@ -22,6 +22,7 @@ use stockflow_types::event::{decode, Stream};
 /// or, with `input`, the JSON lines of that file (`-`: standard input) as fast as possible.
 pub fn produce(settings: &Settings, input: Option<&Path>) -> Result<()> {
     let k = &settings.kafka;
+    check_brokers(k)?;
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?

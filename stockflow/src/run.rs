@@ -11,7 +11,7 @@ use stockflow_dataflow::views::ViewStore;
 use stockflow_dataflow::{Engine, EngineConfig, WorkerRestore};
 use stockflow_ingest::generator::{location_name, reservation_name, sku_name, Generator};
 use stockflow_ingest::jsonl::JsonLinesSource;
-use stockflow_ingest::kafka::{ensure_topics, KafkaSource};
+use stockflow_ingest::kafka::{check_brokers, ensure_topics, KafkaSource};
 use stockflow_ingest::{run_worker, Source, WorkerIo, WorkerOptions};
 use stockflow_serve::ServeState;
 use stockflow_sinks::checkpoint::{CheckpointWriter, Resume};
@@ -78,6 +78,7 @@ pub fn run(settings: Settings) -> Result<()> {
     // Rejected records go to the dead-letter topic with a Kafka source, else to a file.
     let (dead_letters, dead_letter_file): (Arc<dyn DeadLetters>, Option<DeadLetterFile>) = if kafka
     {
+        check_brokers(&settings.kafka)?;
         runtime.block_on(ensure_topics(&settings.kafka))?;
         let producer =
             KafkaDeadLetters::new(&settings.kafka).context("creating the dead-letter producer")?;
@@ -89,16 +90,20 @@ pub fn run(settings: Settings) -> Result<()> {
     let sources = Arc::new(Mutex::new(open_sources(
         &settings, &clock, &progress, &resume,
     )?));
-    let sink = settings.clickhouse.enabled.then(|| {
-        ClickHouseSink::start(
-            runtime.handle(),
-            &settings.clickhouse,
-            &cfg.windows,
-            workers,
-            Arc::clone(&progress),
-            restored_for_sink,
-        )
-    });
+    let sink = settings
+        .clickhouse
+        .enabled
+        .then(|| {
+            ClickHouseSink::start(
+                runtime.handle(),
+                &settings.clickhouse,
+                &cfg.windows,
+                workers,
+                Arc::clone(&progress),
+                restored_for_sink,
+            )
+        })
+        .transpose()?;
     let writer = settings.checkpoint.enabled.then(|| {
         CheckpointWriter::start(
             &settings.checkpoint,

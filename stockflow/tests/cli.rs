@@ -241,3 +241,84 @@ fn unknown_configuration_keys_are_rejected() {
     let cfg: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(cfg["pipeline"]["workers"], 2);
 }
+
+#[test]
+fn secrets_are_never_printed() {
+    let dir = std::env::temp_dir().join(format!("stockflow-secrets-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("kafka-password");
+    std::fs::write(&file, "from-a-file\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_stockflow"))
+        .args([
+            "config",
+            "--set",
+            "kafka.security_protocol=sasl_plaintext",
+            "--set",
+            "kafka.sasl.mechanism=SCRAM-SHA-512",
+            "--set",
+            "kafka.sasl.username=stockflow",
+            "--set",
+            &format!("kafka.sasl.password_file={}", file.display()),
+        ])
+        .env("STOCKFLOW_CLICKHOUSE__PASSWORD", "from-the-environment")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!stdout.contains("from-the-environment"), "{stdout}");
+    assert!(!stdout.contains("from-a-file"), "{stdout}");
+    let cfg: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(cfg["clickhouse"]["password"], "<redacted>");
+    assert_eq!(cfg["kafka"]["sasl"]["password"], "<redacted>");
+    assert_eq!(cfg["kafka"]["sasl"]["mechanism"], "SCRAM-SHA-512");
+    // A password given twice, and SASL without one, are refused with the field's name.
+    let out = Command::new(env!("CARGO_BIN_EXE_stockflow"))
+        .args([
+            "config",
+            "--set",
+            &format!("clickhouse.password_file={}", file.display()),
+        ])
+        .env("STOCKFLOW_CLICKHOUSE__PASSWORD", "x")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("clickhouse.password_file"), "{stderr}");
+    assert!(!stderr.contains("from-a-file"), "{stderr}");
+    let out = Command::new(env!("CARGO_BIN_EXE_stockflow"))
+        .args([
+            "config",
+            "--set",
+            "kafka.security_protocol=sasl_ssl",
+            "--set",
+            "kafka.sasl.username=u",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("kafka.sasl.password"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn schema_is_printed() {
+    let out = Command::new(env!("CARGO_BIN_EXE_stockflow"))
+        .arg("schema")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let schema: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        schema["$schema"],
+        "https://json-schema.org/draft/2020-12/schema"
+    );
+    assert!(
+        schema["oneOf"].as_array().is_some_and(|v| v.len() == 7),
+        "{schema}"
+    );
+}

@@ -312,10 +312,154 @@ pub struct KafkaConfig {
     /// Create missing topics at start with this many partitions (0 = never create).
     #[serde(default = "default_create_partitions")]
     pub create_partitions: i32,
-    /// Extra librdkafka settings for every client, e.g. `"security.protocol" = "SSL"`.
+    /// How the clients reach the brokers: TLS and SASL.
+    #[serde(default)]
+    pub security_protocol: SecurityProtocol,
+    /// TLS, when `security_protocol` is `ssl` or `sasl_ssl`.
+    #[serde(default)]
+    pub tls: KafkaTls,
+    /// SASL, when `security_protocol` is `sasl_plaintext` or `sasl_ssl`.
+    #[serde(default)]
+    pub sasl: KafkaSasl,
+    /// Extra librdkafka settings for every client, e.g. `"fetch.wait.max.ms" = "50"`.
     #[serde(default)]
     pub options: BTreeMap<String, String>,
 }
+
+/// librdkafka's `security.protocol`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SecurityProtocol {
+    /// No TLS, no SASL.
+    #[default]
+    Plaintext,
+    /// TLS.
+    Ssl,
+    /// SASL without TLS (the password crosses the network in the clear with `PLAIN`).
+    SaslPlaintext,
+    /// SASL over TLS.
+    SaslSsl,
+}
+
+impl SecurityProtocol {
+    /// The value librdkafka expects.
+    pub fn as_librdkafka(self) -> &'static str {
+        match self {
+            SecurityProtocol::Plaintext => "plaintext",
+            SecurityProtocol::Ssl => "ssl",
+            SecurityProtocol::SaslPlaintext => "sasl_plaintext",
+            SecurityProtocol::SaslSsl => "sasl_ssl",
+        }
+    }
+
+    /// Whether the connections use TLS.
+    pub fn tls(self) -> bool {
+        matches!(self, SecurityProtocol::Ssl | SecurityProtocol::SaslSsl)
+    }
+
+    /// Whether the clients authenticate with SASL.
+    pub fn sasl(self) -> bool {
+        matches!(
+            self,
+            SecurityProtocol::SaslPlaintext | SecurityProtocol::SaslSsl
+        )
+    }
+}
+
+/// Kafka over TLS: whom to trust and, for mutual TLS, who we are.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaTls {
+    /// PEM file of the CA certificates to trust (default: the system's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// PEM file of this client's certificate, for brokers that require client certificates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_file: Option<PathBuf>,
+    /// PEM file of that certificate's private key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
+    /// The private key's password, if it is encrypted.
+    #[serde(default, skip_serializing_if = "Secret::is_empty")]
+    pub key_password: Secret,
+}
+
+/// Kafka's SASL authentication.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSasl {
+    /// `PLAIN`, `SCRAM-SHA-256` or `SCRAM-SHA-512`.
+    #[serde(default)]
+    pub mechanism: SaslMechanism,
+    /// User name.
+    #[serde(default)]
+    pub username: String,
+    /// Password: prefer `STOCKFLOW_KAFKA__SASL__PASSWORD` or `password_file` to the file.
+    #[serde(default, skip_serializing_if = "Secret::is_empty")]
+    pub password: Secret,
+    /// A file whose content (without a trailing newline) is the password, e.g. a mounted
+    /// secret; read at start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<PathBuf>,
+}
+
+/// A SASL mechanism librdkafka supports without Kerberos.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SaslMechanism {
+    /// User name and password as they are (use it over TLS only).
+    #[default]
+    #[serde(rename = "PLAIN")]
+    Plain,
+    /// Salted challenge and response, SHA-256.
+    #[serde(rename = "SCRAM-SHA-256")]
+    ScramSha256,
+    /// Salted challenge and response, SHA-512.
+    #[serde(rename = "SCRAM-SHA-512")]
+    ScramSha512,
+}
+
+impl SaslMechanism {
+    /// The value librdkafka expects.
+    pub fn as_librdkafka(self) -> &'static str {
+        match self {
+            SaslMechanism::Plain => "PLAIN",
+            SaslMechanism::ScramSha256 => "SCRAM-SHA-256",
+            SaslMechanism::ScramSha512 => "SCRAM-SHA-512",
+        }
+    }
+}
+
+/// A password or key: never printed (`Debug` and [`Settings::redacted`] hide it).
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The secret itself, for the client that needs it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether it is unset.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl From<&str> for Secret {
+    fn from(s: &str) -> Self {
+        Secret(s.to_owned())
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_empty() { "\"\"" } else { REDACTED })
+    }
+}
+
+/// What a printed configuration shows in place of a secret.
+pub const REDACTED: &str = "<redacted>";
 
 // Defaults: a broker on loopback as `scripts/services.sh` starts it, the contract's topic names,
 // one second between commits (librdkafka's default is 5 s; a shorter interval means less to
@@ -352,6 +496,9 @@ impl Default for KafkaConfig {
             group_id: default_group_id(),
             commit_interval: default_commit_interval(),
             create_partitions: default_create_partitions(),
+            security_protocol: SecurityProtocol::default(),
+            tls: KafkaTls::default(),
+            sasl: KafkaSasl::default(),
             options: BTreeMap::new(),
         }
     }
@@ -366,6 +513,21 @@ pub const RESERVED_KAFKA_OPTIONS: [&str; 6] = [
     "enable.auto.offset.store",
     "auto.commit.interval.ms",
     "auto.offset.reset",
+];
+
+/// librdkafka settings that the kafka section's own security fields own: one place for each,
+/// and secrets only where they are redacted.
+pub const SECURITY_KAFKA_OPTIONS: [&str; 10] = [
+    "security.protocol",
+    "ssl.ca.location",
+    "ssl.certificate.location",
+    "ssl.key.location",
+    "ssl.key.password",
+    "sasl.mechanism",
+    "sasl.mechanisms",
+    "sasl.username",
+    "sasl.password",
+    "ssl.keystore.password",
 ];
 
 /// The ClickHouse sink: the tables of contract §4, written in consolidated batches.
@@ -384,9 +546,16 @@ pub struct ClickHouseConfig {
     /// User name.
     #[serde(default = "default_clickhouse_user")]
     pub user: String,
-    /// Password (prefer `STOCKFLOW_CLICKHOUSE__PASSWORD` to a file).
-    #[serde(default)]
-    pub password: String,
+    /// Password: prefer `STOCKFLOW_CLICKHOUSE__PASSWORD` or `password_file` to the file.
+    #[serde(default, skip_serializing_if = "Secret::is_empty")]
+    pub password: Secret,
+    /// A file whose content (without a trailing newline) is the password; read at start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<PathBuf>,
+    /// PEM file of CA certificates to trust for an `https://` URL, beside the system's roots
+    /// (a private CA or a self-signed server).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
     /// A batch is written once it holds this many rows...
     #[serde(default = "default_batch_rows")]
     pub batch_rows: usize,
@@ -434,7 +603,9 @@ impl Default for ClickHouseConfig {
             url: default_clickhouse_url(),
             database: default_clickhouse_database(),
             user: default_clickhouse_user(),
-            password: String::new(),
+            password: Secret::default(),
+            password_file: None,
+            ca_file: None,
             batch_rows: default_batch_rows(),
             flush_interval: default_flush_interval(),
             buffer_rows: default_buffer_rows(),
@@ -612,6 +783,17 @@ impl Settings {
                 format!("{key:?} is set by stockflow (use the kafka section's own fields)"),
             ));
         }
+        if let Some(key) = k
+            .options
+            .keys()
+            .find(|o| SECURITY_KAFKA_OPTIONS.contains(&o.as_str()))
+        {
+            return Err(bad(
+                "kafka.options",
+                format!("{key:?} belongs in kafka.security_protocol, [kafka.tls] or [kafka.sasl]"),
+            ));
+        }
+        self.validate_kafka_security()?;
         let c = &self.clickhouse;
         if c.enabled {
             if !(c.url.starts_with("http://") || c.url.starts_with("https://")) {
@@ -636,6 +818,12 @@ impl Settings {
             }
             if c.flush_interval.is_zero() {
                 return Err(bad("clickhouse.flush_interval", "must be positive"));
+            }
+            if c.ca_file.is_some() && !c.url.starts_with("https://") {
+                return Err(bad(
+                    "clickhouse.ca_file",
+                    "is only used with an https:// clickhouse.url",
+                ));
             }
         }
         if self.http.threads == 0 {
@@ -673,6 +861,100 @@ impl Settings {
             }
         }
         Ok(())
+    }
+
+    fn validate_kafka_security(&self) -> Result<(), ConfigError> {
+        let k = &self.kafka;
+        let protocol = k.security_protocol;
+        let t = &k.tls;
+        if !protocol.tls()
+            && (t.ca_file.is_some()
+                || t.cert_file.is_some()
+                || t.key_file.is_some()
+                || !t.key_password.is_empty())
+        {
+            return Err(bad(
+                "kafka.tls",
+                "is set but kafka.security_protocol does not use TLS (ssl or sasl_ssl)",
+            ));
+        }
+        if t.cert_file.is_some() != t.key_file.is_some() {
+            return Err(bad(
+                "kafka.tls.cert_file",
+                "cert_file and key_file go together (mutual TLS)",
+            ));
+        }
+        let a = &k.sasl;
+        if protocol.sasl() {
+            if a.username.is_empty() {
+                return Err(bad(
+                    "kafka.sasl.username",
+                    "is required with a sasl_* security_protocol",
+                ));
+            }
+            if a.password.is_empty() {
+                return Err(bad(
+                    "kafka.sasl.password",
+                    "is required with a sasl_* security_protocol (or kafka.sasl.password_file)",
+                ));
+            }
+        } else if !a.username.is_empty() || !a.password.is_empty() {
+            return Err(bad(
+                "kafka.sasl",
+                "is set but kafka.security_protocol does not use SASL (sasl_plaintext or sasl_ssl)",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The files the settings name: (field, path), for the loader to check that each can be
+    /// read, and the secrets given as files, (field, file, secret), for it to read.
+    pub fn files(
+        &mut self,
+    ) -> (
+        Vec<(&'static str, PathBuf)>,
+        Vec<(&'static str, Option<PathBuf>, &mut Secret)>,
+    ) {
+        let t = &self.kafka.tls;
+        let named = [
+            ("kafka.tls.ca_file", &t.ca_file),
+            ("kafka.tls.cert_file", &t.cert_file),
+            ("kafka.tls.key_file", &t.key_file),
+            ("clickhouse.ca_file", &self.clickhouse.ca_file),
+        ]
+        .into_iter()
+        .filter_map(|(field, p)| p.clone().map(|p| (field, p)))
+        .collect();
+        let c = &mut self.clickhouse;
+        let a = &mut self.kafka.sasl;
+        let secrets = vec![
+            (
+                "clickhouse.password_file",
+                c.password_file.clone(),
+                &mut c.password,
+            ),
+            (
+                "kafka.sasl.password_file",
+                a.password_file.clone(),
+                &mut a.password,
+            ),
+        ];
+        (named, secrets)
+    }
+
+    /// The settings as they may be shown: every secret replaced by [`REDACTED`].
+    pub fn redacted(&self) -> Settings {
+        let mut s = self.clone();
+        for secret in [
+            &mut s.clickhouse.password,
+            &mut s.kafka.sasl.password,
+            &mut s.kafka.tls.key_password,
+        ] {
+            if !secret.is_empty() {
+                *secret = Secret::from(REDACTED);
+            }
+        }
+        s
     }
 
     /// The configured windows, parsed and named canonically, in the configured order.
@@ -735,5 +1017,69 @@ mod tests {
         let mut s = Settings::default();
         s.source.kind = SourceKind::File;
         assert_eq!(s.validate().unwrap_err().field, "source.input_file");
+    }
+
+    #[test]
+    fn kafka_security_is_consistent() {
+        let field = |f: &dyn Fn(&mut Settings)| {
+            let mut s = Settings::default();
+            f(&mut s);
+            s.validate().err().map(|e| e.field)
+        };
+        assert_eq!(
+            field(&|s| s.kafka.tls.ca_file = Some("/etc/hostname".into())),
+            Some("kafka.tls")
+        );
+        assert_eq!(
+            field(&|s| {
+                s.kafka.security_protocol = SecurityProtocol::Ssl;
+                s.kafka.tls.cert_file = Some("/etc/hostname".into());
+            }),
+            Some("kafka.tls.cert_file")
+        );
+        assert_eq!(
+            field(&|s| s.kafka.security_protocol = SecurityProtocol::SaslSsl),
+            Some("kafka.sasl.username")
+        );
+        assert_eq!(
+            field(&|s| s.kafka.sasl.username = "u".into()),
+            Some("kafka.sasl")
+        );
+        assert_eq!(
+            field(&|s| {
+                s.kafka.options.insert("sasl.password".into(), "x".into());
+            }),
+            Some("kafka.options")
+        );
+        assert_eq!(
+            field(&|s| {
+                s.kafka.security_protocol = SecurityProtocol::SaslSsl;
+                s.kafka.sasl.username = "u".into();
+                s.kafka.sasl.password = "p".into();
+            }),
+            None
+        );
+        assert_eq!(
+            field(&|s| {
+                s.clickhouse.enabled = true;
+                s.clickhouse.ca_file = Some("/etc/hostname".into());
+            }),
+            Some("clickhouse.ca_file"),
+            "a CA for a plain http:// URL is a mistake"
+        );
+    }
+
+    #[test]
+    fn secrets_do_not_show() {
+        let mut s = Settings::default();
+        s.clickhouse.password = "hunter2".into();
+        s.kafka.sasl.password = "swordfish".into();
+        let printed = format!("{s:?} {}", serde_json::to_string(&s.redacted()).unwrap());
+        assert!(
+            !printed.contains("hunter2") && !printed.contains("swordfish"),
+            "{printed}"
+        );
+        assert_eq!(s.redacted().clickhouse.password.expose(), REDACTED);
+        assert_eq!(s.clickhouse.password.expose(), "hunter2");
     }
 }

@@ -16,6 +16,7 @@ pub mod event;
 pub mod progress;
 pub mod resume;
 pub mod rows;
+pub mod schema;
 pub mod timefmt;
 
 /// Epoch milliseconds: business time (`ts`, `expires_at`) and pipeline time (`as_of`).

@@ -20,12 +20,18 @@
 //! it fails, updates wait in memory, counted in `Progress::sink_buffered`, and the ingest loop
 //! stops reading Kafka when they exceed `buffer_rows`.
 //!
+//! Connections: `http://`, or `https://` with rustls trusting the system's roots and
+//! `clickhouse.ca_file` ([`client`]).
+//!
 //! Server compatibility: RowBinary without validation and without compression, plain types
 //! (`String`, `Int64`, `UInt64`, `UInt8`, `DateTime`): works with Debian's 18.16 and current
 //! servers alike.
 
+mod client;
 mod schema;
 mod sink;
+
+pub use client::{client, ClientError};
 
 pub use schema::ddl;
 pub use sink::{attach, ClickHouseSink, Restored, SinkHandle};

@@ -70,16 +70,12 @@ impl ClickHouseSink {
         workers: usize,
         progress: Arc<Progress>,
         restored: Option<Restored>,
-    ) -> Self {
+    ) -> Result<Self, super::ClientError> {
         let (tx, rx) = unbounded_channel();
         let frontiers: Arc<[AtomicU64]> = (0..workers).map(|_| AtomicU64::new(0)).collect();
         let stop = Arc::new(AtomicBool::new(false));
         // Without a database for the DDL (the database may not exist yet), with it for inserts.
-        let server = Client::default()
-            .with_url(&cfg.url)
-            .with_user(&cfg.user)
-            .with_password(&cfg.password)
-            .with_validation(false);
+        let server = super::client(cfg)?;
         let writer = Writer {
             client: server.clone().with_database(&cfg.database),
             server,
@@ -102,7 +98,7 @@ impl ClickHouseSink {
             unseen: HashSet::new(),
         };
         let task = runtime.spawn(writer.run());
-        ClickHouseSink {
+        Ok(ClickHouseSink {
             handle: Some(SinkHandle {
                 tx,
                 frontiers,
@@ -110,7 +106,7 @@ impl ClickHouseSink {
             }),
             stop,
             task,
-        }
+        })
     }
 
     /// A handle for a worker.
@@ -296,7 +292,7 @@ impl Writer {
                     }
                     Err(e) => {
                         self.progress.set_clickhouse_ok(false);
-                        tracing::warn!(error = %e, "reading what ClickHouse holds after the restored checkpoint failed; retrying");
+                        tracing::warn!(error = %with_causes(&e), "reading what ClickHouse holds after the restored checkpoint failed; retrying");
                         if stopping {
                             return;
                         }
@@ -406,7 +402,7 @@ impl Writer {
                     metrics::gauge!("stockflow_clickhouse_buffered_changes")
                         .set(self.progress.sink_buffered() as f64);
                     self.progress.set_clickhouse_ok(false);
-                    tracing::warn!(error = %e, retry_in = ?backoff, keys = self.staged.len(), "writing to ClickHouse failed");
+                    tracing::warn!(error = %with_causes(&e), retry_in = ?backoff, keys = self.staged.len(), "writing to ClickHouse failed");
                     if self.stop.load(Ordering::Acquire) {
                         return contacted;
                     }
@@ -582,6 +578,19 @@ impl Writer {
             }
         }
     }
+}
+
+/// An error with its chain of causes: "network error: client error (Connect)" alone hides
+/// that the certificate was refused.
+fn with_causes(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        out.push_str(": ");
+        out.push_str(&c.to_string());
+        cause = c.source();
+    }
+    out
 }
 
 #[cfg(test)]

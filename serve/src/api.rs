@@ -5,6 +5,7 @@
 use crate::problem::Problem;
 use serde::Serialize;
 use std::collections::HashMap;
+use std::sync::Arc;
 use stockflow_dataflow::views::{ReservationLookup, ViewStore};
 use stockflow_types::progress::{Progress, NOT_YET};
 use stockflow_types::timefmt::{format_rfc3339, parse_param};
@@ -317,26 +318,31 @@ pub fn analytics(
     if store.stock(sku).is_none() {
         return Err(never_seen(format!("SKU {sku:?}")));
     }
-    let mut buckets = Vec::new();
+    let mut copied = Vec::new();
     let mut as_of = g;
     if let Some(w) = store.windows(sku) {
+        // Copied under the lock the SKU's owning worker writes under; formatted after it.
         let w = w.read();
         as_of = as_of.max(w.changed_at);
-        for ((s, start, location), f) in w.windows.range((size, from, "".into())..) {
-            if *s != size || *start >= to {
-                break;
-            }
-            buckets.push(Bucket {
-                location: location.to_string(),
-                start: format_rfc3339(*start),
-                end: format_rfc3339(start + size),
-                units_sold: f.units_sold,
-                units_received: f.units_received,
-                units_reserved: f.units_reserved,
-                orders: f.orders,
-            });
-        }
+        copied.extend(
+            w.windows
+                .range((size, from, "".into())..)
+                .take_while(|((s, start, _), _)| *s == size && *start < to)
+                .map(|((_, start, location), f)| (*start, Arc::clone(location), *f)),
+        );
     }
+    let buckets = copied
+        .into_iter()
+        .map(|(start, location, f)| Bucket {
+            location: location.to_string(),
+            start: format_rfc3339(start),
+            end: format_rfc3339(start + size),
+            units_sold: f.units_sold,
+            units_received: f.units_received,
+            units_reserved: f.units_reserved,
+            orders: f.orders,
+        })
+        .collect();
     Ok(AnalyticsResponse {
         sku: sku.into(),
         window,

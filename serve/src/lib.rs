@@ -7,7 +7,8 @@
 //! ```no_run
 //! # async fn demo(state: std::sync::Arc<stockflow_serve::ServeState>) {
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await.unwrap();
-//! stockflow_serve::serve(listener, state, std::future::pending()).await;
+//! let limits = stockflow_serve::Limits::of(&Default::default());
+//! stockflow_serve::serve(listener, state, limits, std::future::pending()).await;
 //! # }
 //! ```
 
@@ -259,15 +260,94 @@ fn render_metrics(s: &ServeState) -> String {
     }
 }
 
-/// Serves the API on `listener` until `shutdown` completes.
+/// What bounds the server's connections (`[http]` of the configuration).
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// A connection that has not sent a whole request header this long after it started one
+    /// (or after it opened) is closed.
+    pub header_read_timeout: std::time::Duration,
+    /// A request not answered within this is answered 503.
+    pub request_timeout: std::time::Duration,
+    /// Open connections at most; beyond it new ones are closed at once.
+    pub max_connections: usize,
+}
+
+impl Limits {
+    /// The limits of `cfg`.
+    pub fn of(cfg: &stockflow_types::config::HttpConfig) -> Self {
+        Limits {
+            header_read_timeout: cfg.header_read_timeout,
+            request_timeout: cfg.request_timeout,
+            max_connections: cfg.max_connections,
+        }
+    }
+}
+
+/// Serves the API on `listener` until `shutdown` completes, then lets the requests in flight
+/// finish. HTTP/1.1 with keep-alive; each connection is bounded by `limits`.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: Arc<ServeState>,
+    limits: Limits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
-    warp::serve(routes(state))
-        .incoming(listener)
-        .graceful(shutdown)
-        .run()
-        .await;
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let filter = routes(state);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let permits = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors, say: wait rather than spin.
+                    tracing::warn!(error = %e, "accepting an HTTP connection failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
+            metrics::counter!("stockflow_http_connections_refused_total").increment(1);
+            drop(stream);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let svc = warp::service(filter.clone());
+        let timeout = limits.request_timeout;
+        let svc = hyper::service::service_fn(move |req| {
+            let mut svc = svc.clone();
+            async move {
+                let call = tower_service::Service::call(&mut svc, req);
+                Ok::<_, Infallible>(match tokio::time::timeout(timeout, call).await {
+                    Ok(Ok(response)) => response,
+                    Ok(Err(never)) => match never {},
+                    Err(_) => {
+                        metrics::counter!("stockflow_http_request_timeouts_total").increment(1);
+                        problem_response(&Problem::unavailable(format!(
+                            "not answered within http.request_timeout ({timeout:?})"
+                        )))
+                    }
+                })
+            }
+        });
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_read_timeout)
+            .serve_connection(TokioIo::new(stream), svc);
+        let conn = graceful.watch(conn);
+        metrics::gauge!("stockflow_http_connections_open").increment(1.0);
+        tokio::spawn(async move {
+            // Closed by the client, by a timeout, or by a malformed request: nothing to report.
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "HTTP connection ended");
+            }
+            metrics::gauge!("stockflow_http_connections_open").decrement(1.0);
+            drop(permit);
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
 }

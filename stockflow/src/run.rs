@@ -32,6 +32,17 @@ pub fn run(settings: Settings) -> Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
+    // Every HTTP connection is a file descriptor: up to http.max_connections of them, beside
+    // Kafka, ClickHouse and checkpoint files.
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) if limit < settings.http.max_connections as u64 + 256 => tracing::warn!(
+            limit,
+            max_connections = settings.http.max_connections,
+            "the open-file limit is below http.max_connections: connections beyond it fail to be accepted"
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
+    }
     let metrics = PrometheusBuilder::new()
         .set_buckets_for_metric(
             Matcher::Full("stockflow_http_request_duration_seconds".into()),
@@ -180,7 +191,13 @@ pub fn run(settings: Settings) -> Result<()> {
         let addr = listener.local_addr()?;
         tracing::info!(%addr, workers, source = ?settings.source.kind, clickhouse = settings.clickhouse.enabled, "stockflow is serving");
         print_try_lines(&settings, &addr.to_string());
-        stockflow_serve::serve(listener, state, shutdown_signal()).await;
+        stockflow_serve::serve(
+            listener,
+            state,
+            stockflow_serve::Limits::of(&settings.http),
+            shutdown_signal(),
+        )
+        .await;
         anyhow::Ok(())
     });
 

@@ -244,6 +244,17 @@ pub struct HttpConfig {
     /// Threads serving HTTP (tokio workers).
     #[serde(default = "default_http_threads")]
     pub threads: usize,
+    /// A connection that has not sent a whole request header this long after it started one
+    /// (or after it was opened) is closed.
+    #[serde(default = "default_header_read_timeout", with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// A request not answered within this is answered 503 (problem+json).
+    #[serde(default = "default_request_timeout", with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Open connections at most; beyond it new ones are closed at once (and counted in
+    /// `stockflow_http_connections_refused_total`).
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
 }
 
 // Loopback by default: exposing the API is a deliberate choice.
@@ -253,12 +264,24 @@ fn default_listen() -> String {
 fn default_http_threads() -> usize {
     1
 }
+fn default_header_read_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_request_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_max_connections() -> usize {
+    10_000
+}
 
 impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig {
             listen: default_listen(),
             threads: default_http_threads(),
+            header_read_timeout: default_header_read_timeout(),
+            request_timeout: default_request_timeout(),
+            max_connections: default_max_connections(),
         }
     }
 }
@@ -711,8 +734,10 @@ impl Settings {
             ("pipeline.retention", p.retention),
             ("pipeline.window_retention", p.window_retention),
             ("pipeline.dedup_window", p.dedup_window),
+            ("pipeline.top_tick", p.top_tick),
         ] {
-            if d.as_millis() % tick != 0 || d.is_zero() {
+            let whole_ms = d.subsec_nanos().is_multiple_of(1_000_000);
+            if d.as_millis() == 0 || !whole_ms || d.as_millis() % tick != 0 {
                 return Err(bad(field, "must be a positive multiple of pipeline.tick"));
             }
         }
@@ -819,6 +844,12 @@ impl Settings {
             if c.flush_interval.is_zero() {
                 return Err(bad("clickhouse.flush_interval", "must be positive"));
             }
+            if c.max_backoff < Duration::from_millis(100) {
+                return Err(bad(
+                    "clickhouse.max_backoff",
+                    "must be at least 100ms (the first wait after a failed insert)",
+                ));
+            }
             if c.ca_file.is_some() && !c.url.starts_with("https://") {
                 return Err(bad(
                     "clickhouse.ca_file",
@@ -826,8 +857,20 @@ impl Settings {
                 ));
             }
         }
-        if self.http.threads == 0 {
-            return Err(bad("http.threads", "must be at least 1"));
+        let h = &self.http;
+        if h.threads == 0 || h.threads > 1024 {
+            return Err(bad("http.threads", "must be between 1 and 1024"));
+        }
+        for (field, d) in [
+            ("http.header_read_timeout", h.header_read_timeout),
+            ("http.request_timeout", h.request_timeout),
+        ] {
+            if d < Duration::from_millis(1) {
+                return Err(bad(field, "must be at least 1ms"));
+            }
+        }
+        if h.max_connections == 0 {
+            return Err(bad("http.max_connections", "must be at least 1"));
         }
         let cp = &self.checkpoint;
         if cp.enabled {
@@ -1017,6 +1060,20 @@ mod tests {
         let mut s = Settings::default();
         s.source.kind = SourceKind::File;
         assert_eq!(s.validate().unwrap_err().field, "source.input_file");
+        // Values that would panic or spin a worker are refused by name.
+        let mut s = Settings::default();
+        s.pipeline.top_tick = Duration::from_micros(500);
+        assert_eq!(s.validate().unwrap_err().field, "pipeline.top_tick");
+        let mut s = Settings::default();
+        s.http.header_read_timeout = Duration::ZERO;
+        assert_eq!(s.validate().unwrap_err().field, "http.header_read_timeout");
+        let mut s = Settings::default();
+        s.http.max_connections = 0;
+        assert_eq!(s.validate().unwrap_err().field, "http.max_connections");
+        let mut s = Settings::default();
+        s.clickhouse.enabled = true;
+        s.clickhouse.max_backoff = Duration::ZERO;
+        assert_eq!(s.validate().unwrap_err().field, "clickhouse.max_backoff");
     }
 
     #[test]

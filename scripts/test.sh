@@ -28,6 +28,13 @@ if ! pkg-config --exists openssl 2>/dev/null; then
   $sudo_ env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libssl-dev pkg-config >/dev/null
 fi
 
+# A current ClickHouse engine in-process (chDB), for the DDL and BI queries against more than
+# Debian's 18.16 (stockflow/tests/clickhouse_sql.rs).
+if ! python3 -c "import chdb" 2>/dev/null; then
+  step "installing chdb-core from PyPI"
+  python3 -m pip install --quiet --disable-pip-version-check chdb-core
+fi
+
 step "services: Kafka-protocol broker and ClickHouse on loopback (scripts/services.sh)"
 ./scripts/services.sh up
 

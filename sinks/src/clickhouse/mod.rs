@@ -33,5 +33,5 @@ mod sink;
 
 pub use client::{client, ClientError};
 
-pub use schema::ddl;
+pub use schema::{ddl, modern};
 pub use sink::{attach, ClickHouseSink, Restored, SinkHandle};

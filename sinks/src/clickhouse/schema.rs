@@ -5,30 +5,99 @@ use serde::{Deserialize, Serialize};
 use stockflow_types::rows::{ReservationRow, StockRow, WindowRow};
 use stockflow_types::Millis;
 
-/// `CREATE ... IF NOT EXISTS` statements for the database and its tables.
-pub fn ddl(database: &str) -> Vec<String> {
-    vec![
+/// The server's version, as `SELECT version()` prints it (`18.16.1`, `24.8.4.13`).
+pub fn modern(version: &str) -> bool {
+    let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    (major, minor) >= (23, 2)
+}
+
+/// `CREATE ... IF NOT EXISTS` statements for the database, its tables and the `*_current`
+/// views BI tools read. On servers from 23.2 on (`modern`), the tables use
+/// `ReplacingMergeTree(version, deleted)`, `LowCardinality(String)` for the few-valued columns
+/// and `DateTime64(3, 'UTC')` for times; older ones (Debian's 18.16) get plain `String`,
+/// `DateTime` (whole seconds) and `ReplacingMergeTree(version)`. Tables that exist are kept as
+/// they are: the sink writes times in the type the table has ([`TimeCol`]).
+pub fn ddl(database: &str, modern: bool) -> Vec<String> {
+    let (few, time, engine) = if modern {
+        (
+            "LowCardinality(String)",
+            "DateTime64(3, 'UTC')",
+            "ReplacingMergeTree(version, deleted)",
+        )
+    } else {
+        ("String", "DateTime", "ReplacingMergeTree(version)")
+    };
+    let mut out = vec![
         format!("CREATE DATABASE IF NOT EXISTS {database}"),
         format!(
             "CREATE TABLE IF NOT EXISTS {database}.stock_levels (\
-             sku String, location String, on_hand Int64, reserved Int64, available Int64, \
+             sku String, location {few}, on_hand Int64, reserved Int64, available Int64, \
              version UInt64, deleted UInt8) \
-             ENGINE = ReplacingMergeTree(version) ORDER BY (sku, location)"
+             ENGINE = {engine} ORDER BY (sku, location)"
         ),
         format!(
             "CREATE TABLE IF NOT EXISTS {database}.reservations (\
-             reservation_id String, sku String, location String, qty Int64, status String, \
-             expires_at DateTime, version UInt64, deleted UInt8) \
-             ENGINE = ReplacingMergeTree(version) ORDER BY reservation_id"
+             reservation_id String, sku String, location {few}, qty Int64, status {few}, \
+             expires_at {time}, version UInt64, deleted UInt8) \
+             ENGINE = {engine} ORDER BY reservation_id"
         ),
         format!(
             "CREATE TABLE IF NOT EXISTS {database}.sales_windows (\
-             window String, window_start DateTime, sku String, location String, \
+             window {few}, window_start {time}, sku String, location {few}, \
              units_sold Int64, units_received Int64, units_reserved Int64, orders Int64, \
              version UInt64, deleted UInt8) \
-             ENGINE = ReplacingMergeTree(version) ORDER BY (window, sku, location, window_start)"
+             ENGINE = {engine} ORDER BY (window, sku, location, window_start)"
         ),
-    ]
+    ];
+    // The current values, without `FINAL ... deleted = 0` in every query.
+    for (view, table, columns) in [
+        (
+            "stock_levels_current",
+            "stock_levels",
+            "sku, location, on_hand, reserved, available, version",
+        ),
+        (
+            "reservations_current",
+            "reservations",
+            "reservation_id, sku, location, qty, status, expires_at, version",
+        ),
+        (
+            "sales_windows_current",
+            "sales_windows",
+            "window, window_start, sku, location, units_sold, units_received, units_reserved, orders, version",
+        ),
+    ] {
+        out.push(format!(
+            "CREATE VIEW IF NOT EXISTS {database}.{view} AS \
+             SELECT {columns} FROM {database}.{table} FINAL WHERE deleted = 0"
+        ));
+    }
+    out
+}
+
+/// A time column: `DateTime` (whole seconds, `UInt32` in RowBinary) or `DateTime64(3)`
+/// (milliseconds, `Int64`), as the table has it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct TimeCol {
+    ms: Millis,
+    precise: bool,
+}
+
+impl TimeCol {
+    pub fn new(ms: Millis, precise: bool) -> Self {
+        TimeCol { ms, precise }
+    }
+}
+
+impl Serialize for TimeCol {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if self.precise {
+            s.serialize_i64(i64::try_from(self.ms).unwrap_or(i64::MAX))
+        } else {
+            s.serialize_u32(date_time(self.ms))
+        }
+    }
 }
 
 /// A `stock_levels` row.
@@ -65,21 +134,20 @@ pub(crate) struct Reservation<'a> {
     pub location: &'a str,
     pub qty: i64,
     pub status: &'a str,
-    /// `DateTime`: seconds since the epoch.
-    pub expires_at: u32,
+    pub expires_at: TimeCol,
     pub version: u64,
     pub deleted: u8,
 }
 
 impl<'a> Reservation<'a> {
-    pub fn new(r: &'a ReservationRow, version: u64, deleted: bool) -> Self {
+    pub fn new(r: &'a ReservationRow, version: u64, deleted: bool, precise: bool) -> Self {
         Reservation {
             reservation_id: &r.reservation_id,
             sku: &r.sku,
             location: &r.location,
             qty: r.qty,
             status: r.status.as_str(),
-            expires_at: date_time(r.expires_at),
+            expires_at: TimeCol::new(r.expires_at, precise),
             version,
             deleted: u8::from(deleted),
         }
@@ -90,7 +158,7 @@ impl<'a> Reservation<'a> {
 #[derive(Debug, Row, Serialize)]
 pub(crate) struct SalesWindow<'a> {
     pub window: &'a str,
-    pub window_start: u32,
+    pub window_start: TimeCol,
     pub sku: &'a str,
     pub location: &'a str,
     pub units_sold: i64,
@@ -102,10 +170,16 @@ pub(crate) struct SalesWindow<'a> {
 }
 
 impl<'a> SalesWindow<'a> {
-    pub fn new(r: &'a WindowRow, window: &'a str, version: u64, deleted: bool) -> Self {
+    pub fn new(
+        r: &'a WindowRow,
+        window: &'a str,
+        version: u64,
+        deleted: bool,
+        precise: bool,
+    ) -> Self {
         SalesWindow {
             window,
-            window_start: date_time(r.window_start),
+            window_start: TimeCol::new(r.window_start, precise),
             sku: &r.sku,
             location: &r.location,
             units_sold: r.figures.units_sold,
@@ -140,7 +214,8 @@ pub(crate) struct ReservationKey {
 #[derive(Debug, Row, Deserialize)]
 pub(crate) struct WindowKey {
     pub window: String,
-    pub window_start: u32,
+    /// Epoch ms.
+    pub window_start: u64,
     pub sku: String,
     pub location: String,
 }

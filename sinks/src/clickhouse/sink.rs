@@ -93,6 +93,7 @@ impl ClickHouseSink {
             staged_through: 0,
             durable: 0,
             schema_ready: false,
+            times: TimeTypes::default(),
             restored_at: restored.map(|r| r.at),
             rewrite: restored.and_then(|r| r.sink_changed.then_some(Rewrite::All)),
             unseen: HashSet::new(),
@@ -255,6 +256,8 @@ struct Writer {
     /// ClickHouse holds every update before this time.
     durable: Millis,
     schema_ready: bool,
+    /// The time columns' types, read once the tables exist.
+    times: TimeTypes,
     /// The time of the restored checkpoint, if any.
     restored_at: Option<Millis>,
     /// The keys an earlier run wrote after `restored_at` (read from ClickHouse once): their
@@ -423,11 +426,18 @@ impl Writer {
 
     async fn try_write(&mut self) -> Result<u64, clickhouse::error::Error> {
         if !self.schema_ready {
-            for statement in ddl(&self.cfg.database) {
+            let version = self
+                .server
+                .query("SELECT version()")
+                .fetch_one::<String>()
+                .await?;
+            for statement in ddl(&self.cfg.database, super::schema::modern(&version)) {
                 self.server.query(&statement).execute().await?;
             }
+            self.times = self.time_types().await?;
             self.schema_ready = true;
         }
+        let times = self.times;
         let timeouts = Some(Duration::from_secs(30));
         let mut stock = self
             .client
@@ -459,7 +469,9 @@ impl Writer {
             match change {
                 Change::Stock(r) => stock.write(&StockLevel::new(r, v, deleted)).await?,
                 Change::Reservation(r) => {
-                    reservations.write(&Reservation::new(r, v, deleted)).await?
+                    reservations
+                        .write(&Reservation::new(r, v, deleted, times.expires_at))
+                        .await?
                 }
                 Change::Window(r) => {
                     let name = self
@@ -467,7 +479,7 @@ impl Writer {
                         .get(&r.window_ms)
                         .map_or("?", String::as_str);
                     windows
-                        .write(&SalesWindow::new(r, name, v, deleted))
+                        .write(&SalesWindow::new(r, name, v, deleted, times.window_start))
                         .await?
                 }
                 Change::Forgotten(_) => unreachable!("markers are not staged as rows"),
@@ -524,10 +536,15 @@ impl Writer {
         else {
             return Ok(Rewrite::All);
         };
+        let start_ms = if self.time_types().await?.window_start {
+            "toUInt64(toUnixTimestamp64Milli(window_start))"
+        } else {
+            "toUInt64(toUInt32(window_start)) * 1000"
+        };
         let Some(windows) = self
             .keys_after::<WindowKey>(
-                "window, toUInt32(window_start) AS window_start, sku, location FROM sales_windows",
-                "window, window_start, sku, location",
+                &format!("window, {start_ms} AS start_ms, sku, location FROM sales_windows"),
+                "window, start_ms, sku, location",
                 at,
             )
             .await?
@@ -545,10 +562,40 @@ impl Writer {
         );
         keys.extend(windows.into_iter().filter_map(|r| {
             let size = *by_name.get(r.window.as_str())?;
-            let start = u64::from(r.window_start) * 1000;
-            Some(Key::Window(size, start, r.sku.into(), r.location.into()))
+            Some(Key::Window(
+                size,
+                r.window_start,
+                r.sku.into(),
+                r.location.into(),
+            ))
         }));
         Ok(Rewrite::Keys(keys))
+    }
+
+    /// Which time columns of the existing tables are `DateTime64` (milliseconds) rather than
+    /// `DateTime` (seconds): a table keeps the types it was created with, whatever the server.
+    async fn time_types(&self) -> Result<TimeTypes, clickhouse::error::Error> {
+        #[derive(clickhouse::Row, serde::Deserialize)]
+        struct Column {
+            table: String,
+            precise: u8,
+        }
+        let columns = self
+            .server
+            .query(
+                "SELECT table, toUInt8(startsWith(type, 'DateTime64')) AS precise \
+                 FROM system.columns WHERE database = ? AND \
+                 ((table = 'reservations' AND name = 'expires_at') \
+                 OR (table = 'sales_windows' AND name = 'window_start'))",
+            )
+            .bind(&self.cfg.database)
+            .fetch_all::<Column>()
+            .await?;
+        let precise = |table: &str| columns.iter().any(|c| c.table == table && c.precise == 1);
+        Ok(TimeTypes {
+            expires_at: precise("reservations"),
+            window_start: precise("sales_windows"),
+        })
     }
 
     /// `SELECT {what} WHERE version > at GROUP BY {group}`; `None` if the table is missing.
@@ -578,6 +625,13 @@ impl Writer {
             }
         }
     }
+}
+
+/// Whether each time column is `DateTime64(3)` (else `DateTime`).
+#[derive(Clone, Copy, Debug, Default)]
+struct TimeTypes {
+    expires_at: bool,
+    window_start: bool,
 }
 
 /// An error with its chain of causes: "network error: client error (Connect)" alone hides

@@ -501,19 +501,32 @@ pub fn clickhouse(query: &str) -> Result<Vec<Value>, String> {
         .collect())
 }
 
-/// What ClickHouse says, read as a BI tool would: `FINAL`, `deleted = 0`.
+/// What ClickHouse says, read as a BI tool would: the `*_current` views (`FINAL`,
+/// `deleted = 0`).
 pub fn clickhouse_views(db: &str) -> Result<Views, String> {
     let mut v = Views::default();
-    for r in clickhouse(&format!("SELECT sku, location, on_hand, reserved, available FROM {db}.stock_levels FINAL WHERE deleted = 0"))? {
-        let n = |k: &str| r[k].as_i64().or_else(|| r[k].as_str().and_then(|s| s.parse().ok())).unwrap();
+    for r in clickhouse(&format!(
+        "SELECT sku, location, on_hand, reserved, available FROM {db}.stock_levels_current"
+    ))? {
+        let n = |k: &str| {
+            r[k].as_i64()
+                .or_else(|| r[k].as_str().and_then(|s| s.parse().ok()))
+                .unwrap()
+        };
         assert_eq!(n("available"), n("on_hand") - n("reserved"));
-        v.stock.insert((r["sku"].as_str().unwrap().into(), r["location"].as_str().unwrap().into()), (n("on_hand"), n("reserved")));
+        v.stock.insert(
+            (
+                r["sku"].as_str().unwrap().into(),
+                r["location"].as_str().unwrap().into(),
+            ),
+            (n("on_hand"), n("reserved")),
+        );
     }
-    for r in clickhouse(&format!("SELECT reservation_id, sku, location, qty, status, toUInt32(expires_at) AS expires_at FROM {db}.reservations FINAL WHERE deleted = 0"))? {
+    for r in clickhouse(&format!("SELECT reservation_id, sku, location, qty, status, toUInt32(expires_at) AS expires_at FROM {db}.reservations_current"))? {
         let row = reservation_row(&r);
         v.reservations.insert(row.reservation_id.to_string(), row);
     }
-    for r in clickhouse(&format!("SELECT window, toUInt32(window_start) AS start, sku, location, units_sold, units_received, units_reserved, orders FROM {db}.sales_windows FINAL WHERE deleted = 0"))? {
+    for r in clickhouse(&format!("SELECT window, toUInt32(window_start) AS start, sku, location, units_sold, units_received, units_reserved, orders FROM {db}.sales_windows_current"))? {
         let size = match r["window"].as_str().unwrap() { "1m" => 60_000, "1h" => 3_600_000, w => panic!("window {w}") };
         let start = r["start"].as_u64().or_else(|| r["start"].as_str().and_then(|s| s.parse().ok())).unwrap() * 1000;
         let f = figures(&r["units_sold"], &r["units_received"], &r["units_reserved"], &r["orders"]);

@@ -28,6 +28,14 @@ if ! pkg-config --exists openssl 2>/dev/null; then
   $sudo_ env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libssl-dev pkg-config >/dev/null
 fi
 
+# promtool (Debian's prometheus package) lints the /metrics exposition in the tests.
+if ! command -v promtool >/dev/null 2>&1; then
+  step "installing promtool (Debian's prometheus)"
+  sudo_=""; [ "$(id -u)" = 0 ] || sudo_=sudo
+  $sudo_ env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  $sudo_ env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+fi
+
 # A current ClickHouse engine in-process (chDB), for the DDL and BI queries against more than
 # Debian's 18.16 (stockflow/tests/clickhouse_sql.rs).
 if ! python3 -c "import chdb" 2>/dev/null; then

@@ -519,8 +519,8 @@ impl Source for KafkaSource {
     fn durable(&mut self, t: Millis) {
         let mut tpl = TopicPartitionList::new();
         for part in &mut self.parts {
-            metrics::gauge!("stockflow_kafka_log_time_ms", "topic" => self.topics[part.topic].0.clone(), "partition" => part.partition.to_string())
-                .set(part.log_time as f64);
+            metrics::gauge!("stockflow_kafka_log_time_seconds", "topic" => self.topics[part.topic].0.clone(), "partition" => part.partition.to_string())
+                .set(part.log_time as f64 / 1000.0);
             if let Some(next) = part.admitted.durable(t) {
                 let topic = &self.topics[part.topic].0;
                 if tpl

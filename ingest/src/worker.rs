@@ -424,7 +424,8 @@ impl Counters {
                 *n = 0;
             }
         }
-        metrics::gauge!("stockflow_log_frontier_ms").set(engine.log_frontier() as f64);
+        metrics::gauge!("stockflow_log_frontier_seconds")
+            .set(engine.log_frontier() as f64 / 1000.0);
         let stats = engine.stats();
         if stats.duplicates > self.duplicates {
             metrics::counter!("stockflow_events_duplicate_total")

@@ -7,13 +7,16 @@
 //! ```no_run
 //! # async fn demo(state: std::sync::Arc<stockflow_serve::ServeState>) {
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await.unwrap();
-//! let limits = stockflow_serve::Limits::of(&Default::default());
-//! stockflow_serve::serve(listener, state, limits, std::future::pending()).await;
+//! let options = stockflow_serve::ServeOptions::of(&Default::default());
+//! stockflow_serve::serve(listener, state, options, std::future::pending()).await;
 //! # }
 //! ```
 
 pub mod api;
+mod help;
 pub mod problem;
+
+pub use help::describe_metrics;
 
 use metrics_exporter_prometheus::PrometheusHandle;
 use problem::Problem;
@@ -30,6 +33,12 @@ use utoipa::OpenApi;
 use warp::http::{header, StatusCode};
 use warp::reply::Response;
 use warp::{Filter, Rejection};
+
+/// Histogram buckets, in seconds, of every other duration (ClickHouse inserts, checkpoint writes
+/// and restores): 1 ms to 2 minutes.
+pub const DURATION_BUCKETS: [f64; 15] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 120.0,
+];
 
 /// Latency buckets of the HTTP histogram, seconds: 50 µs to 1 s.
 pub const LATENCY_BUCKETS: [f64; 14] = [
@@ -247,12 +256,21 @@ pub fn routes(
 fn render_metrics(s: &ServeState) -> String {
     let as_of = s.store.as_of();
     let now = s.clock.now_ms();
-    metrics::gauge!("stockflow_pipeline_time_ms").set(as_of as f64);
+    metrics::gauge!("stockflow_pipeline_time_seconds").set(as_of as f64 / 1000.0);
     metrics::gauge!("stockflow_freshness_seconds").set(now.saturating_sub(as_of) as f64 / 1000.0);
     metrics::gauge!("stockflow_view_skus").set(s.store.sku_count() as f64);
     metrics::gauge!("stockflow_view_reservations").set(s.store.reservation_count() as f64);
     match &s.metrics {
         Some(h) => {
+            static PROCESS: std::sync::OnceLock<metrics_process::Collector> =
+                std::sync::OnceLock::new();
+            PROCESS
+                .get_or_init(|| {
+                    let c = metrics_process::Collector::default();
+                    c.describe();
+                    c
+                })
+                .collect();
             h.run_upkeep();
             h.render()
         }
@@ -260,9 +278,11 @@ fn render_metrics(s: &ServeState) -> String {
     }
 }
 
-/// What bounds the server's connections (`[http]` of the configuration).
+/// What bounds the server's connections (`[http]` of the configuration), and the access log.
 #[derive(Clone, Copy, Debug)]
-pub struct Limits {
+pub struct ServeOptions {
+    /// One line per request at target `stockflow::access` (`log.access`).
+    pub access_log: bool,
     /// A connection that has not sent a whole request header this long after it started one
     /// (or after it opened) is closed.
     pub header_read_timeout: std::time::Duration,
@@ -272,10 +292,12 @@ pub struct Limits {
     pub max_connections: usize,
 }
 
-impl Limits {
-    /// The limits of `cfg`.
-    pub fn of(cfg: &stockflow_types::config::HttpConfig) -> Self {
-        Limits {
+impl ServeOptions {
+    /// The options of `settings`.
+    pub fn of(settings: &stockflow_types::config::Settings) -> Self {
+        let cfg = &settings.http;
+        ServeOptions {
+            access_log: settings.log.access,
             header_read_timeout: cfg.header_read_timeout,
             request_timeout: cfg.request_timeout,
             max_connections: cfg.max_connections,
@@ -284,22 +306,22 @@ impl Limits {
 }
 
 /// Serves the API on `listener` until `shutdown` completes, then lets the requests in flight
-/// finish. HTTP/1.1 with keep-alive; each connection is bounded by `limits`.
+/// finish. HTTP/1.1 with keep-alive; each connection is bounded by `options`.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: Arc<ServeState>,
-    limits: Limits,
+    options: ServeOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
     use hyper_util::rt::{TokioIo, TokioTimer};
     let filter = routes(state);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let permits = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let permits = Arc::new(tokio::sync::Semaphore::new(options.max_connections));
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 Err(e) => {
                     // Out of file descriptors, say: wait rather than spin.
                     tracing::warn!(error = %e, "accepting an HTTP connection failed");
@@ -316,12 +338,20 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let svc = warp::service(filter.clone());
-        let timeout = limits.request_timeout;
-        let svc = hyper::service::service_fn(move |req| {
+        let timeout = options.request_timeout;
+        let access_log = options.access_log;
+        let svc = hyper::service::service_fn(move |req: hyper::Request<_>| {
             let mut svc = svc.clone();
+            let access = access_log.then(|| {
+                (
+                    Instant::now(),
+                    req.method().clone(),
+                    req.uri().path().to_owned(),
+                )
+            });
             async move {
                 let call = tower_service::Service::call(&mut svc, req);
-                Ok::<_, Infallible>(match tokio::time::timeout(timeout, call).await {
+                let response = match tokio::time::timeout(timeout, call).await {
                     Ok(Ok(response)) => response,
                     Ok(Err(never)) => match never {},
                     Err(_) => {
@@ -330,12 +360,24 @@ pub async fn serve(
                             "not answered within http.request_timeout ({timeout:?})"
                         )))
                     }
-                })
+                };
+                if let Some((started, method, path)) = access {
+                    tracing::info!(
+                        target: "stockflow::access",
+                        %method,
+                        path,
+                        status = response.status().as_u16(),
+                        micros = started.elapsed().as_micros() as u64,
+                        peer = %peer,
+                        "request"
+                    );
+                }
+                Ok::<_, Infallible>(response)
             }
         });
         let conn = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
-            .header_read_timeout(limits.header_read_timeout)
+            .header_read_timeout(options.header_read_timeout)
             .serve_connection(TokioIo::new(stream), svc);
         let conn = graceful.watch(conn);
         metrics::gauge!("stockflow_http_connections_open").increment(1.0);

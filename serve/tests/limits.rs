@@ -1,4 +1,4 @@
-//! The server's limits over real sockets: a flood of connections that send half a request
+//! The server's options over real sockets: a flood of connections that send half a request
 //! header is closed within `header_read_timeout` while normal lookups keep answering, and
 //! connections beyond `max_connections` are closed at once.
 
@@ -9,13 +9,13 @@ use std::time::{Duration, Instant};
 use stockflow_dataflow::clock::ManualClock;
 use stockflow_dataflow::views::ViewStore;
 use stockflow_dataflow::EngineConfig;
-use stockflow_serve::{serve, Limits, ServeState};
+use stockflow_serve::{serve, ServeOptions, ServeState};
 use stockflow_types::progress::Progress;
 
 const HALF_HEADER: &[u8] = b"GET /v1/stock/A HTTP/1.1\r\nHost: x\r\nUser-Agent: slow";
 
-/// A server on a free port with `limits`, on a runtime of its own thread.
-fn start(limits: Limits) -> SocketAddr {
+/// A server on a free port with `options`, on a runtime of its own thread.
+fn start(options: ServeOptions) -> SocketAddr {
     let cfg = EngineConfig::for_tests(10);
     let store = Arc::new(ViewStore::new(1, cfg.windows.clone(), cfg.top_k));
     let state = Arc::new(ServeState {
@@ -39,7 +39,7 @@ fn start(limits: Limits) -> SocketAddr {
                 socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
                 let listener = socket.listen(4096).unwrap();
                 tx.send(listener.local_addr().unwrap()).unwrap();
-                serve(listener, state, limits, std::future::pending()).await;
+                serve(listener, state, options, std::future::pending()).await;
             });
     });
     rx.recv().unwrap()
@@ -73,7 +73,8 @@ fn closed(mut s: &TcpStream) -> bool {
 #[test]
 fn a_half_header_flood_is_closed_and_lookups_keep_answering() {
     let timeout = Duration::from_millis(800);
-    let addr = start(Limits {
+    let addr = start(ServeOptions {
+        access_log: true,
         header_read_timeout: timeout,
         request_timeout: Duration::from_secs(5),
         max_connections: 10_000,
@@ -109,7 +110,8 @@ fn a_half_header_flood_is_closed_and_lookups_keep_answering() {
 
 #[test]
 fn connections_beyond_the_limit_are_closed_at_once() {
-    let addr = start(Limits {
+    let addr = start(ServeOptions {
+        access_log: true,
         header_read_timeout: Duration::from_secs(30),
         request_timeout: Duration::from_secs(5),
         max_connections: 50,

@@ -1,6 +1,7 @@
 //! `stockflow`: the thin binary that wires sources, the dataflow, HTTP and the sinks.
 
 mod config;
+mod healthcheck;
 mod produce;
 mod restore;
 mod run;
@@ -41,6 +42,16 @@ enum Command {
     Openapi,
     /// Print the JSON Schema of the events producers send (docs/events.md).
     Schema,
+    /// Exit 0 if a running stockflow is ready (`/readyz` answers 200), else 1: for container
+    /// health checks.
+    Healthcheck(HealthcheckArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct HealthcheckArgs {
+    /// Ask this address instead of `http.listen`, e.g. http://127.0.0.1:8080/readyz.
+    #[arg(long, value_name = "URL")]
+    url: Option<String>,
 }
 
 #[derive(Debug, Default, clap::Args)]
@@ -74,6 +85,10 @@ fn main() -> Result<()> {
     let args = match cli.command {
         None => RunArgs::default(),
         Some(Command::Run(args)) => args,
+        Some(Command::Healthcheck(h)) => {
+            let s = config::load(cli.config.as_deref(), &cli.sets)?;
+            return healthcheck::check(&s.http.listen, h.url.as_deref());
+        }
         Some(Command::Schema) => {
             let schema = stockflow_types::schema::event_schema();
             println!("{}", serde_json::to_string_pretty(&schema)?);

@@ -18,20 +18,21 @@ use stockflow_sinks::checkpoint::{CheckpointWriter, Resume};
 use stockflow_sinks::clickhouse::{self, ClickHouseSink};
 use stockflow_sinks::dead_letter::{DeadLetterFile, DeadLetters};
 use stockflow_sinks::kafka::KafkaDeadLetters;
-use stockflow_types::config::{Settings, SourceKind};
+use stockflow_types::config::{LogFormat, Settings, SourceKind};
 use stockflow_types::progress::{Progress, NOT_YET};
 
 /// Runs until SIGINT or SIGTERM.
 pub fn run(settings: Settings) -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-                "stockflow=info,stockflow_ingest=info,stockflow_sinks=info,stockflow_serve=info"
-                    .into()
-            }),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        "stockflow=info,stockflow_ingest=info,stockflow_sinks=info,stockflow_serve=info".into()
+    });
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match settings.log.format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().flatten_event(true).init(),
+    }
     // Every HTTP connection is a file descriptor: up to http.max_connections of them, beside
     // Kafka, ClickHouse and checkpoint files.
     match rlimit::increase_nofile_limit(u64::MAX) {
@@ -48,8 +49,21 @@ pub fn run(settings: Settings) -> Result<()> {
             Matcher::Full("stockflow_http_request_duration_seconds".into()),
             &stockflow_serve::LATENCY_BUCKETS,
         )?
+        // Every other duration is a histogram too (a summary cannot be aggregated over
+        // processes or put on a heatmap).
+        .set_buckets_for_metric(
+            Matcher::Suffix("_seconds".into()),
+            &stockflow_serve::DURATION_BUCKETS,
+        )?
         .install_recorder()
         .context("installing the metrics recorder")?;
+    stockflow_serve::describe_metrics();
+    metrics::gauge!(
+        "stockflow_build_info",
+        "version" => env!("CARGO_PKG_VERSION"),
+        "workers" => settings.pipeline.workers.to_string()
+    )
+    .set(1.0);
 
     let cfg = Arc::new(EngineConfig::from_settings(&settings)?);
     let workers = settings.pipeline.workers;
@@ -194,7 +208,7 @@ pub fn run(settings: Settings) -> Result<()> {
         stockflow_serve::serve(
             listener,
             state,
-            stockflow_serve::Limits::of(&settings.http),
+            stockflow_serve::ServeOptions::of(&settings),
             shutdown_signal(),
         )
         .await;

@@ -177,6 +177,22 @@ fn file_in_http_and_dead_letters_out() {
     assert!(p["detail"].as_str().unwrap().contains("`from`"), "{p}");
     assert_eq!(get(base, "/v1/nothing-here").0, 404);
     assert_eq!(get(base, "/readyz").0, 200);
+    // The container health check says the same, through its own HTTP request.
+    let health = |url: &str| {
+        Command::new(env!("CARGO_BIN_EXE_stockflow"))
+            .args(["healthcheck", "--url", url])
+            .output()
+            .unwrap()
+    };
+    let ok = health(&format!("{base}/readyz"));
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let missing = health(&format!("{base}/no-such-route"));
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("404"));
 
     let doc = get(base, "/openapi.json").2;
     assert!(doc["paths"]["/v1/stock/{sku}"]["get"].is_object(), "{doc}");
@@ -221,6 +237,16 @@ fn file_in_http_and_dead_letters_out() {
         metrics.contains("stockflow_http_request_duration_seconds_bucket"),
         "{metrics}"
     );
+    // The exposition passes Prometheus's own linter (HELP texts, names, types).
+    support::promtool_accepts(&metrics);
+    for name in [
+        "stockflow_build_info{",
+        "process_resident_memory_bytes ",
+        "process_cpu_seconds_total ",
+        "stockflow_pipeline_time_seconds ",
+    ] {
+        assert!(metrics.contains(name), "{name} missing: {metrics}");
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -321,4 +347,55 @@ fn schema_is_printed() {
         schema["oneOf"].as_array().is_some_and(|v| v.len() == 7),
         "{schema}"
     );
+}
+
+#[test]
+fn json_logs_with_an_access_log() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    let dir = std::env::temp_dir().join(format!("stockflow-logs-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let input = dir.join("events.jsonl");
+    std::fs::write(
+        &input,
+        "{\"event_id\":\"1\",\"type\":\"received\",\"sku\":\"L\",\"ts\":1000,\"location\":\"x\",\"qty\":1}\n",
+    )
+    .unwrap();
+    let log = dir.join("stderr.log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_stockflow"))
+        .args(["run", "--http", "127.0.0.1:0", "--input-file"])
+        .arg(&input)
+        .args(["--set", "log.format=json", "--set", "log.access=true"])
+        .args([
+            "--set",
+            &format!("dead_letter.path={}", dir.join("dlq.jsonl").display()),
+        ])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let base = loop {
+        let line = lines.next().expect("an address").unwrap();
+        if let Some(rest) = line.trim().strip_prefix("curl -s http://") {
+            break format!("http://{}", rest.split('/').next().unwrap());
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    assert_eq!(get(&base, "/healthz").0, 200);
+    let access = |text: &str| {
+        text.lines().filter(|l| !l.trim().is_empty()).any(|l| {
+            let v: Value =
+                serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"));
+            v["target"] == "stockflow::access" && v["path"] == "/healthz" && v["status"] == 200
+        })
+    };
+    wait_for(
+        || access(&std::fs::read_to_string(&log).unwrap()),
+        "the access line of GET /healthz",
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -33,6 +33,7 @@ fn kafka_in_http_and_clickhouse_out_exactly() {
     w.extend(more);
     check_all(&p, &names, &w);
     check_dead_letters(&names, &w, true);
+    p.lint_metrics();
 
     p.terminate();
     let p = Pipeline::start(&names);

@@ -35,6 +35,32 @@ pub struct Settings {
     /// Checkpoints of the pipeline's state, and the restart from them.
     #[serde(default)]
     pub checkpoint: CheckpointConfig,
+    /// Logs (to standard error).
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+/// How the process logs (levels: `RUST_LOG`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// `text` (for people) or `json` (one object per line, for log shippers).
+    #[serde(default)]
+    pub format: LogFormat,
+    /// One line per HTTP request (method, path, status, duration), target `stockflow::access`.
+    #[serde(default)]
+    pub access: bool,
+}
+
+/// The format of the logs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 /// The dataflow's settings.

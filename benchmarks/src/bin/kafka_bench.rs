@@ -351,7 +351,9 @@ fn stockflow(sets: &[String], events: u64, db: Option<&str>, probes: bool) -> Ru
             }
         }
         // With the sink: until ClickHouse holds every change up to that time.
-        if metric(&m, "stockflow_clickhouse_durable_time_ms") > ready_as_of.unwrap_or(f64::MAX) {
+        if metric(&m, "stockflow_clickhouse_durable_time_seconds") * 1000.0
+            > ready_as_of.unwrap_or(f64::MAX)
+        {
             break started.elapsed().as_secs_f64();
         }
     };

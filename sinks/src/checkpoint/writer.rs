@@ -193,7 +193,7 @@ impl Writer {
                     .record(started.elapsed().as_secs_f64());
                 metrics::counter!("stockflow_checkpoints_written_total").increment(1);
                 metrics::gauge!("stockflow_checkpoint_bytes").set(size as f64);
-                metrics::gauge!("stockflow_checkpoint_time_ms").set(at as f64);
+                metrics::gauge!("stockflow_checkpoint_time_seconds").set(at as f64 / 1000.0);
                 self.progress.set_checkpoint_problem(None);
                 tracing::info!(path = %path.display(), bytes = size, at, "checkpoint written");
                 self.prune();

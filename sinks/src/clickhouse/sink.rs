@@ -418,7 +418,8 @@ impl Writer {
         self.staged.clear();
         self.durable = self.staged_through;
         self.progress.set_sink_durable(self.durable);
-        metrics::gauge!("stockflow_clickhouse_durable_time_ms").set(self.durable as f64);
+        metrics::gauge!("stockflow_clickhouse_durable_time_seconds")
+            .set(self.durable as f64 / 1000.0);
         metrics::gauge!("stockflow_clickhouse_buffered_changes")
             .set(self.progress.sink_buffered() as f64);
         contacted

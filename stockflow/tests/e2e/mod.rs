@@ -401,6 +401,16 @@ impl Pipeline {
         }
     }
 
+    /// Lints `/metrics` with promtool (with Kafka and ClickHouse, every metric is there).
+    pub fn lint_metrics(&self) {
+        let text = ureq::get(&format!("{}/metrics", self.base))
+            .call()
+            .expect("metrics")
+            .into_string()
+            .expect("text");
+        support::promtool_accepts(&text);
+    }
+
     /// The sum of every sample of `/metrics` whose line starts with `prefix`.
     pub fn metric(&self, prefix: &str) -> f64 {
         let text = ureq::get(&format!("{}/metrics", self.base))

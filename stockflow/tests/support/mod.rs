@@ -29,3 +29,30 @@ pub fn start_serving(
     std::thread::spawn(move || for _ in lines {}); // keep draining stdout
     (child, base)
 }
+
+/// Asserts that `promtool check metrics` (Prometheus's own linter: HELP texts, names, types)
+/// accepts a `/metrics` exposition.
+#[allow(dead_code)] // not every test binary that shares this module lints metrics
+pub fn promtool_accepts(metrics: &str) {
+    use std::io::Write;
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool runs (scripts/test.sh installs Debian's prometheus)");
+    promtool
+        .stdin
+        .take()
+        .expect("piped")
+        .write_all(metrics.as_bytes())
+        .expect("promtool reads");
+    let lint = promtool.wait_with_output().expect("promtool ends");
+    assert!(
+        lint.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&lint.stdout),
+        String::from_utf8_lossy(&lint.stderr)
+    );
+}

@@ -1,0 +1,96 @@
+//! The `# HELP` text of every metric stockflow exports (docs/http.md has the same in a table):
+//! `promtool check metrics` requires one, and it is what a dashboard shows on hover.
+
+use metrics::{describe_counter, describe_gauge, describe_histogram};
+
+/// Describes every metric to the installed recorder; call once after installing it.
+pub fn describe_metrics() {
+    for (name, help) in [
+        ("stockflow_events_ingested_total", "Events admitted into the pipeline, by stream."),
+        ("stockflow_events_rejected_total", "Rejected input records, by reason."),
+        ("stockflow_events_duplicate_total", "Events dropped as repeats of an event_id."),
+        ("stockflow_dead_letters_total", "Dead letters handed to the writer (file or topic), by reason."),
+        ("stockflow_dead_letter_failures_total", "Dead letters the broker refused for good."),
+        ("stockflow_kafka_errors_total", "Errors reading from Kafka (the client retries)."),
+        ("stockflow_kafka_gap_records_total", "Records the broker had deleted that checkpoint.allow_gap skipped."),
+        ("stockflow_kafka_gap_stops_total", "Partitions that stopped being read because the broker deleted records before they were read."),
+        ("stockflow_clickhouse_rows_written_total", "Rows inserted into ClickHouse."),
+        ("stockflow_clickhouse_insert_failures_total", "Failed ClickHouse insert attempts (each retried)."),
+        ("stockflow_checkpoints_written_total", "Checkpoint files written."),
+        ("stockflow_checkpoint_failures_total", "Checkpoint writes that failed."),
+        ("stockflow_checkpoint_corrupt_total", "Checkpoints skipped at start as damaged."),
+        ("stockflow_window_late_events_total", "Contributions left out of a window that was final at the record's log time, by window."),
+        ("stockflow_http_requests_total", "HTTP requests, by route template and status."),
+        ("stockflow_http_connections_refused_total", "HTTP connections closed at once because http.max_connections were open."),
+        ("stockflow_http_request_timeouts_total", "HTTP requests answered 503 after http.request_timeout."),
+    ] {
+        describe_counter!(name, help);
+    }
+    for (name, help) in [
+        (
+            "stockflow_build_info",
+            "Always 1; the labels say the version and the worker count.",
+        ),
+        (
+            "stockflow_pipeline_time_seconds",
+            "as_of of the pipeline, seconds since the epoch.",
+        ),
+        ("stockflow_freshness_seconds", "Wall clock minus as_of."),
+        (
+            "stockflow_log_frontier_seconds",
+            "The log frontier (forgetting is applied up to it), seconds since the epoch.",
+        ),
+        (
+            "stockflow_kafka_log_time_seconds",
+            "Log time of the last record read from a partition, seconds since the epoch.",
+        ),
+        (
+            "stockflow_kafka_consumer_lag",
+            "Records after the committed offset, per partition.",
+        ),
+        (
+            "stockflow_clickhouse_buffered_changes",
+            "Changes waiting for ClickHouse; past clickhouse.buffer_rows Kafka is read no further.",
+        ),
+        (
+            "stockflow_clickhouse_durable_time_seconds",
+            "ClickHouse holds every change before this pipeline time, seconds since the epoch.",
+        ),
+        (
+            "stockflow_checkpoint_bytes",
+            "Size of the latest checkpoint.",
+        ),
+        (
+            "stockflow_checkpoint_time_seconds",
+            "Pipeline time of the latest checkpoint, seconds since the epoch.",
+        ),
+        (
+            "stockflow_checkpoint_restore_seconds",
+            "How long reading the restored checkpoint took.",
+        ),
+        ("stockflow_http_connections_open", "Open HTTP connections."),
+        ("stockflow_view_skus", "SKUs in the served views."),
+        (
+            "stockflow_view_reservations",
+            "Reservations in the served views.",
+        ),
+    ] {
+        describe_gauge!(name, help);
+    }
+    for (name, help) in [
+        (
+            "stockflow_http_request_duration_seconds",
+            "HTTP request latency, by route template.",
+        ),
+        (
+            "stockflow_clickhouse_insert_seconds",
+            "Duration of a ClickHouse batch (three inserts).",
+        ),
+        (
+            "stockflow_checkpoint_write_seconds",
+            "How long writing a checkpoint took.",
+        ),
+    ] {
+        describe_histogram!(name, help);
+    }
+}

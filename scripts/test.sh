@@ -36,6 +36,14 @@ if ! command -v promtool >/dev/null 2>&1; then
   $sudo_ env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
 fi
 
+# A real browser for the live page's test (headless Chromium from Debian's packages).
+if ! command -v chromium >/dev/null 2>&1; then
+  step "installing chromium (Debian's)"
+  sudo_=""; [ "$(id -u)" = 0 ] || sudo_=sudo
+  $sudo_ env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  $sudo_ env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+fi
+
 # A current ClickHouse engine in-process (chDB), for the DDL and BI queries against more than
 # Debian's 18.16 (stockflow/tests/clickhouse_sql.rs).
 if ! python3 -c "import chdb" 2>/dev/null; then

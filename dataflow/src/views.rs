@@ -173,6 +173,8 @@ pub struct ViewStore {
     top_completed: Vec<AtomicU64>,
     stock: DashMap<Name, SkuStock, Hasher>,
     reservations: DashMap<Name, ReservationView, Hasher>,
+    /// The ids in `reservations`, by SKU (for a SKU's list of reservations).
+    by_sku: DashMap<Name, BTreeSet<Name>, Hasher>,
     /// Tombstones of forgotten reservations: when each ended, and when it was forgotten.
     forgotten: DashMap<Name, (Millis, Time), Hasher>,
     registry: Registry,
@@ -192,6 +194,7 @@ impl ViewStore {
             // Millions of entries: many small shards, so that a shard doubling its table
             // (under its write lock) blocks the readers of 1/256 of the ids for a short while.
             reservations: DashMap::with_hasher_and_shard_amount(Hasher::default(), 256),
+            by_sku: DashMap::default(),
             forgotten: DashMap::default(),
             registry: Registry::default(),
             windows: DashMap::default(),
@@ -285,6 +288,21 @@ impl ViewStore {
         self.reservations.len()
     }
 
+    /// Up to `limit` reservations of `sku` with a row (any status but forgotten), in id order,
+    /// and how many it has in all.
+    pub fn reservations_of(&self, sku: &str, limit: usize) -> (Vec<ReservationView>, usize) {
+        // The ids first, so that no shard of `reservations` is read under this one's lock.
+        let (ids, total): (Vec<Name>, usize) = match self.by_sku.get(sku) {
+            Some(ids) => (ids.iter().take(limit).cloned().collect(), ids.len()),
+            None => return (Vec::new(), 0),
+        };
+        let views = ids
+            .iter()
+            .filter_map(|id| self.reservations.get(&**id).map(|v| v.clone()))
+            .collect();
+        (views, total)
+    }
+
     // ---- writers (the owning worker only) ----
 
     pub(crate) fn set_ledger_completed(&self, local_worker: usize, t: Time) {
@@ -328,21 +346,37 @@ impl ViewStore {
         if !self.forgotten.is_empty() {
             self.forgotten.remove(&*view.row.reservation_id);
         }
+        let id = Arc::clone(&view.row.reservation_id);
+        let sku = Arc::clone(&view.row.sku);
         // Stored inline: no allocation per change once the id is known.
-        self.reservations
-            .insert(Arc::clone(&view.row.reservation_id), view);
+        if self.reservations.insert(Arc::clone(&id), view).is_none() {
+            self.by_sku.entry(sku).or_default().insert(id);
+        }
     }
 
     /// The reservation was forgotten: only a tombstone remains.
     pub(crate) fn forget_reservation(&self, id: &Name, ended: Millis, t: Time) {
-        self.reservations.remove(&**id);
+        self.drop_reservation(id);
         self.forgotten.insert(Arc::clone(id), (ended, t));
     }
 
     /// Nothing remains of the reservation.
     pub(crate) fn remove_reservation(&self, id: &str) {
-        self.reservations.remove(id);
+        self.drop_reservation(id);
         self.forgotten.remove(id);
+    }
+
+    fn drop_reservation(&self, id: &str) {
+        if let Some((_, view)) = self.reservations.remove(id) {
+            let sku = &view.row.sku;
+            if let Some(mut ids) = self.by_sku.get_mut(&**sku) {
+                ids.remove(id);
+                if ids.is_empty() {
+                    drop(ids);
+                    self.by_sku.remove_if(&**sku, |_, ids| ids.is_empty());
+                }
+            }
+        }
     }
 
     pub(crate) fn windows_of(&self, sku: &Name) -> Arc<RwLock<SkuWindows>> {

@@ -99,6 +99,22 @@ fn observed(store: &ViewStore, reference: &Views, top_reference: &Views) -> View
             .len()
     );
     assert_eq!(store.reservation_count(), reference.reservations.len());
+    // A SKU's list of reservations holds exactly the reservations with a row under it.
+    for sku in SKUS.iter().chain(&["S"]) {
+        let (listed, total) = store.reservations_of(sku, usize::MAX);
+        let listed: BTreeSet<String> = listed
+            .iter()
+            .map(|r| r.row.reservation_id.to_string())
+            .collect();
+        let want: BTreeSet<String> = v
+            .reservations
+            .iter()
+            .filter(|(_, r)| &*r.sku == *sku)
+            .map(|(id, _)| id.clone())
+            .collect();
+        assert_eq!(listed, want, "reservations_of({sku})");
+        assert_eq!(total, want.len());
+    }
     v
 }
 

@@ -77,6 +77,19 @@ pub struct ReservationResponse {
     pub as_of: u64,
 }
 
+/// The reservations of one SKU.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SkuReservationsResponse {
+    /// The SKU.
+    pub sku: String,
+    /// How many reservations the SKU has (any status; forgotten ones are not counted).
+    pub total: usize,
+    /// The first `limit` of them, by id.
+    pub reservations: Vec<ReservationResponse>,
+    /// Pipeline time (epoch ms) the answer is consistent as of.
+    pub as_of: u64,
+}
+
 /// Windowed figures of one SKU.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct AnalyticsResponse {
@@ -149,12 +162,22 @@ pub struct Health {
         title = "stockflow",
         description = "Exact, real-time inventory: stock, reservations and sales analytics."
     ),
-    paths(stock, location_stock, reservation, analytics, top, healthz, readyz),
+    paths(
+        stock,
+        location_stock,
+        reservation,
+        reservations_of_sku,
+        analytics,
+        top,
+        healthz,
+        readyz
+    ),
     components(schemas(
         StockResponse,
         LocationFigures,
         LocationStockResponse,
         ReservationResponse,
+        SkuReservationsResponse,
         AnalyticsResponse,
         Bucket,
         TopResponse,
@@ -248,14 +271,65 @@ pub fn reservation(store: &ViewStore, id: &str) -> Result<ReservationResponse, P
             )))
         }
     };
-    Ok(ReservationResponse {
-        reservation_id: id.into(),
+    Ok(reservation_response(&r, g))
+}
+
+fn reservation_response(
+    r: &stockflow_dataflow::views::ReservationView,
+    g: u64,
+) -> ReservationResponse {
+    ReservationResponse {
+        reservation_id: r.row.reservation_id.to_string(),
         sku: r.row.sku.to_string(),
         location: r.row.location.to_string(),
         qty: r.row.qty,
         status: r.row.status.as_str().into(),
         expires_at: format_rfc3339(r.row.expires_at),
         as_of: g.max(r.changed_at),
+    }
+}
+
+/// The reservations of a SKU.
+#[utoipa::path(get, path = "/v1/reservations",
+    params(("sku" = String, Query, description = "The SKU"),
+        ("limit" = Option<usize>, Query, description = "How many (default 100, at most 1000), by reservation id")),
+    responses((status = 200, body = SkuReservationsResponse), (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json")))]
+pub fn reservations_of_sku(
+    store: &ViewStore,
+    q: &HashMap<String, String>,
+) -> Result<SkuReservationsResponse, Problem> {
+    let sku = q
+        .get("sku")
+        .ok_or_else(|| Problem::bad_request("query parameter `sku` is required"))?;
+    let limit = match q.get("limit") {
+        None => 100,
+        Some(l) => l
+            .parse::<usize>()
+            .ok()
+            .filter(|l| (1..=1000).contains(l))
+            .ok_or_else(|| {
+                Problem::bad_request("query parameter `limit` must be an integer from 1 to 1000")
+            })?,
+    };
+    let g = store.as_of();
+    if store.stock(sku).is_none() {
+        return Err(never_seen(format!("SKU {sku:?}")));
+    }
+    let (views, total) = store.reservations_of(sku, limit);
+    let reservations: Vec<ReservationResponse> =
+        views.iter().map(|r| reservation_response(r, g)).collect();
+    let as_of = reservations
+        .iter()
+        .map(|r| r.as_of)
+        .max()
+        .unwrap_or(g)
+        .max(g);
+    Ok(SkuReservationsResponse {
+        sku: sku.clone(),
+        total,
+        reservations,
+        as_of,
     })
 }
 

@@ -34,6 +34,9 @@ use warp::http::{header, StatusCode};
 use warp::reply::Response;
 use warp::{Filter, Rejection};
 
+/// The live page (`GET /`), embedded in the binary.
+const PAGE: &str = include_str!("page.html");
+
 /// Histogram buckets, in seconds, of every other duration (ClickHouse inserts, checkpoint writes
 /// and restores): 1 ms to 2 minutes.
 pub const DURATION_BUCKETS: [f64; 15] = [
@@ -152,6 +155,34 @@ pub fn routes(
                 api::reservation(&s.store, &segment(id)),
             )
         });
+    let sku_reservations = warp::path!("v1" / "reservations")
+        .and(query())
+        .and(st())
+        .and(start())
+        .map(|q: String, s: Arc<ServeState>, t0| {
+            answer(
+                "/v1/reservations",
+                t0,
+                parse_query(&q).and_then(|q| api::reservations_of_sku(&s.store, &q)),
+            )
+        });
+    // The live page: one HTML file with its script and style, no build step, no other request
+    // than the API's own.
+    let page = warp::path::end().and(start()).map(|t0| {
+        let mut r = Response::new(PAGE.into());
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            header::HeaderValue::from_static("text/html; charset=utf-8"),
+        );
+        r.headers_mut().insert(
+            header::CONTENT_SECURITY_POLICY,
+            header::HeaderValue::from_static(
+                "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src 'self' data:",
+            ),
+        );
+        record("/", r.status(), t0);
+        r
+    });
     let analytics = warp::path!("v1" / "analytics" / "sku" / String)
         .and(query())
         .and(st())
@@ -223,6 +254,8 @@ pub fn routes(
                 .unify()
                 .or(reservation)
                 .unify()
+                .or(sku_reservations)
+                .unify()
                 .or(analytics)
                 .unify()
                 .or(top)
@@ -234,6 +267,8 @@ pub fn routes(
                 .or(metrics_route)
                 .unify()
                 .or(openapi)
+                .unify()
+                .or(page)
                 .unify(),
         )
         .recover(|rejection: Rejection| async move {

@@ -195,3 +195,31 @@ async fn answers_and_problems() {
     );
     assert_eq!(get(&failing, "/v1/stock/A%2F1%20x").await.0, 200);
 }
+
+#[tokio::test]
+async fn a_skus_reservations_and_the_live_page() {
+    let s = state();
+    let (status, _, body) = get(&s, "/v1/reservations?sku=A%2F1%20x").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["total"], 1);
+    assert_eq!(body["reservations"][0]["reservation_id"], "r1");
+    assert_eq!(body["reservations"][0]["status"], "held");
+    let (status, ct, body) = get(&s, "/v1/reservations").await;
+    assert_eq!(
+        (status, ct.as_str()),
+        (400, "application/problem+json"),
+        "{body}"
+    );
+    assert_eq!(
+        get(&s, "/v1/reservations?sku=A%2F1%20x&limit=0").await.0,
+        400
+    );
+    assert_eq!(get(&s, "/v1/reservations?sku=nope").await.0, 404);
+    let page = warp::test::request()
+        .path("/")
+        .reply(&routes(Arc::clone(&s)))
+        .await;
+    assert_eq!(page.status(), 200);
+    assert_eq!(page.headers()["content-type"], "text/html; charset=utf-8");
+    assert!(String::from_utf8_lossy(page.body()).contains("id=\"lookup\""));
+}

@@ -45,10 +45,15 @@ if ! command -v chromium >/dev/null 2>&1; then
 fi
 
 # A current ClickHouse engine in-process (chDB), for the DDL and BI queries against more than
-# Debian's 18.16 (stockflow/tests/clickhouse_sql.rs).
+# Debian's 18.16 (stockflow/tests/clickhouse_sql.rs); schemathesis, which checks the API
+# against its OpenAPI document (stockflow/tests/conformance.rs).
 if ! python3 -c "import chdb" 2>/dev/null; then
   step "installing chdb-core from PyPI"
   python3 -m pip install --quiet --disable-pip-version-check chdb-core
+fi
+if ! python3 -c "import schemathesis" 2>/dev/null; then
+  step "installing schemathesis from PyPI"
+  python3 -m pip install --quiet --disable-pip-version-check schemathesis
 fi
 
 step "services: Kafka-protocol broker and ClickHouse on loopback (scripts/services.sh)"
@@ -65,6 +70,6 @@ log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 cargo test --workspace --locked 2>&1 | tee "$log"
 passed=$(grep -Eo 'test result: ok\. [0-9]+ passed' "$log" | awk '{s+=$4} END {print s+0}')
-failed=$(grep -Eo '[0-9]+ failed' "$log" | awk '{s+=$1} END {print s+0}')
+failed=$(grep -Eo 'test result: [A-Za-z]+\. [0-9]+ passed; [0-9]+ failed' "$log" | awk '{s+=$6} END {print s+0}')
 echo
 echo "${passed} passed, ${failed} failed"

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use stockflow_dataflow::views::{ReservationLookup, ViewStore};
 use stockflow_types::progress::{Progress, NOT_YET};
-use stockflow_types::timefmt::{format_rfc3339, parse_param};
+use stockflow_types::timefmt::{format_rfc3339, parse_bound, MAX_MILLIS};
 use utoipa::{OpenApi, ToSchema};
 
 /// Stock of one SKU over all its locations.
@@ -358,7 +358,7 @@ fn window_param(
 fn time_param(q: &HashMap<String, String>, name: &str) -> Result<Option<u64>, Problem> {
     q.get(name)
         .map(|v| {
-            parse_param(v).ok_or_else(|| {
+            parse_bound(v).ok_or_else(|| {
                 Problem::bad_request(format!(
                     "query parameter `{name}` must be an RFC 3339 timestamp or epoch milliseconds"
                 ))
@@ -383,11 +383,7 @@ pub fn analytics(
     let (window, size) = window_param(store, q, 0)?;
     let from = time_param(q, "from")?.unwrap_or(0);
     let to = time_param(q, "to")?.unwrap_or(u64::MAX);
-    if from > to {
-        return Err(Problem::bad_request(
-            "query parameter `from` must not be after `to`",
-        ));
-    }
+    // `from` after `to` is an empty range: no buckets.
     let g = store.as_of();
     if store.stock(sku).is_none() {
         return Err(never_seen(format!("SKU {sku:?}")));
@@ -531,4 +527,49 @@ pub fn readyz(
         status: "ready".into(),
         as_of,
     })
+}
+
+/// The OpenAPI document as served: the generated one, with the parameters narrowed to what
+/// this server accepts (its configured windows, its `limit` ranges, the timestamp forms), so
+/// that a client generated from it sends nothing it would refuse.
+pub fn openapi_document(store: &ViewStore) -> serde_json::Value {
+    use serde_json::json;
+    let mut doc = serde_json::to_value(ApiDoc::openapi()).expect("the document serializes");
+    let windows: Vec<&str> = store
+        .windows_config()
+        .iter()
+        .map(|w| w.name.as_str())
+        .collect();
+    let bound = json!({"oneOf": [
+        {"type": "string", "format": "date-time"},
+        {"type": "integer", "minimum": 0, "maximum": MAX_MILLIS}
+    ]});
+    let Some(paths) = doc["paths"].as_object_mut() else {
+        return doc;
+    };
+    for (path, item) in paths.iter_mut() {
+        // `get_mut`, not indexing: an index would add `parameters: null` where there are none.
+        let Some(params) = item
+            .get_mut("get")
+            .and_then(|g| g.get_mut("parameters"))
+            .and_then(|p| p.as_array_mut())
+        else {
+            continue;
+        };
+        for p in params {
+            let schema = match (path.as_str(), p["name"].as_str()) {
+                (_, Some("window")) => json!({"type": "string", "enum": windows}),
+                (_, Some("from" | "to")) => bound.clone(),
+                ("/v1/analytics/top", Some("limit")) => {
+                    json!({"type": "integer", "minimum": 1, "maximum": store.top_k()})
+                }
+                ("/v1/reservations", Some("limit")) => {
+                    json!({"type": "integer", "minimum": 1, "maximum": 1000})
+                }
+                _ => continue,
+            };
+            p["schema"] = schema;
+        }
+    }
+    doc
 }

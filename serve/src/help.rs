@@ -22,7 +22,7 @@ pub fn describe_metrics() {
         ("stockflow_window_late_events_total", "Contributions left out of a window that was final at the record's log time, by window."),
         ("stockflow_http_requests_total", "HTTP requests, by route template and status."),
         ("stockflow_http_connections_refused_total", "HTTP connections closed at once because http.max_connections were open."),
-        ("stockflow_http_request_timeouts_total", "HTTP requests answered 503 after http.request_timeout."),
+        ("stockflow_http_write_timeouts_total", "HTTP connections closed because an answer was not taken within http.write_timeout."),
     ] {
         describe_counter!(name, help);
     }

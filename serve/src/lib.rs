@@ -29,7 +29,6 @@ use std::time::Instant;
 use stockflow_dataflow::clock::Clock;
 use stockflow_dataflow::views::ViewStore;
 use stockflow_types::progress::Progress;
-use utoipa::OpenApi;
 use warp::http::{header, StatusCode};
 use warp::reply::Response;
 use warp::{Filter, Rejection};
@@ -232,20 +231,24 @@ pub fn routes(
                 record("/metrics", r.status(), t0);
                 r
             });
-    let openapi = warp::path!("openapi.json").and(start()).map(|t0| {
-        let mut r = Response::new(
-            api::ApiDoc::openapi()
-                .to_pretty_json()
-                .expect("the document serializes")
-                .into(),
-        );
-        r.headers_mut().insert(
-            header::CONTENT_TYPE,
-            header::HeaderValue::from_static("application/json"),
-        );
-        record("/openapi.json", r.status(), t0);
-        r
-    });
+    let openapi =
+        warp::path!("openapi.json")
+            .and(st())
+            .and(start())
+            .map(|s: Arc<ServeState>, t0| {
+                let doc = api::openapi_document(&s.store);
+                let mut r = Response::new(
+                    serde_json::to_string_pretty(&doc)
+                        .expect("the document serializes")
+                        .into(),
+                );
+                r.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    header::HeaderValue::from_static("application/json"),
+                );
+                record("/openapi.json", r.status(), t0);
+                r
+            });
 
     warp::get()
         .and(
@@ -281,7 +284,12 @@ pub fn routes(
             } else {
                 Problem::bad_request(format!("the request was not understood: {rejection:?}"))
             };
-            let r = problem_response(&p);
+            let mut r = problem_response(&p);
+            if r.status() == StatusCode::METHOD_NOT_ALLOWED {
+                // RFC 9110: a 405 lists the methods that are allowed.
+                r.headers_mut()
+                    .insert(header::ALLOW, header::HeaderValue::from_static("GET"));
+            }
             record("unmatched", r.status(), Instant::now());
             Ok::<_, Infallible>(r)
         })
@@ -321,8 +329,8 @@ pub struct ServeOptions {
     /// A connection that has not sent a whole request header this long after it started one
     /// (or after it opened) is closed.
     pub header_read_timeout: std::time::Duration,
-    /// A request not answered within this is answered 503.
-    pub request_timeout: std::time::Duration,
+    /// Writing one answer may take at most this; then the connection is closed.
+    pub write_timeout: std::time::Duration,
     /// Open connections at most; beyond it new ones are closed at once.
     pub max_connections: usize,
 }
@@ -334,7 +342,7 @@ impl ServeOptions {
         ServeOptions {
             access_log: settings.log.access,
             header_read_timeout: cfg.header_read_timeout,
-            request_timeout: cfg.request_timeout,
+            write_timeout: cfg.write_timeout,
             max_connections: cfg.max_connections,
         }
     }
@@ -373,7 +381,6 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let svc = warp::service(filter.clone());
-        let timeout = options.request_timeout;
         let access_log = options.access_log;
         let svc = hyper::service::service_fn(move |req: hyper::Request<_>| {
             let mut svc = svc.clone();
@@ -385,16 +392,11 @@ pub async fn serve(
                 )
             });
             async move {
-                let call = tower_service::Service::call(&mut svc, req);
-                let response = match tokio::time::timeout(timeout, call).await {
-                    Ok(Ok(response)) => response,
-                    Ok(Err(never)) => match never {},
-                    Err(_) => {
-                        metrics::counter!("stockflow_http_request_timeouts_total").increment(1);
-                        problem_response(&Problem::unavailable(format!(
-                            "not answered within http.request_timeout ({timeout:?})"
-                        )))
-                    }
+                // Handlers never wait (they read published snapshots): what bounds a request
+                // is reading its header and writing its answer, both timed on the socket.
+                let response = match tower_service::Service::call(&mut svc, req).await {
+                    Ok(response) => response,
+                    Err(never) => match never {},
                 };
                 if let Some((started, method, path)) = access {
                     tracing::info!(
@@ -410,15 +412,23 @@ pub async fn serve(
                 Ok::<_, Infallible>(response)
             }
         });
+        let mut io = tokio_io_timeout::TimeoutStream::new(stream);
+        io.set_write_timeout(Some(options.write_timeout));
         let conn = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(options.header_read_timeout)
-            .serve_connection(TokioIo::new(stream), svc);
+            .serve_connection(TokioIo::new(Box::pin(io)), svc);
         let conn = graceful.watch(conn);
         metrics::gauge!("stockflow_http_connections_open").increment(1.0);
         tokio::spawn(async move {
             // Closed by the client, by a timeout, or by a malformed request: nothing to report.
             if let Err(e) = conn.await {
+                let timed_out = std::error::Error::source(&e)
+                    .and_then(|s| s.downcast_ref::<std::io::Error>())
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut);
+                if timed_out {
+                    metrics::counter!("stockflow_http_write_timeouts_total").increment(1);
+                }
                 tracing::debug!(error = %e, "HTTP connection ended");
             }
             metrics::gauge!("stockflow_http_connections_open").decrement(1.0);

@@ -76,7 +76,7 @@ fn a_half_header_flood_is_closed_and_lookups_keep_answering() {
     let addr = start(ServeOptions {
         access_log: true,
         header_read_timeout: timeout,
-        request_timeout: Duration::from_secs(5),
+        write_timeout: Duration::from_secs(5),
         max_connections: 10_000,
     });
     let started = Instant::now();
@@ -113,7 +113,7 @@ fn connections_beyond_the_limit_are_closed_at_once() {
     let addr = start(ServeOptions {
         access_log: true,
         header_read_timeout: Duration::from_secs(30),
-        request_timeout: Duration::from_secs(5),
+        write_timeout: Duration::from_secs(5),
         max_connections: 50,
     });
     let mut held: Vec<TcpStream> = (0..50)
@@ -142,4 +142,30 @@ fn connections_beyond_the_limit_are_closed_at_once() {
         assert!(t0.elapsed() < Duration::from_secs(5), "no slot came free");
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+#[test]
+fn a_client_that_does_not_read_its_answers_is_disconnected() {
+    let addr = start(ServeOptions {
+        access_log: false,
+        header_read_timeout: Duration::from_secs(30),
+        write_timeout: Duration::from_millis(500),
+        max_connections: 1,
+    });
+    // Thousands of pipelined requests for a large answer, never read: the answers fill the
+    // socket buffers and the server's writes stall.
+    let mut stuck = TcpStream::connect(addr).unwrap();
+    let requests = b"GET /openapi.json HTTP/1.1\r\nHost: x\r\n\r\n".repeat(5_000);
+    stuck.write_all(&requests).unwrap();
+    // It holds the only connection slot until the write timeout closes it; then a lookup
+    // gets the slot.
+    let t0 = Instant::now();
+    while lookup(addr) != "HTTP/1.1 404 Not Found" {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "the stalled connection was not closed"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(stuck);
 }

@@ -301,6 +301,18 @@ fn secrets_are_never_printed() {
     assert_eq!(cfg["clickhouse"]["password"], "<redacted>");
     assert_eq!(cfg["kafka"]["sasl"]["password"], "<redacted>");
     assert_eq!(cfg["kafka"]["sasl"]["mechanism"], "SCRAM-SHA-512");
+    // A password of digits is read as text (not refused with the value in the message).
+    let out = Command::new(env!("CARGO_BIN_EXE_stockflow"))
+        .arg("config")
+        .env("STOCKFLOW_CLICKHOUSE__PASSWORD", "98765432")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("98765432"));
     // A password given twice, and SASL without one, are refused with the field's name.
     let out = Command::new(env!("CARGO_BIN_EXE_stockflow"))
         .args([

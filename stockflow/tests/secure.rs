@@ -23,7 +23,8 @@ struct Procs(Vec<Child>);
 
 impl Drop for Procs {
     fn drop(&mut self) {
-        for c in &mut self.0 {
+        // The last started first: stockflow before the servers it talks to.
+        for c in self.0.iter_mut().rev() {
             let _ = c.kill();
             let _ = c.wait();
         }

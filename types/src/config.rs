@@ -274,9 +274,10 @@ pub struct HttpConfig {
     /// (or after it was opened) is closed.
     #[serde(default = "default_header_read_timeout", with = "humantime_serde")]
     pub header_read_timeout: Duration,
-    /// A request not answered within this is answered 503 (problem+json).
-    #[serde(default = "default_request_timeout", with = "humantime_serde")]
-    pub request_timeout: Duration,
+    /// Writing one answer may take at most this: a client that does not read its answers is
+    /// disconnected. (Handlers never wait: they read published snapshots.)
+    #[serde(default = "default_write_timeout", with = "humantime_serde")]
+    pub write_timeout: Duration,
     /// Open connections at most; beyond it new ones are closed at once (and counted in
     /// `stockflow_http_connections_refused_total`).
     #[serde(default = "default_max_connections")]
@@ -293,7 +294,7 @@ fn default_http_threads() -> usize {
 fn default_header_read_timeout() -> Duration {
     Duration::from_secs(10)
 }
-fn default_request_timeout() -> Duration {
+fn default_write_timeout() -> Duration {
     Duration::from_secs(10)
 }
 fn default_max_connections() -> usize {
@@ -306,7 +307,7 @@ impl Default for HttpConfig {
             listen: default_listen(),
             threads: default_http_threads(),
             header_read_timeout: default_header_read_timeout(),
-            request_timeout: default_request_timeout(),
+            write_timeout: default_write_timeout(),
             max_connections: default_max_connections(),
         }
     }
@@ -478,10 +479,49 @@ impl SaslMechanism {
     }
 }
 
-/// A password or key: never printed (`Debug` and [`Settings::redacted`] hide it).
-#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// A password or key: never printed (`Debug` and [`Settings::redacted`] hide it). It reads
+/// any scalar as text (an environment variable `123456` arrives as a number), and a value of
+/// another kind fails without being echoed.
+#[derive(Clone, Default, PartialEq, Eq, Serialize)]
 #[serde(transparent)]
 pub struct Secret(String);
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Text;
+        impl serde::de::Visitor<'_> for Text {
+            type Value = Secret;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a password or key as text")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Secret, E> {
+                Ok(Secret(v.to_owned()))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Secret, E> {
+                Ok(Secret(v.to_string()))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Secret, E> {
+                Ok(Secret(v.to_string()))
+            }
+            fn visit_i128<E: serde::de::Error>(self, v: i128) -> Result<Secret, E> {
+                Ok(Secret(v.to_string()))
+            }
+            fn visit_u128<E: serde::de::Error>(self, v: u128) -> Result<Secret, E> {
+                Ok(Secret(v.to_string()))
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Secret, E> {
+                Ok(Secret(v.to_string()))
+            }
+            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Secret, E> {
+                Ok(Secret(v.to_string()))
+            }
+            fn visit_char<E: serde::de::Error>(self, v: char) -> Result<Secret, E> {
+                Ok(Secret(v.to_string()))
+            }
+        }
+        d.deserialize_any(Text)
+    }
+}
 
 impl Secret {
     /// The secret itself, for the client that needs it.
@@ -889,7 +929,7 @@ impl Settings {
         }
         for (field, d) in [
             ("http.header_read_timeout", h.header_read_timeout),
-            ("http.request_timeout", h.request_timeout),
+            ("http.write_timeout", h.write_timeout),
         ] {
             if d < Duration::from_millis(1) {
                 return Err(bad(field, "must be at least 1ms"));
@@ -1011,9 +1051,27 @@ impl Settings {
         (named, secrets)
     }
 
-    /// The settings as they may be shown: every secret replaced by [`REDACTED`].
+    /// The settings as they may be shown: every secret replaced by [`REDACTED`], and every
+    /// `kafka.options` value whose name suggests one (a password, a key, a PEM, a token).
     pub fn redacted(&self) -> Settings {
         let mut s = self.clone();
+        for (key, value) in &mut s.kafka.options {
+            let key = key.to_ascii_lowercase();
+            if [
+                "password",
+                "secret",
+                "key",
+                "pem",
+                "jaas",
+                "token",
+                "oauthbearer",
+            ]
+            .iter()
+            .any(|w| key.contains(w))
+            {
+                *value = REDACTED.into();
+            }
+        }
         for secret in [
             &mut s.clickhouse.password,
             &mut s.kafka.sasl.password,
@@ -1164,5 +1222,19 @@ mod tests {
         );
         assert_eq!(s.redacted().clickhouse.password.expose(), REDACTED);
         assert_eq!(s.clickhouse.password.expose(), "hunter2");
+        s.kafka
+            .options
+            .insert("ssl.key.pem".into(), "-----BEGIN PRIVATE KEY-----".into());
+        s.kafka
+            .options
+            .insert("fetch.wait.max.ms".into(), "50".into());
+        let shown = s.redacted();
+        assert_eq!(shown.kafka.options["ssl.key.pem"], REDACTED);
+        assert_eq!(shown.kafka.options["fetch.wait.max.ms"], "50");
+        // A password that looks like a number is text, and a wrong kind is not echoed.
+        let n: Secret = serde_json::from_str("123456").unwrap();
+        assert_eq!(n.expose(), "123456");
+        let err = serde_json::from_str::<Secret>(r#"{"x": "hunter3"}"#).unwrap_err();
+        assert!(!err.to_string().contains("hunter3"), "{err}");
     }
 }

@@ -25,6 +25,17 @@ pub fn format_rfc3339(ms: Millis) -> String {
         .unwrap_or_else(|| ms.to_string())
 }
 
+/// Parses a query-string bound: epoch milliseconds (at most [`MAX_MILLIS`]) or any RFC 3339
+/// timestamp, one before 1970 meaning 0 (a bound before every time stockflow holds).
+pub fn parse_bound(s: &str) -> Option<Millis> {
+    if s.bytes().all(|b| b.is_ascii_digit()) && !s.is_empty() {
+        return s.parse::<u64>().ok().filter(|ms| *ms <= MAX_MILLIS);
+    }
+    let dt = OffsetDateTime::parse(s, &Rfc3339).ok()?;
+    let ms = dt.unix_timestamp_nanos().div_euclid(1_000_000);
+    Some(u64::try_from(ms.max(0)).unwrap_or(0).min(MAX_MILLIS))
+}
+
 /// Parses a query-string timestamp: epoch milliseconds or RFC 3339.
 pub fn parse_param(s: &str) -> Option<Millis> {
     match s.parse::<u64>() {

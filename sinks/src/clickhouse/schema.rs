@@ -93,7 +93,9 @@ impl TimeCol {
 impl Serialize for TimeCol {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         if self.precise {
-            s.serialize_i64(i64::try_from(self.ms).unwrap_or(i64::MAX))
+            // DateTime64 ends with 2299 (a "never" of 9999 would read back as nonsense).
+            const LAST: Millis = 10_413_791_999_999; // 2299-12-31T23:59:59.999Z
+            s.serialize_i64(i64::try_from(self.ms.min(LAST)).unwrap_or(i64::MAX))
         } else {
             s.serialize_u32(date_time(self.ms))
         }

@@ -1,6 +1,7 @@
-//! The server's options over real sockets: a flood of connections that send half a request
-//! header is closed within `header_read_timeout` while normal lookups keep answering, and
-//! connections beyond `max_connections` are closed at once.
+//! The server's limits over real sockets: a flood of connections that send half a request
+//! header is closed within `header_read_timeout` while normal lookups keep answering,
+//! connections beyond `max_connections` are closed at once, and a client that does not read
+//! its answers is cut off after `write_timeout`.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};

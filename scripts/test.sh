@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh clone: the README's test command, and what .ci/run calls.
-# It installs what it needs (rustfmt, clippy, the tansu broker, ClickHouse) and starts the servers
+# It installs what it needs (rustfmt, clippy, libssl-dev, promtool, Chromium, chDB and
+# schemathesis, the tansu broker, ClickHouse) and starts the servers
 # (scripts/services.sh), then runs the same gates as CI: formatting, clippy with warnings as
 # errors, and every test of the workspace (unit, oracle property tests with several workers, the
 # binary end to end from a file and from Kafka to HTTP and ClickHouse, crash and outage tests,
@@ -20,41 +21,28 @@ if command -v rustup >/dev/null 2>&1; then
   done
 fi
 
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+apt_install() { # [apt-get install options] packages...
+  step "installing $* (Debian's packages)"
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+pip_install() { # package
+  step "installing $1 from PyPI"
+  python3 -m pip install --quiet --disable-pip-version-check "$1"
+}
+
 # librdkafka is built with OpenSSL (Kafka over TLS, SASL/SCRAM): its headers and pkg-config.
-if ! pkg-config --exists openssl 2>/dev/null; then
-  step "installing libssl-dev and pkg-config (Debian's packages)"
-  sudo_=""; [ "$(id -u)" = 0 ] || sudo_=sudo
-  $sudo_ env DEBIAN_FRONTEND=noninteractive apt-get update -qq
-  $sudo_ env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libssl-dev pkg-config >/dev/null
-fi
-
+pkg-config --exists openssl 2>/dev/null || apt_install libssl-dev pkg-config
 # promtool (Debian's prometheus package) lints the /metrics exposition in the tests.
-if ! command -v promtool >/dev/null 2>&1; then
-  step "installing promtool (Debian's prometheus)"
-  sudo_=""; [ "$(id -u)" = 0 ] || sudo_=sudo
-  $sudo_ env DEBIAN_FRONTEND=noninteractive apt-get update -qq
-  $sudo_ env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
-fi
-
-# A real browser for the live page's test (headless Chromium from Debian's packages).
-if ! command -v chromium >/dev/null 2>&1; then
-  step "installing chromium (Debian's)"
-  sudo_=""; [ "$(id -u)" = 0 ] || sudo_=sudo
-  $sudo_ env DEBIAN_FRONTEND=noninteractive apt-get update -qq
-  $sudo_ env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
-fi
-
+command -v promtool >/dev/null 2>&1 || apt_install --no-install-recommends prometheus
+# A real browser for the live page's test (headless Chromium).
+command -v chromium >/dev/null 2>&1 || apt_install chromium
 # A current ClickHouse engine in-process (chDB), for the DDL and BI queries against more than
 # Debian's 18.16 (stockflow/tests/clickhouse_sql.rs); schemathesis, which checks the API
 # against its OpenAPI document (stockflow/tests/conformance.rs).
-if ! python3 -c "import chdb" 2>/dev/null; then
-  step "installing chdb-core from PyPI"
-  python3 -m pip install --quiet --disable-pip-version-check chdb-core
-fi
-if ! python3 -c "import schemathesis" 2>/dev/null; then
-  step "installing schemathesis from PyPI"
-  python3 -m pip install --quiet --disable-pip-version-check schemathesis
-fi
+python3 -c "import chdb" 2>/dev/null || pip_install chdb-core
+python3 -c "import schemathesis" 2>/dev/null || pip_install schemathesis
 
 step "services: Kafka-protocol broker and ClickHouse on loopback (scripts/services.sh)"
 ./scripts/services.sh up

@@ -68,7 +68,11 @@ fn json_response<T: Serialize>(
     body: &T,
 ) -> Response {
     let bytes = serde_json::to_vec(body).expect("response bodies serialize");
-    let mut r = Response::new(bytes.into());
+    body_response(status, content_type, bytes)
+}
+
+fn body_response(status: StatusCode, content_type: &'static str, body: Vec<u8>) -> Response {
+    let mut r = Response::new(body.into());
     *r.status_mut() = status;
     r.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -168,11 +172,7 @@ pub fn routes(
     // The live page: one HTML file with its script and style, no build step, no other request
     // than the API's own.
     let page = warp::path::end().and(start()).map(|t0| {
-        let mut r = Response::new(PAGE.into());
-        r.headers_mut().insert(
-            header::CONTENT_TYPE,
-            header::HeaderValue::from_static("text/html; charset=utf-8"),
-        );
+        let mut r = body_response(StatusCode::OK, "text/html; charset=utf-8", PAGE.into());
         r.headers_mut().insert(
             header::CONTENT_SECURITY_POLICY,
             header::HeaderValue::from_static(
@@ -222,11 +222,10 @@ pub fn routes(
             .and(st())
             .and(start())
             .map(|s: Arc<ServeState>, t0| {
-                let body = render_metrics(&s);
-                let mut r = Response::new(body.into());
-                r.headers_mut().insert(
-                    header::CONTENT_TYPE,
-                    header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                let r = body_response(
+                    StatusCode::OK,
+                    "text/plain; version=0.0.4; charset=utf-8",
+                    render_metrics(&s).into(),
                 );
                 record("/metrics", r.status(), t0);
                 r
@@ -237,15 +236,8 @@ pub fn routes(
             .and(start())
             .map(|s: Arc<ServeState>, t0| {
                 let doc = api::openapi_document(&s.store);
-                let mut r = Response::new(
-                    serde_json::to_string_pretty(&doc)
-                        .expect("the document serializes")
-                        .into(),
-                );
-                r.headers_mut().insert(
-                    header::CONTENT_TYPE,
-                    header::HeaderValue::from_static("application/json"),
-                );
+                let body = serde_json::to_vec_pretty(&doc).expect("the document serializes");
+                let r = body_response(StatusCode::OK, "application/json", body);
                 record("/openapi.json", r.status(), t0);
                 r
             });

@@ -150,6 +150,8 @@ pub struct Engine {
     input: InputOf<Record>,
     control: InputOf<Control>,
     probe: ProbeHandle<Time>,
+    durable: InputOf<()>,
+    durable_probe: ProbeHandle<Time>,
     io: Rc<RefCell<LedgerIo>>,
     worker: usize,
     log_frontier: Option<Millis>,
@@ -178,26 +180,34 @@ impl Engine {
         let io2 = Rc::clone(&io);
         let start = restore.as_ref().map(|r| r.at);
         let tick = cfg.tick_ms;
-        let (mut input, mut control, probe) = worker.dataflow::<Time, _, _>(move |scope| {
-            let (input, events) = scope.new_input::<Vec<Record>>();
-            let (control, controls) = scope.new_input::<Vec<Control>>();
-            let changes = ledger::ledger(
-                events,
-                controls,
-                Arc::clone(&cfg),
-                Arc::clone(&store),
-                (index, local_worker, peers),
-                restore,
-                io2,
-            );
-            // One chain, so the changes are never copied for a second consumer: whatever is
-            // attached passes them on to the ranking, and the probe at the end covers it all.
-            let changes = attach(changes);
-            let ranked = topk::top_sellers(changes, cfg.top_k, cfg.top_tick_ms);
-            let (probe, _) =
-                topk::publish(ranked, Arc::clone(&store), local_worker, cfg.top_tick_ms).probe();
-            (input, control, probe)
-        });
+        let (mut input, mut control, probe, durable, durable_probe) = worker
+            .dataflow::<Time, _, _>(move |scope| {
+                let (input, events) = scope.new_input::<Vec<Record>>();
+                let (control, controls) = scope.new_input::<Vec<Control>>();
+                let changes = ledger::ledger(
+                    events,
+                    controls,
+                    Arc::clone(&cfg),
+                    Arc::clone(&store),
+                    (index, local_worker, peers),
+                    restore,
+                    io2,
+                );
+                let changes = completed(changes, Arc::clone(&store), local_worker, tick);
+                // One chain, so the changes are never copied for a second consumer: whatever is
+                // attached passes them on to the ranking, and the probe at the end covers it all.
+                let changes = attach(changes);
+                let ranked = topk::top_sellers(changes, cfg.top_k, cfg.top_tick_ms);
+                let (probe, _) =
+                    topk::publish(ranked, Arc::clone(&store), local_worker, cfg.top_tick_ms)
+                        .probe();
+                // Durability is a frontier too: each worker holds this input at the earliest time
+                // whose effects it has not yet made durable, and timely's progress tracking gives
+                // every worker of the cluster the least of them.
+                let (durable, durables) = scope.new_input::<Vec<()>>();
+                let (durable_probe, _) = durables.probe();
+                (input, control, probe, durable, durable_probe)
+            });
         // The restored rows are at the restored time; nothing read afterwards may be.
         if let Some(at) = start {
             input.advance_to(at + tick);
@@ -207,6 +217,8 @@ impl Engine {
             input,
             control,
             probe,
+            durable,
+            durable_probe,
             io,
             worker: index,
             log_frontier: None,
@@ -279,6 +291,22 @@ impl Engine {
             .unwrap_or(Time::MAX)
     }
 
+    /// Everything this worker's sources admitted before `t` is durable here (its sink rows, its
+    /// dead letters); ignored if not later than before.
+    pub fn advance_durable(&mut self, t: Time) {
+        if t > *self.durable.time() {
+            self.durable.advance_to(t);
+        }
+    }
+
+    /// The earliest time before which every worker of the cluster has made everything durable
+    /// (as far as this worker has heard; `Time::MAX` once every worker has stopped).
+    pub fn durable_frontier(&self) -> Time {
+        self.durable_probe
+            .with_frontier(|f| f.iter().copied().min())
+            .unwrap_or(Time::MAX)
+    }
+
     /// Stops the dataflow without draining it. (Closing the input would let the frontier run to
     /// the end of time and fire every pending expiry and eviction first.) Call it on every
     /// worker when the process stops.
@@ -299,4 +327,42 @@ impl Engine {
     pub fn stats(&self) -> LedgerStats {
         self.io.borrow().stats.clone()
     }
+}
+
+/// Passes the ledger's changes on untouched, and records in `store` the last pipeline time that
+/// **every** worker's ledger has applied in full: the frontier of the ledgers' output, which
+/// timely's progress tracking computes over the whole cluster. It is the `as_of` lookups answer
+/// with, so that no answer claims a time some worker, in this process or another, has not
+/// completed.
+fn completed<'s>(
+    changes: VecCollection<'s, Time, Change, Diff>,
+    store: Arc<ViewStore>,
+    local_worker: usize,
+    tick: u64,
+) -> VecCollection<'s, Time, Change, Diff> {
+    use differential_dataflow::AsCollection;
+    use timely::container::CapacityContainerBuilder;
+    use timely::dataflow::channels::pact::Pipeline;
+    use timely::dataflow::operators::generic::Operator;
+    changes
+        .inner
+        .unary_frontier::<CapacityContainerBuilder<Vec<(Change, Time, Diff)>>, _, _, _>(
+            Pipeline,
+            "Completed",
+            move |_initial, _info| {
+                move |(input, frontier), output| {
+                    input.for_each(|cap, data| {
+                        output.session(&cap).give_container(data);
+                    });
+                    let f = frontier
+                        .frontier()
+                        .iter()
+                        .copied()
+                        .min()
+                        .unwrap_or(Time::MAX);
+                    store.set_ledger_completed(local_worker, f.saturating_sub(tick));
+                }
+            },
+        )
+        .as_collection()
 }

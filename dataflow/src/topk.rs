@@ -187,16 +187,27 @@ fn diff_sorted<T: Ord>(before: &[T], now: &[T], mut f: impl FnMut(&T, Diff)) {
     }
 }
 
-/// Publishes the rankings into `store` as each time completes, and the last multiple of `step`
-/// completed as the view's `as_of`. Returns a stream to probe.
+/// Publishes the rankings into every process's `store` as each time completes (the lists are
+/// small: `k` entries per window, sent to the first worker of each process, which writes them),
+/// and the last multiple of `step` completed as the view's `as_of`. Returns a stream to probe.
 pub fn publish<'s>(
     ranked: VecCollection<'s, Time, Ranked, Diff>,
     store: Arc<ViewStore>,
     local_worker: usize,
     step: u64,
 ) -> StreamVec<'s, Time, ()> {
+    use timely::dataflow::operators::{vec::Map, Exchange};
+    let peers = ranked.inner.scope().peers();
+    let local_workers = store.local_workers();
     ranked
         .inner
+        .flat_map(move |x| {
+            (0..peers)
+                .step_by(local_workers)
+                .map(move |w| (w as u64, x.clone()))
+        })
+        .exchange(|(w, _)| *w)
+        .map(|(_, x)| x)
         .unary_frontier::<CapacityContainerBuilder<Vec<()>>, _, _, _>(
             Pipeline,
             "PublishTopSellers",

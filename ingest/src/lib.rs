@@ -1,10 +1,9 @@
-//! Sources of stockflow and the ingest loop: where a message becomes a dataflow update.
+//! Sources of stockflow: where a message becomes a dataflow update.
 //!
 //! Every source yields [`RawRecord`]s (key, bytes, position, log time). [`admit`] decodes and
 //! validates one against the contract; a valid event goes into the dataflow with its log time,
-//! a rejected one to the dead-letter output with its reason. [`run_worker`] is the loop each
-//! timely worker runs: poll its sources, admit, tell the dataflow its log frontier, advance the
-//! input to the pipeline clock, step the dataflow, hand checkpoint parts to the writer. The
+//! a rejected one to the dead-letter output with its reason (the loop that does both, and ties
+//! sources, dataflow and sinks together, is the binary's: `stockflow/src/pipeline.rs`). The
 //! sources: the workload [`generator`], JSON lines ([`jsonl`]) and Kafka ([`kafka`]), where a
 //! Kafka message becomes a [`RawRecord`].
 //!
@@ -23,9 +22,6 @@
 pub mod generator;
 pub mod jsonl;
 pub mod kafka;
-mod worker;
-
-pub use worker::{run_worker, WorkerIo, WorkerOptions};
 
 use std::collections::VecDeque;
 use stockflow_dataflow::views::Registry;

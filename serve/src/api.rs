@@ -490,6 +490,9 @@ pub fn readyz(
     max_lag_ms: u64,
 ) -> Result<Health, Problem> {
     let as_of = store.as_of();
+    if let Some(why) = progress.stopped() {
+        return Err(stopped(&why));
+    }
     if let Some(problem) = progress.source_problem() {
         return Err(Problem::unavailable(problem));
     }
@@ -529,10 +532,25 @@ pub fn readyz(
     })
 }
 
+/// The answer to every lookup once the dataflow has stopped: the views no longer move, and an
+/// answer from them would look current.
+pub fn stopped(why: &str) -> Problem {
+    Problem::unavailable(format!(
+        "the pipeline has stopped ({why}); its views are no longer kept up to date: ask another replica"
+    ))
+}
+
 /// The OpenAPI document as served: the generated one, with the parameters narrowed to what
 /// this server accepts (its configured windows, its `limit` ranges, the timestamp forms), so
 /// that a client generated from it sends nothing it would refuse.
-pub fn openapi_document(store: &ViewStore) -> serde_json::Value {
+///
+/// Every lookup may also answer 503 (the pipeline stopped, or the process that holds the key is
+/// unreachable) and 504 (that process, or a `min_offsets` wait, ran out of time); with a Kafka
+/// source, every lookup takes `min_offsets` (read-your-writes).
+pub fn openapi_document(
+    store: &ViewStore,
+    min_offsets_topics: Option<&[String; 2]>,
+) -> serde_json::Value {
     use serde_json::json;
     let mut doc = serde_json::to_value(ApiDoc::openapi()).expect("the document serializes");
     let windows: Vec<&str> = store
@@ -571,5 +589,50 @@ pub fn openapi_document(store: &ViewStore) -> serde_json::Value {
             p["schema"] = schema;
         }
     }
+    let problem = json!({"description": "A problem", "content": {"application/problem+json":
+        {"schema": {"$ref": "#/components/schemas/Problem"}}}});
+    let min_offsets = min_offsets_topics.map(|topics| {
+        let names: Vec<String> = ["inventory", "orders", &topics[0], &topics[1]]
+            .iter()
+            .map(|t| regex_escape(t))
+            .collect();
+        let one = format!("({}):[0-9]{{1,9}}:[0-9]{{1,18}}", names.join("|"));
+        json!({"name": "min_offsets", "in": "query", "required": false,
+            "description": "Read-your-writes: comma-separated stream-or-topic:partition:offset of \
+                writes to wait for (at most http.max_wait, then 504), e.g. inventory:3:1234,orders:0:99",
+            "schema": {"type": "string", "pattern": format!("^{one}(,{one}){{0,63}}$")}})
+    });
+    for (path, item) in paths.iter_mut() {
+        if !path.starts_with("/v1/") {
+            continue;
+        }
+        let Some(get) = item.get_mut("get").and_then(|g| g.as_object_mut()) else {
+            continue;
+        };
+        if let Some(param) = &min_offsets {
+            let params = get.entry("parameters").or_insert_with(|| json!([]));
+            if let Some(params) = params.as_array_mut() {
+                params.push(param.clone());
+            }
+        }
+        if let Some(responses) = get.get_mut("responses").and_then(|r| r.as_object_mut()) {
+            for status in ["400", "503", "504"] {
+                if status == "400" && min_offsets.is_none() {
+                    continue;
+                }
+                responses.entry(status).or_insert_with(|| problem.clone());
+            }
+        }
+    }
     doc
+}
+
+/// `s` as a regular expression that matches exactly it.
+fn regex_escape(s: &str) -> String {
+    s.chars()
+        .flat_map(|c| {
+            let special = "\\.^$|?*+()[]{}-".contains(c);
+            special.then_some('\\').into_iter().chain([c])
+        })
+        .collect()
 }

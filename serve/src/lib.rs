@@ -13,6 +13,7 @@
 //! ```
 
 pub mod api;
+pub mod cluster;
 mod help;
 pub mod problem;
 
@@ -60,6 +61,91 @@ pub struct ServeState {
     pub ready_max_lag_ms: u64,
     /// What the sources and sinks report, for `/readyz`.
     pub progress: Arc<Progress>,
+    /// The other processes of a cluster, and read-your-writes.
+    pub routing: cluster::Routing,
+}
+
+/// One lookup request, before it is answered.
+struct Lookup {
+    s: Arc<ServeState>,
+    t0: Instant,
+    path_and_query: String,
+    query: String,
+    forwarded: bool,
+}
+
+impl Lookup {
+    /// Answers from the process that owns `sku` (forwarded there if it is another one), after
+    /// the request's `min_offsets` are reflected; `local` reads this process's views.
+    async fn answer<T: Serialize>(
+        self,
+        route: &'static str,
+        sku: Option<&str>,
+        local: impl FnOnce(&ServeState, &HashMap<String, String>) -> Result<T, Problem>,
+    ) -> Response {
+        let owner = match (&self.s.routing.cluster, sku) {
+            (Some(c), Some(sku)) if !self.forwarded => c.owner_elsewhere(sku).map(|p| (c, p)),
+            _ => None,
+        };
+        if let Some((c, process)) = owner {
+            if let Some(why) = self.s.progress.stopped() {
+                return answer::<()>(route, self.t0, Err(api::stopped(&why)));
+            }
+            // The owner waits for `min_offsets` itself: the query goes along.
+            let response = match c.get(process, &self.path_and_query).await {
+                Ok(r) => r,
+                Err(p) => problem_response(&p),
+            };
+            record(route, response.status(), self.t0);
+            return response;
+        }
+        let result = self.ready().await.and_then(|q| local(&self.s, &q));
+        answer(route, self.t0, result)
+    }
+
+    /// The query, once the dataflow is known to be running and `min_offsets` are reflected.
+    async fn ready(&self) -> Result<HashMap<String, String>, Problem> {
+        if let Some(why) = self.s.progress.stopped() {
+            return Err(api::stopped(&why));
+        }
+        let q = parse_query(&self.query)?;
+        if let Some(raw) = q.get("min_offsets") {
+            let Some(topics) = &self.s.routing.topics else {
+                return Err(Problem::bad_request(
+                    "min_offsets needs a Kafka source (this process reads no topics)",
+                ));
+            };
+            let wanted = cluster::parse_min_offsets(raw, topics)?;
+            cluster::wait_reflected(&self.s.routing, &self.s.store, &wanted).await?;
+        }
+        Ok(q)
+    }
+
+    /// A reservation by id: it lives with its SKU's owner, and the id does not say which SKU,
+    /// so a process that does not hold it asks the others.
+    async fn reservation(self, id: &str) -> Response {
+        const ROUTE: &str = "/v1/reservations/{reservation_id}";
+        let here = self
+            .ready()
+            .await
+            .and_then(|_| api::reservation(&self.s.store, id));
+        match (&here, &self.s.routing.cluster) {
+            (Err(p), Some(c)) if p.status == 404 && !self.forwarded => {
+                for process in c.others() {
+                    match c.get(process, &self.path_and_query).await {
+                        Ok(r) if r.status() == StatusCode::OK => {
+                            record(ROUTE, r.status(), self.t0);
+                            return r;
+                        }
+                        Ok(_) => {}
+                        Err(p) => return answer::<()>(ROUTE, self.t0, Err(p)),
+                    }
+                }
+                answer(ROUTE, self.t0, here)
+            }
+            _ => answer(ROUTE, self.t0, here),
+        }
+    }
 }
 
 fn json_response<T: Serialize>(
@@ -132,43 +218,63 @@ pub fn routes(
     // rather than silently ignored.
     let query = || warp::query::raw().or(warp::any().map(String::new)).unify();
 
-    let stock = warp::path!("v1" / "stock" / String)
-        .and(st())
-        .and(start())
-        .map(|sku: String, s: Arc<ServeState>, t0| {
-            answer("/v1/stock/{sku}", t0, api::stock(&s.store, &segment(sku)))
-        });
-    let location = warp::path!("v1" / "stock" / String / String)
-        .and(st())
-        .and(start())
-        .map(|sku: String, loc: String, s: Arc<ServeState>, t0| {
-            answer(
-                "/v1/stock/{sku}/{location}",
-                t0,
-                api::location_stock(&s.store, &segment(sku), &segment(loc)),
+    // Lookups: where the key lives (this process, or the owner's, in a cluster), after
+    // `min_offsets` are reflected if asked.
+    let lookup = || {
+        st().and(start())
+            .and(warp::path::full())
+            .and(query())
+            .and(warp::header::optional::<String>(cluster::FORWARDED))
+            .map(
+                |s, t0, path: warp::path::FullPath, q: String, fwd: Option<String>| Lookup {
+                    s,
+                    t0,
+                    path_and_query: if q.is_empty() {
+                        path.as_str().to_owned()
+                    } else {
+                        format!("{}?{q}", path.as_str())
+                    },
+                    query: q,
+                    forwarded: fwd.is_some(),
+                },
             )
+    };
+    let stock = warp::path!("v1" / "stock" / String).and(lookup()).then(
+        |sku: String, l: Lookup| async move {
+            let sku = segment(sku);
+            l.answer("/v1/stock/{sku}", Some(&sku), |s, _| {
+                api::stock(&s.store, &sku)
+            })
+            .await
+        },
+    );
+    let location = warp::path!("v1" / "stock" / String / String)
+        .and(lookup())
+        .then(|sku: String, loc: String, l: Lookup| async move {
+            let (sku, loc) = (segment(sku), segment(loc));
+            l.answer("/v1/stock/{sku}/{location}", Some(&sku), |s, _| {
+                api::location_stock(&s.store, &sku, &loc)
+            })
+            .await
         });
     let reservation = warp::path!("v1" / "reservations" / String)
-        .and(st())
-        .and(start())
-        .map(|id: String, s: Arc<ServeState>, t0| {
-            answer(
-                "/v1/reservations/{reservation_id}",
-                t0,
-                api::reservation(&s.store, &segment(id)),
-            )
+        .and(lookup())
+        .then(|id: String, l: Lookup| async move {
+            let id = segment(id);
+            l.reservation(&id).await
         });
-    let sku_reservations = warp::path!("v1" / "reservations")
-        .and(query())
-        .and(st())
-        .and(start())
-        .map(|q: String, s: Arc<ServeState>, t0| {
-            answer(
-                "/v1/reservations",
-                t0,
-                parse_query(&q).and_then(|q| api::reservations_of_sku(&s.store, &q)),
-            )
-        });
+    let sku_reservations =
+        warp::path!("v1" / "reservations")
+            .and(lookup())
+            .then(|l: Lookup| async move {
+                let sku = parse_query(&l.query)
+                    .ok()
+                    .and_then(|q| q.get("sku").cloned());
+                l.answer("/v1/reservations", sku.as_deref(), |s, q| {
+                    api::reservations_of_sku(&s.store, q)
+                })
+                .await
+            });
     // The live page: one HTML file with its script and style, no build step, no other request
     // than the API's own.
     let page = warp::path::end().and(start()).map(|t0| {
@@ -183,23 +289,32 @@ pub fn routes(
         r
     });
     let analytics = warp::path!("v1" / "analytics" / "sku" / String)
-        .and(query())
-        .and(st())
-        .and(start())
-        .map(|sku: String, q: String, s: Arc<ServeState>, t0| {
-            let result = parse_query(&q).and_then(|q| api::analytics(&s.store, &segment(sku), &q));
-            answer("/v1/analytics/sku/{sku}", t0, result)
+        .and(lookup())
+        .then(|sku: String, l: Lookup| async move {
+            let sku = segment(sku);
+            l.answer("/v1/analytics/sku/{sku}", Some(&sku), |s, q| {
+                api::analytics(&s.store, &sku, q)
+            })
+            .await
         });
+    // Every process holds the top-sellers lists of the whole cluster.
     let top = warp::path!("v1" / "analytics" / "top")
+        .and(lookup())
+        .then(|l: Lookup| async move {
+            l.answer("/v1/analytics/top", None, |s, q| api::top(&s.store, q))
+                .await
+        });
+    // For the other processes of a cluster: when this one admitted an offset (read-your-writes).
+    let admitted = warp::path!("internal" / "v1" / "admitted")
         .and(query())
         .and(st())
         .and(start())
-        .map(|q: String, s: Arc<ServeState>, t0| {
-            answer(
-                "/v1/analytics/top",
-                t0,
-                parse_query(&q).and_then(|q| api::top(&s.store, &q)),
-            )
+        .then(|q: String, s: Arc<ServeState>, t0| async move {
+            let result = match parse_query(&q) {
+                Ok(q) => cluster::admitted_answer(&s.routing, &q).await,
+                Err(p) => Err(p),
+            };
+            answer("/internal/v1/admitted", t0, result)
         });
     let healthz = warp::path!("healthz")
         .and(st())
@@ -235,7 +350,7 @@ pub fn routes(
             .and(st())
             .and(start())
             .map(|s: Arc<ServeState>, t0| {
-                let doc = api::openapi_document(&s.store);
+                let doc = api::openapi_document(&s.store, s.routing.topics.as_ref());
                 let body = serde_json::to_vec_pretty(&doc).expect("the document serializes");
                 let r = body_response(StatusCode::OK, "application/json", body);
                 record("/openapi.json", r.status(), t0);
@@ -254,6 +369,8 @@ pub fn routes(
                 .or(analytics)
                 .unify()
                 .or(top)
+                .unify()
+                .or(admitted)
                 .unify()
                 .or(healthz)
                 .unify()

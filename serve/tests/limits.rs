@@ -25,6 +25,7 @@ fn start(options: ServeOptions) -> SocketAddr {
         clock: Arc::new(ManualClock::new(0)),
         ready_max_lag_ms: 5_000,
         progress: Arc::new(Progress::new(1, false, false)),
+        routing: Default::default(),
     });
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {

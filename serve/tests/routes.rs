@@ -53,6 +53,7 @@ fn state() -> Arc<ServeState> {
         clock: Arc::new(ManualClock::new(T0 + 20)),
         ready_max_lag_ms: 5_000,
         progress: caught_up_at(T0),
+        routing: Default::default(),
     })
 }
 
@@ -169,6 +170,7 @@ async fn answers_and_problems() {
         clock: Arc::new(ManualClock::new(T0 + 60_000)),
         ready_max_lag_ms: 5_000,
         progress: caught_up_at(T0),
+        routing: Default::default(),
     });
     assert_eq!(get(&stale, "/readyz").await.0, 503);
     // Not ready while the start backlog is not absorbed, nor while Kafka is unreachable.
@@ -179,6 +181,7 @@ async fn answers_and_problems() {
             clock: Arc::new(ManualClock::new(T0 + 20)),
             ready_max_lag_ms: 5_000,
             progress,
+            routing: Default::default(),
         })
     };
     let backlog = unready(caught_up_at(T0 + 1_000));

@@ -46,7 +46,12 @@ pub fn fingerprint(cfg: &EngineConfig) -> Fingerprint {
 }
 
 /// The newest valid checkpoint in `checkpoint.dir`, if any.
-pub fn load(settings: &Settings, cfg: &EngineConfig, workers: usize) -> Result<Option<Restored>> {
+pub fn load(
+    settings: &Settings,
+    cfg: &EngineConfig,
+    topology: crate::run::Topology,
+) -> Result<Option<Restored>> {
+    let workers = topology.workers;
     let started = Instant::now();
     let want = fingerprint(cfg);
     for (_, path) in checkpoint::list(&settings.checkpoint.dir)? {
@@ -67,8 +72,24 @@ pub fn load(settings: &Settings, cfg: &EngineConfig, workers: usize) -> Result<O
                 describe(&want),
             );
         }
-        let routed = match ledger::route(&loaded.parts(), workers) {
-            Ok(r) => r,
+        // Routed over the whole cluster's workers: each process holds the parts of its own
+        // workers, so every SKU of them must land on this process.
+        let routed = match ledger::route(&loaded.parts(), topology.peers()) {
+            Ok(mut all) => {
+                let mine: Vec<WorkerRestore> = all
+                    .drain(topology.global(0)..topology.global(workers))
+                    .collect();
+                let strays: usize = all.iter().map(WorkerRestore::sku_count).sum();
+                if strays > 0 {
+                    bail!(
+                        "checkpoint {} holds {strays} SKUs that another process of this cluster owns: \
+                         it was written by a cluster of another shape (processes × pipeline.workers); \
+                         start with that shape, or move the checkpoint directories away to rebuild the state from the log",
+                        path.display()
+                    );
+                }
+                mine
+            }
             Err(e) => {
                 metrics::counter!("stockflow_checkpoint_corrupt_total").increment(1);
                 tracing::warn!(path = %path.display(), error = %e, "skipping a checkpoint whose state does not decode; trying the previous one");

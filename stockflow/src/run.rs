@@ -1,6 +1,7 @@
 //! `stockflow run`: timely workers on their own threads; HTTP and the ClickHouse sink on a
 //! small tokio runtime.
 
+use crate::pipeline::{run_worker, WorkerIo, WorkerOptions};
 use anyhow::{Context, Result};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -12,12 +13,13 @@ use stockflow_dataflow::{Engine, EngineConfig, WorkerRestore};
 use stockflow_ingest::generator::{location_name, reservation_name, sku_name, Generator};
 use stockflow_ingest::jsonl::JsonLinesSource;
 use stockflow_ingest::kafka::{check_brokers, ensure_topics, KafkaSource};
-use stockflow_ingest::{run_worker, Source, WorkerIo, WorkerOptions};
+use stockflow_ingest::Source;
 use stockflow_serve::ServeState;
 use stockflow_sinks::checkpoint::{CheckpointWriter, Resume};
 use stockflow_sinks::clickhouse::{self, ClickHouseSink};
 use stockflow_sinks::dead_letter::{DeadLetterFile, DeadLetters};
 use stockflow_sinks::kafka::KafkaDeadLetters;
+use stockflow_types::admissions::Admissions;
 use stockflow_types::config::{LogFormat, Settings, SourceKind};
 use stockflow_types::progress::{Progress, NOT_YET};
 
@@ -67,6 +69,7 @@ pub fn run(settings: Settings) -> Result<()> {
 
     let cfg = Arc::new(EngineConfig::from_settings(&settings)?);
     let workers = settings.pipeline.workers;
+    let topology = Topology::of(&settings);
     let store = Arc::new(ViewStore::new(workers, cfg.windows.clone(), cfg.top_k));
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let shutdown = Arc::new(AtomicBool::new(false));
@@ -81,7 +84,7 @@ pub fn run(settings: Settings) -> Result<()> {
 
     // The newest valid checkpoint, routed to this run's workers.
     let restored = if settings.checkpoint.enabled {
-        crate::restore::load(&settings, &cfg, workers)?
+        crate::restore::load(&settings, &cfg, topology)?
     } else {
         None
     };
@@ -113,8 +116,9 @@ pub fn run(settings: Settings) -> Result<()> {
         (Arc::new(file.sender()), Some(file))
     };
     let sources = Arc::new(Mutex::new(open_sources(
-        &settings, &clock, &progress, &resume,
+        &settings, topology, &clock, &progress, &resume,
     )?));
+    let admissions = Arc::new(Admissions::default());
     let sink = settings
         .clickhouse
         .enabled
@@ -147,26 +151,50 @@ pub fn run(settings: Settings) -> Result<()> {
         opts.drain_timeout = settings.clickhouse.flush_interval + Duration::from_secs(10);
     }
 
-    let timely_config = if workers > 1 {
-        timely::Config::process(workers)
+    let timely_config = if settings.cluster.addresses.is_empty() {
+        if workers > 1 {
+            timely::Config::process(workers)
+        } else {
+            timely::Config::thread()
+        }
     } else {
-        timely::Config::thread()
+        // timely's own cluster: every process connects to every other (this call returns once
+        // all are connected), and a worker's index is `process × workers + local`.
+        tracing::info!(
+            process = topology.process,
+            processes = topology.processes,
+            "connecting to the other processes of the cluster"
+        );
+        timely::Config {
+            communication: timely::CommunicationConfig::Cluster {
+                threads: workers,
+                process: topology.process,
+                addresses: settings.cluster.addresses.clone(),
+                report: false,
+                zerocopy: false,
+            },
+            worker: timely::WorkerConfig::default(),
+        }
     };
     let guards =
         {
-            let (cfg, store, clock, shutdown, progress, dead_letters) = (
+            let (cfg, store, clock, shutdown, progress, dead_letters, admissions) = (
                 Arc::clone(&cfg),
                 Arc::clone(&store),
                 Arc::clone(&clock),
                 Arc::clone(&shutdown),
                 Arc::clone(&progress),
                 Arc::clone(&dead_letters),
+                Arc::clone(&admissions),
             );
             let sink = sink.as_ref().map(ClickHouseSink::handle);
             let parts = writer.as_ref().map(CheckpointWriter::sender);
             let final_checkpoint = Arc::clone(&final_checkpoint);
             timely::execute(timely_config, move |worker| {
                 let local = worker.index() % workers;
+                // A worker that panics (a lost cluster peer breaks every worker's channels)
+                // leaves answers that no longer move: say so, and stop the process.
+                let _alive = Alive(&progress);
                 let sink = sink.clone();
                 let restore = worker_restores.lock().expect("not poisoned")[local].take();
                 let mut engine =
@@ -180,7 +208,8 @@ pub fn run(settings: Settings) -> Result<()> {
                 let io = WorkerIo {
                     dead_letters: dead_letters.as_ref(),
                     progress: &progress,
-                    registry: store.registry(),
+                    store: &store,
+                    admissions: &admissions,
                     checkpoints: parts.as_ref(),
                     final_checkpoint: &final_checkpoint,
                     shutdown: &shutdown,
@@ -191,12 +220,31 @@ pub fn run(settings: Settings) -> Result<()> {
             .map_err(|e| anyhow::anyhow!("starting timely workers: {e}"))?
         };
 
+    let cluster = (!settings.cluster.addresses.is_empty()).then(|| {
+        stockflow_serve::cluster::Cluster::new(
+            topology.process,
+            workers,
+            settings.cluster.http.clone(),
+            settings.cluster.forward_timeout,
+        )
+    });
     let state = Arc::new(ServeState {
         store,
         metrics: Some(metrics),
         clock,
         ready_max_lag_ms: 5_000,
-        progress,
+        progress: Arc::clone(&progress),
+        routing: stockflow_serve::cluster::Routing {
+            cluster,
+            admissions,
+            max_wait: settings.http.max_wait,
+            topics: kafka.then(|| {
+                [
+                    settings.kafka.inventory_topic.clone(),
+                    settings.kafka.orders_topic.clone(),
+                ]
+            }),
+        },
     });
     let served = runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind(&settings.http.listen)
@@ -209,7 +257,7 @@ pub fn run(settings: Settings) -> Result<()> {
             listener,
             state,
             stockflow_serve::ServeOptions::of(&settings),
-            shutdown_signal(),
+            stop_signal(Arc::clone(&progress)),
         )
         .await;
         anyhow::Ok(())
@@ -217,7 +265,8 @@ pub fn run(settings: Settings) -> Result<()> {
 
     tracing::info!("shutting down");
     shutdown.store(true, Ordering::Relaxed);
-    drop(guards); // joins the workers, which wait for durability and commit their offsets
+    // Joins the workers, which wait for durability and commit their offsets.
+    let panicked = guards.join().into_iter().filter(Result::is_err).count();
     if let Some(writer) = writer {
         writer.finish(Duration::from_secs(30));
     }
@@ -228,18 +277,85 @@ pub fn run(settings: Settings) -> Result<()> {
     if let Some(file) = dead_letter_file {
         file.close();
     }
+    if let Some(why) = progress.stopped() {
+        anyhow::bail!("the dataflow stopped ({panicked} workers failed): {why}");
+    }
     served
 }
 
+/// Where this process stands in the cluster (one process: index 0 of 1).
+#[derive(Clone, Copy, Debug)]
+pub struct Topology {
+    /// This process's index.
+    pub process: usize,
+    /// Processes in the cluster.
+    pub processes: usize,
+    /// Workers per process.
+    pub workers: usize,
+}
+
+impl Topology {
+    /// From `[cluster]` and `pipeline.workers`.
+    pub fn of(settings: &Settings) -> Self {
+        Topology {
+            process: settings.cluster.process,
+            processes: settings.cluster.processes(),
+            workers: settings.pipeline.workers,
+        }
+    }
+
+    /// Workers in the whole cluster.
+    pub fn peers(&self) -> usize {
+        self.processes * self.workers
+    }
+
+    /// The cluster-wide index of local worker `local`.
+    pub fn global(&self, local: usize) -> usize {
+        self.process * self.workers + local
+    }
+}
+
+/// Held by each worker thread: if the thread unwinds (a panic; in a cluster, the loss of a
+/// peer process breaks every worker's channels), the process is marked stopped.
+struct Alive<'a>(&'a Progress);
+
+impl Drop for Alive<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.set_stopped(
+                "a dataflow worker failed; in a cluster, another process was lost: restart every process of the cluster".into(),
+            );
+        }
+    }
+}
+
+/// SIGINT, SIGTERM, or the dataflow stopping (then after a grace period in which `/readyz` and
+/// lookups answer 503, so that a load balancer moves away first).
+async fn stop_signal(progress: Arc<Progress>) {
+    let stopped = async {
+        while progress.stopped().is_none() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        tracing::error!(
+            why = progress.stopped().unwrap_or_default(),
+            "the dataflow stopped; the process exits in 3 s"
+        );
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    };
+    tokio::select! { () = shutdown_signal() => {}, () = stopped => {} }
+}
+
 /// Every local worker's sources: a share of the generator, the file (worker 0), or a share of
-/// the Kafka partitions.
+/// the Kafka partitions (of the whole cluster's: partition `p` goes to worker `p % peers`).
 fn open_sources(
     settings: &Settings,
+    topology: Topology,
     clock: &Arc<dyn Clock>,
     progress: &Arc<Progress>,
     resume: &[Resume],
 ) -> Result<Vec<Vec<Box<dyn Source>>>> {
     let workers = settings.pipeline.workers;
+    let peers = topology.peers();
     let mut all: Vec<Vec<Box<dyn Source>>> = (0..workers).map(|_| Vec::new()).collect();
     match settings.source.kind {
         SourceKind::Generator => {
@@ -247,8 +363,8 @@ fn open_sources(
                 let c = Arc::clone(clock);
                 sources.push(Box::new(Generator::new(
                     &settings.generator,
-                    w,
-                    workers,
+                    topology.global(w),
+                    peers,
                     Arc::new(move || c.now_ms()),
                 )));
             }
@@ -265,8 +381,8 @@ fn open_sources(
             for (w, sources) in all.iter_mut().enumerate() {
                 let src = KafkaSource::open(
                     &settings.kafka,
-                    w,
-                    workers,
+                    topology.global(w),
+                    peers,
                     Arc::clone(progress),
                     resume,
                     settings.checkpoint.allow_gap,

@@ -38,6 +38,54 @@ pub struct Settings {
     /// Logs (to standard error).
     #[serde(default)]
     pub log: LogConfig,
+    /// Several processes as one timely cluster (docs/cluster.md); one process when empty.
+    #[serde(default)]
+    pub cluster: ClusterConfig,
+}
+
+/// Several processes running one dataflow over timely's own TCP connections: each runs
+/// `pipeline.workers` workers, the Kafka partitions are spread over every worker of every
+/// process, each SKU has one owner worker in the cluster, and any process answers any lookup
+/// (forwarding it to the owner's process). Every process gets the same lists.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// Every process's address (`host:port`) for timely's connections, in process order.
+    /// Empty: this is the only process.
+    #[serde(default)]
+    pub addresses: Vec<String>,
+    /// Every process's HTTP address (`host:port`, as in `http.listen`), in the same order: where
+    /// lookups of keys another process owns are forwarded.
+    #[serde(default)]
+    pub http: Vec<String>,
+    /// This process's index in `addresses`.
+    #[serde(default)]
+    pub process: usize,
+    /// How long a lookup forwarded to another process may take before it answers 504.
+    #[serde(default = "default_forward_timeout", with = "humantime_serde")]
+    pub forward_timeout: Duration,
+}
+
+fn default_forward_timeout() -> Duration {
+    Duration::from_secs(2)
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            addresses: Vec::new(),
+            http: Vec::new(),
+            process: 0,
+            forward_timeout: default_forward_timeout(),
+        }
+    }
+}
+
+impl ClusterConfig {
+    /// Processes in the cluster (1 when not clustered).
+    pub fn processes(&self) -> usize {
+        self.addresses.len().max(1)
+    }
 }
 
 /// How the process logs (levels: `RUST_LOG`).
@@ -282,6 +330,10 @@ pub struct HttpConfig {
     /// `stockflow_http_connections_refused_total`).
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// A lookup with `?min_offsets=` (read-your-writes) waits at most this for those offsets
+    /// to be reflected, then answers 504.
+    #[serde(default = "default_max_wait", with = "humantime_serde")]
+    pub max_wait: Duration,
 }
 
 // Loopback by default: exposing the API is a deliberate choice.
@@ -300,6 +352,9 @@ fn default_write_timeout() -> Duration {
 fn default_max_connections() -> usize {
     10_000
 }
+fn default_max_wait() -> Duration {
+    Duration::from_secs(5)
+}
 
 impl Default for HttpConfig {
     fn default() -> Self {
@@ -309,6 +364,7 @@ impl Default for HttpConfig {
             header_read_timeout: default_header_read_timeout(),
             write_timeout: default_write_timeout(),
             max_connections: default_max_connections(),
+            max_wait: default_max_wait(),
         }
     }
 }
@@ -834,6 +890,35 @@ impl Settings {
             if !(0.0..=1.0).contains(&r) {
                 return Err(bad(field, "must be between 0 and 1"));
             }
+        }
+        let c = &self.cluster;
+        if !c.addresses.is_empty() {
+            if c.process >= c.addresses.len() {
+                return Err(bad(
+                    "cluster.process",
+                    format!("must be below the {} cluster.addresses", c.addresses.len()),
+                ));
+            }
+            if c.http.len() != c.addresses.len() {
+                return Err(bad(
+                    "cluster.http",
+                    "must name one HTTP address per entry of cluster.addresses, in the same order",
+                ));
+            }
+            if self.source.kind == SourceKind::File {
+                return Err(bad(
+                    "cluster.addresses",
+                    "a cluster reads Kafka (or the generator), not a file",
+                ));
+            }
+        } else if !c.http.is_empty() || c.process != 0 {
+            return Err(bad(
+                "cluster.addresses",
+                "must list every process when cluster.http or cluster.process is set",
+            ));
+        }
+        if c.forward_timeout.is_zero() {
+            return Err(bad("cluster.forward_timeout", "must be positive"));
         }
         if self.source.kind == SourceKind::File && self.source.input_file.is_none() {
             return Err(bad(

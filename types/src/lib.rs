@@ -11,6 +11,7 @@
 //! assert_eq!(bad.reason.code(), "missing_field");
 //! ```
 
+pub mod admissions;
 pub mod config;
 pub mod event;
 pub mod progress;

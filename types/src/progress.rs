@@ -24,6 +24,8 @@ pub struct Progress {
     checkpoint_problem: Mutex<Option<String>>,
     /// Why sources stopped reading (records deleted before they were read), one per partition.
     source_problems: Mutex<Vec<String>>,
+    /// Why the dataflow stopped (a worker panicked, e.g. because a cluster peer was lost).
+    stopped: Mutex<Option<String>>,
 }
 
 impl Progress {
@@ -41,6 +43,7 @@ impl Progress {
             clickhouse: clickhouse.then(|| AtomicBool::new(false)),
             checkpoint_problem: Mutex::new(None),
             source_problems: Mutex::new(Vec::new()),
+            stopped: Mutex::new(None),
         }
     }
 
@@ -71,6 +74,23 @@ impl Progress {
     /// Why the latest checkpoint write failed, if it did.
     pub fn checkpoint_problem(&self) -> Option<String> {
         self.checkpoint_problem
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The dataflow stopped for good (a worker ended without being asked to): why. The first
+    /// reason is kept.
+    pub fn set_stopped(&self, why: String) {
+        self.stopped
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_or_insert(why);
+    }
+
+    /// Why the dataflow stopped, if it did: the views no longer move.
+    pub fn stopped(&self) -> Option<String> {
+        self.stopped
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()

@@ -84,7 +84,6 @@ pub fn ledger<'s>(
     restore: Option<WorkerRestore>,
     io: Rc<RefCell<LedgerIo>>,
 ) -> VecCollection<'s, Time, Change, Diff> {
-    let tick = cfg.tick_ms;
     let scope = events.scope();
     events
         .binary_frontier(
@@ -207,18 +206,6 @@ pub fn ledger<'s>(
                         let stall = (started.elapsed() + copied).as_micros() as u64;
                         let max = &mut state.stats.checkpoint_stall_max_us;
                         *max = (*max).max(stall);
-                    }
-                    // Complete: before both frontiers and before any time not yet applied.
-                    let completed = events_frontier
-                        .frontier()
-                        .iter()
-                        .chain(control_frontier.frontier().iter())
-                        .chain(stash.keys().next())
-                        .chain(state.next_timer().as_ref())
-                        .min()
-                        .copied();
-                    if let Some(f) = completed {
-                        store.set_ledger_completed(local_worker, f.saturating_sub(tick));
                     }
                     let mut io = io.borrow_mut();
                     io.writing = state.snapshot_in_progress();

@@ -1,16 +1,18 @@
-//! The loop every timely worker runs (differential's input idiom: send at the input's time,
-//! advance to the clock, step until the probe catches up), with the log frontier announced to
-//! the dataflow and the checkpoint parts handed to the writer.
+//! The loop every timely worker runs, which ties the sources (`ingest`), the dataflow and the
+//! sinks together (differential's input idiom: send at the input's time, advance to the clock,
+//! step until the probe catches up), with the log frontier announced to the dataflow, durability
+//! agreed over the cluster and the checkpoint parts handed to the writer.
 
-use crate::{admit, Polled, RawRecord, Source};
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use stockflow_dataflow::clock::{tick_floor, Clock};
-use stockflow_dataflow::views::Registry;
+use stockflow_dataflow::views::ViewStore;
 use stockflow_dataflow::Engine;
+use stockflow_ingest::{admit, Polled, RawRecord, Source};
 use stockflow_sinks::checkpoint::{PartSender, WorkerPart};
 use stockflow_sinks::dead_letter::{DeadLetter, DeadLetters};
+use stockflow_types::admissions::Admissions;
 use stockflow_types::event::{RejectReason, Stream};
 use stockflow_types::progress::{Progress, NOT_YET};
 use stockflow_types::resume::Resume;
@@ -66,8 +68,10 @@ pub struct WorkerIo<'a> {
     pub dead_letters: &'a dyn DeadLetters,
     /// Shared progress: caught-up times, durability, sink fill.
     pub progress: &'a Progress,
-    /// Which SKU each reservation id belongs to (checked at admission).
-    pub registry: &'a Registry,
+    /// The views: which SKU each reservation id belongs to (checked at admission), `as_of`.
+    pub store: &'a ViewStore,
+    /// Which pipeline time each offset was admitted at (read-your-writes).
+    pub admissions: &'a Admissions,
     /// Where checkpoint parts go, if checkpoints are on.
     pub checkpoints: Option<&'a PartSender>,
     /// The time of the checkpoint worker 0 asked for at shutdown (`NOT_YET` before).
@@ -137,6 +141,7 @@ pub fn run_worker(
             if io.progress.has_sink() {
                 durability.admitted(t, batch.len());
             }
+            note_admitted(&batch, t, io);
             for rec in batch.drain(..) {
                 admit_one(engine, rec, io, opts, &mut counters);
             }
@@ -193,6 +198,30 @@ pub fn run_worker(
     }
 }
 
+/// Tells `io.admissions` up to which offset each partition of `batch` is admitted at `t`: once
+/// per run of records from one partition (a source's poll delivers them together).
+fn note_admitted(batch: &[RawRecord], t: Millis, io: &WorkerIo<'_>) {
+    let completed = io.store.as_of();
+    let mut run: Option<(&str, i32, i64)> = None;
+    for rec in batch {
+        let p = &rec.position;
+        match &mut run {
+            Some((source, partition, next)) if *source == p.source && *partition == p.partition => {
+                *next = (*next).max(p.offset + 1);
+            }
+            _ => {
+                if let Some((source, partition, next)) = run {
+                    io.admissions.note(source, partition, next, t, completed);
+                }
+                run = Some((&p.source, p.partition, p.offset + 1));
+            }
+        }
+    }
+    if let Some((source, partition, next)) = run {
+        io.admissions.note(source, partition, next, t, completed);
+    }
+}
+
 fn log_frontier(inputs: &[Input]) -> Millis {
     inputs
         .iter()
@@ -208,7 +237,7 @@ fn admit_one(
     opts: &WorkerOptions,
     counters: &mut Counters,
 ) {
-    match admit(&rec, opts.retention_ms, io.registry) {
+    match admit(&rec, opts.retention_ms, io.store.registry()) {
         Ok(record) => {
             counters.ingested[usize::from(record.event.kind.stream() == Stream::Orders)] += 1;
             engine.send(record);
@@ -347,7 +376,7 @@ impl Durability {
     fn hand_over(
         &mut self,
         t: Millis,
-        engine: &Engine,
+        engine: &mut Engine,
         io: &WorkerIo<'_>,
         worker: usize,
         inputs: &mut [Input],
@@ -362,10 +391,14 @@ impl Durability {
             self.marks.pop_front();
         }
         let frontier = engine.frontier();
-        let mut through = frontier.min(self.dead_letters_through);
+        let mut local = frontier.min(self.dead_letters_through);
         if io.progress.has_sink() {
-            through = through.min(io.progress.sink_durable());
+            local = local.min(io.progress.sink_durable());
         }
+        // An offset may be stored only once every process has made its effects durable: the
+        // record's changes land on the SKU's owner, which may be another process.
+        engine.advance_durable(local);
+        let through = engine.durable_frontier().min(local);
         for input in inputs.iter_mut() {
             input.source.durable(through);
         }

@@ -23,6 +23,8 @@ pub fn describe_metrics() {
         ("stockflow_http_requests_total", "HTTP requests, by route template and status."),
         ("stockflow_http_connections_refused_total", "HTTP connections closed at once because http.max_connections were open."),
         ("stockflow_http_write_timeouts_total", "HTTP connections closed because an answer was not taken within http.write_timeout."),
+        ("stockflow_http_forwarded_total", "Lookups forwarded to the cluster process that holds the key, by outcome (ok, timeout, unreachable)."),
+        ("stockflow_http_read_your_writes_timeouts_total", "Lookups whose min_offsets were not reflected within http.max_wait (answered 504)."),
     ] {
         describe_counter!(name, help);
     }
@@ -89,6 +91,10 @@ pub fn describe_metrics() {
         (
             "stockflow_checkpoint_write_seconds",
             "How long writing a checkpoint took.",
+        ),
+        (
+            "stockflow_http_read_your_writes_wait_seconds",
+            "How long lookups with min_offsets waited for their offsets to be reflected.",
         ),
     ] {
         describe_histogram!(name, help);

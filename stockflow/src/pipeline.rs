@@ -179,7 +179,10 @@ pub fn run_worker(
         }
         parts.collect(engine, &inputs, worker.index(), io);
     }
-    if io.checkpoints.is_some() && worker.index() == 0 {
+    // A last checkpoint: asked for by the first worker of each process (in a cluster every
+    // process stops together, and each waits for the one it asked for; all of them are taken
+    // by every worker, at one time each).
+    if io.checkpoints.is_some() && worker.index() % io.store.local_workers() == 0 {
         let at = engine.request_checkpoint();
         io.final_checkpoint.store(at, Ordering::Release);
     }

@@ -46,6 +46,11 @@ pub fn fingerprint(cfg: &EngineConfig) -> Fingerprint {
 }
 
 /// The newest valid checkpoint in `checkpoint.dir`, if any.
+///
+/// In a cluster every process must restore the same time (each holds its own workers' parts,
+/// and the partitions it reads fed every process's state): the processes first agree, over a
+/// short timely run of their own, on the newest time that all of them hold, and only that one
+/// is read here.
 pub fn load(
     settings: &Settings,
     cfg: &EngineConfig,
@@ -54,9 +59,27 @@ pub fn load(
     let workers = topology.workers;
     let started = Instant::now();
     let want = fingerprint(cfg);
-    for (_, path) in checkpoint::list(&settings.checkpoint.dir)? {
+    let mut candidates = checkpoint::list(&settings.checkpoint.dir)?;
+    if topology.processes > 1 {
+        let held: Vec<Millis> = candidates.iter().map(|(at, _)| *at).collect();
+        let agreed = agree(settings, topology, held)?;
+        candidates.retain(|(at, _)| Some(*at) == agreed);
+        if agreed.is_none() {
+            tracing::info!("the processes of the cluster hold no checkpoint in common");
+        }
+    }
+    let agreed_one = topology.processes > 1 && !candidates.is_empty();
+    for (_, path) in candidates {
         let loaded = match checkpoint::read(&path) {
             Ok(l) => l,
+            Err(e) if agreed_one => {
+                metrics::counter!("stockflow_checkpoint_corrupt_total").increment(1);
+                bail!(
+                    "checkpoint {} does not read back whole ({e}), and the other processes of the cluster restore its time: \
+                     move it away on this process (the cluster then agrees on an older one)",
+                    path.display()
+                );
+            }
             Err(e) => {
                 metrics::counter!("stockflow_checkpoint_corrupt_total").increment(1);
                 tracing::warn!(path = %path.display(), error = %e, "skipping a checkpoint that does not read back whole; trying the previous one");
@@ -125,4 +148,68 @@ fn describe(f: &Fingerprint) -> String {
         "tick {} ms, windows {:?}, retention {retention} ms, window_retention {window_retention} ms, dedup_window {dedup} ms",
         f.tick_ms, f.windows
     )
+}
+
+/// The newest checkpoint time that every process of the cluster holds, agreed over a timely
+/// run of one worker per process on the cluster's own addresses (before the dataflow's).
+fn agree(
+    settings: &Settings,
+    topology: crate::run::Topology,
+    held: Vec<Millis>,
+) -> Result<Option<Millis>> {
+    use std::cell::RefCell;
+    use std::rc::Rc;
+    use timely::dataflow::operators::vec::Broadcast;
+    use timely::dataflow::operators::{Input, Inspect, Probe};
+    let config = timely::Config {
+        communication: timely::CommunicationConfig::Cluster {
+            threads: 1,
+            process: topology.process,
+            addresses: settings.cluster.addresses.clone(),
+            report: false,
+            zerocopy: false,
+        },
+        worker: timely::WorkerConfig::default(),
+    };
+    tracing::info!(held = ?held, "agreeing with the other processes on the checkpoint to restore");
+    let guards = timely::execute(config, move |worker| {
+        let seen: Rc<RefCell<Vec<Vec<Millis>>>> = Rc::default();
+        let sink = Rc::clone(&seen);
+        let (mut input, probe) = worker.dataflow::<u64, _, _>(|scope| {
+            let (input, lists) = scope.new_input::<Vec<Vec<Millis>>>();
+            let (probe, _) = lists
+                .broadcast()
+                .inspect(move |list| sink.borrow_mut().push(list.clone()))
+                .probe();
+            (input, probe)
+        });
+        input.send(held.clone());
+        drop(input);
+        while !probe.done() {
+            worker.step();
+        }
+        seen.take()
+    })
+    .map_err(|e| {
+        anyhow::anyhow!("connecting to the other processes to agree on a checkpoint: {e}")
+    })?;
+    let lists = guards
+        .join()
+        .pop()
+        .and_then(|r| r.ok())
+        .ok_or_else(|| anyhow::anyhow!("agreeing on a checkpoint failed"))?;
+    if lists.len() != topology.processes {
+        bail!(
+            "agreeing on a checkpoint: heard from {} of {} processes",
+            lists.len(),
+            topology.processes
+        );
+    }
+    let agreed = lists[0]
+        .iter()
+        .copied()
+        .filter(|at| lists.iter().all(|l| l.contains(at)))
+        .max();
+    tracing::info!(?agreed, "the cluster agreed on the checkpoint to restore");
+    Ok(agreed)
 }

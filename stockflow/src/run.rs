@@ -75,6 +75,7 @@ pub fn run(settings: Settings) -> Result<()> {
     let shutdown = Arc::new(AtomicBool::new(false));
     let kafka = settings.source.kind == SourceKind::Kafka;
     let progress = Arc::new(Progress::new(workers, kafka, settings.clickhouse.enabled));
+    stop_on_timely_panic(Arc::clone(&progress));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(settings.http.threads)
         .thread_name("http")
@@ -96,6 +97,10 @@ pub fn run(settings: Settings) -> Result<()> {
     let restored_for_sink = restored.as_ref().map(|r| clickhouse::Restored {
         at: r.at,
         sink_changed: r.sink != sink_identity,
+        owns: (topology.processes > 1).then(|| {
+            let owns: clickhouse::Owns = Arc::new(move |sku: &str| topology.owns(sku));
+            owns
+        }),
     });
     let worker_restores: Arc<Mutex<Vec<Option<WorkerRestore>>>> =
         Arc::new(Mutex::new(match restored {
@@ -192,9 +197,6 @@ pub fn run(settings: Settings) -> Result<()> {
             let final_checkpoint = Arc::clone(&final_checkpoint);
             timely::execute(timely_config, move |worker| {
                 let local = worker.index() % workers;
-                // A worker that panics (a lost cluster peer breaks every worker's channels)
-                // leaves answers that no longer move: say so, and stop the process.
-                let _alive = Alive(&progress);
                 let sink = sink.clone();
                 let restore = worker_restores.lock().expect("not poisoned")[local].take();
                 let mut engine =
@@ -309,28 +311,51 @@ impl Topology {
         self.processes * self.workers
     }
 
+    /// Whether this process owns `sku` (its owner worker is one of this process's).
+    pub fn owns(&self, sku: &str) -> bool {
+        stockflow_dataflow::ledger::owner(stockflow_dataflow::ledger::sku_hash(sku), self.peers())
+            / self.workers
+            == self.process
+    }
+
     /// The cluster-wide index of local worker `local`.
     pub fn global(&self, local: usize) -> usize {
         self.process * self.workers + local
     }
 }
 
-/// Held by each worker thread: if the thread unwinds (a panic; in a cluster, the loss of a
-/// peer process breaks every worker's channels), the process is marked stopped.
-struct Alive<'a>(&'a Progress);
+/// How long a process whose dataflow failed keeps answering 503 before it ends.
+const STOP_GRACE: Duration = Duration::from_secs(3);
 
-impl Drop for Alive<'_> {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            self.0.set_stopped(
-                "a dataflow worker failed; in a cluster, another process was lost: restart every process of the cluster".into(),
-            );
+/// When a timely thread panics (in a cluster, the loss of a peer process breaks every
+/// worker's and every connection thread's channels), marks the process stopped, so that
+/// `/readyz` and lookups answer 503, and holds every panicking timely thread for
+/// [`STOP_GRACE`] (timely's destructors then abort the process: it ends either way, but a load
+/// balancer sees it unready first).
+fn stop_on_timely_panic(progress: Arc<Progress>) {
+    let previous = std::panic::take_hook();
+    let first = Arc::new(Mutex::new(None::<std::time::Instant>));
+    std::panic::set_hook(Box::new(move |info| {
+        previous(info);
+        let thread = std::thread::current();
+        let name = thread.name().unwrap_or_default();
+        if !name.starts_with("timely") {
+            return;
         }
-    }
+        progress.set_stopped(format!(
+            "{name} failed ({}); in a cluster, another process was lost: restart every process of the cluster",
+            info.payload_as_str().unwrap_or("a panic")
+        ));
+        let since = *first
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_or_insert_with(std::time::Instant::now);
+        std::thread::sleep(STOP_GRACE.saturating_sub(since.elapsed()));
+    }));
 }
 
-/// SIGINT, SIGTERM, or the dataflow stopping (then after a grace period in which `/readyz` and
-/// lookups answer 503, so that a load balancer moves away first).
+/// SIGINT, SIGTERM, or the dataflow stopping (then after [`STOP_GRACE`], in which `/readyz`
+/// and lookups answer 503, so that a load balancer moves away first).
 async fn stop_signal(progress: Arc<Progress>) {
     let stopped = async {
         while progress.stopped().is_none() {
@@ -338,9 +363,9 @@ async fn stop_signal(progress: Arc<Progress>) {
         }
         tracing::error!(
             why = progress.stopped().unwrap_or_default(),
-            "the dataflow stopped; the process exits in 3 s"
+            "the dataflow stopped; the process ends"
         );
-        tokio::time::sleep(Duration::from_secs(3)).await;
+        tokio::time::sleep(STOP_GRACE).await;
     };
     tokio::select! { () = shutdown_signal() => {}, () = stopped => {} }
 }

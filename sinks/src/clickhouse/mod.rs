@@ -34,4 +34,4 @@ mod sink;
 pub use client::{client, ClientError};
 
 pub use schema::{ddl, modern};
-pub use sink::{attach, ClickHouseSink, Restored, SinkHandle};
+pub use sink::{attach, ClickHouseSink, Owns, Restored, SinkHandle};

@@ -94,8 +94,11 @@ impl ClickHouseSink {
             durable: 0,
             schema_ready: false,
             times: TimeTypes::default(),
-            restored_at: restored.map(|r| r.at),
-            rewrite: restored.and_then(|r| r.sink_changed.then_some(Rewrite::All)),
+            restored_at: restored.as_ref().map(|r| r.at),
+            rewrite: restored
+                .as_ref()
+                .and_then(|r| r.sink_changed.then_some(Rewrite::All)),
+            owns: restored.and_then(|r| r.owns),
             unseen: HashSet::new(),
         };
         let task = runtime.spawn(writer.run());
@@ -131,14 +134,20 @@ impl ClickHouseSink {
 }
 
 /// The checkpoint a pipeline restored, as the sink needs to know it.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone)]
 pub struct Restored {
     /// Its pipeline time.
     pub at: Millis,
     /// It was written while another ClickHouse database, or none, was the sink: this one may
     /// hold nothing of its state, so all of it is written.
     pub sink_changed: bool,
+    /// In a cluster, whether this process owns a SKU: the tables hold every process's rows,
+    /// and only this process's own are rewritten (or deleted) from its restored state.
+    pub owns: Option<Owns>,
 }
+
+/// Whether this process owns a SKU.
+pub type Owns = Arc<dyn Fn(&str) -> bool + Send + Sync>;
 
 /// What the restored state must write again.
 #[derive(Debug)]
@@ -264,6 +273,8 @@ struct Writer {
     /// restored rows are written again, so that no row keeps a value the restored state does
     /// not reach (the crashed run may have written changes that the replay nets out).
     rewrite: Option<Rewrite>,
+    /// In a cluster: which SKUs are this process's (see [`Restored::owns`]).
+    owns: Option<Owns>,
     /// Keys to rewrite that neither the restored state nor the replay has touched yet: windows
     /// among them, which the crashed run created after the checkpoint and the replay nets out,
     /// are written as deleted once the replay has caught up.
@@ -552,8 +563,10 @@ impl Writer {
         else {
             return Ok(Rewrite::All);
         };
+        let mine = |sku: &str| self.owns.as_ref().is_none_or(|owns| owns(sku));
         let mut keys: HashSet<Key> = stock
             .into_iter()
+            .filter(|r| mine(&r.sku))
             .map(|r| Key::Stock(r.sku.into(), r.location.into()))
             .collect();
         keys.extend(
@@ -561,15 +574,20 @@ impl Writer {
                 .into_iter()
                 .map(|r| Key::Reservation(r.reservation_id.into())),
         );
-        keys.extend(windows.into_iter().filter_map(|r| {
-            let size = *by_name.get(r.window.as_str())?;
-            Some(Key::Window(
-                size,
-                r.window_start,
-                r.sku.into(),
-                r.location.into(),
-            ))
-        }));
+        keys.extend(
+            windows
+                .into_iter()
+                .filter(|r| mine(&r.sku))
+                .filter_map(|r| {
+                    let size = *by_name.get(r.window.as_str())?;
+                    Some(Key::Window(
+                        size,
+                        r.window_start,
+                        r.sku.into(),
+                        r.location.into(),
+                    ))
+                }),
+        );
         Ok(Rewrite::Keys(keys))
     }
 

@@ -55,6 +55,10 @@ pub fn describe_metrics() {
             "Changes waiting for ClickHouse; past clickhouse.buffer_rows Kafka is read no further.",
         ),
         (
+            "stockflow_clickhouse_writer",
+            "With clickhouse.writer_lease: 1 while this replica holds the lease and writes ClickHouse, else 0.",
+        ),
+        (
             "stockflow_clickhouse_durable_time_seconds",
             "ClickHouse holds every change before this pipeline time, seconds since the epoch.",
         ),

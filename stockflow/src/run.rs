@@ -135,6 +135,7 @@ pub fn run(settings: Settings) -> Result<()> {
                 workers,
                 Arc::clone(&progress),
                 restored_for_sink,
+                &settings.kafka.group_id,
             )
         })
         .transpose()?;

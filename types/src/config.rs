@@ -715,6 +715,15 @@ pub struct ClickHouseConfig {
     /// Longest wait between two attempts of a failed insert (the wait doubles from 100 ms).
     #[serde(default = "default_max_backoff", with = "humantime_serde")]
     pub max_backoff: Duration,
+    /// Replicas (independent deployments, each its own `kafka.group_id`) that share the
+    /// database: only the holder of a lease in ClickHouse writes, the others stand by with
+    /// every key's latest row and take over when the lease lapses (docs/cluster.md).
+    #[serde(default)]
+    pub writer_lease: bool,
+    /// How long a lease lasts unless renewed (every third of it); a writer stops writing a
+    /// third of it before it lapses, so a successor never overlaps it.
+    #[serde(default = "default_lease_ttl", with = "humantime_serde")]
+    pub lease_ttl: Duration,
 }
 
 // Defaults: the server `scripts/services.sh` starts; batches of up to 50k rows or 1 s (ClickHouse
@@ -737,6 +746,9 @@ fn default_flush_interval() -> Duration {
 fn default_buffer_rows() -> usize {
     1_000_000
 }
+fn default_lease_ttl() -> Duration {
+    Duration::from_secs(9)
+}
 fn default_max_backoff() -> Duration {
     Duration::from_secs(5)
 }
@@ -755,6 +767,8 @@ impl Default for ClickHouseConfig {
             flush_interval: default_flush_interval(),
             buffer_rows: default_buffer_rows(),
             max_backoff: default_max_backoff(),
+            writer_lease: false,
+            lease_ttl: default_lease_ttl(),
         }
     }
 }
@@ -999,6 +1013,15 @@ impl Settings {
                 return Err(bad(
                     "clickhouse.max_backoff",
                     "must be at least 100ms (the first wait after a failed insert)",
+                ));
+            }
+            if c.writer_lease && c.lease_ttl < Duration::from_secs(1) {
+                return Err(bad("clickhouse.lease_ttl", "must be at least 1s"));
+            }
+            if c.writer_lease && self.source.kind != SourceKind::Kafka {
+                return Err(bad(
+                    "clickhouse.writer_lease",
+                    "is for replicas reading one Kafka log (each with its own kafka.group_id, the lease holder's name)",
                 ));
             }
             if c.ca_file.is_some() && !c.url.starts_with("https://") {

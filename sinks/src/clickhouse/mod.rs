@@ -28,6 +28,7 @@
 //! servers alike.
 
 mod client;
+mod lease;
 mod schema;
 mod sink;
 

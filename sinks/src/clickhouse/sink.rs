@@ -1,5 +1,6 @@
 //! The operator that hands changes over, and the task that writes them.
 
+use super::lease::Lease;
 use super::schema::{ddl, Reservation, SalesWindow, StockLevel};
 use clickhouse::Client;
 use differential_dataflow::{AsCollection, VecCollection};
@@ -63,6 +64,9 @@ impl ClickHouseSink {
     /// tables when it first reaches the server. `restored` says which checkpoint the pipeline
     /// restored, if it did: the rows an earlier run wrote after it are rewritten from the
     /// restored state (see the module documentation).
+    ///
+    /// With `clickhouse.writer_lease`, `replica` names this replica in the lease: it writes only
+    /// while it holds it (see [`super::lease`]).
     pub fn start(
         runtime: &tokio::runtime::Handle,
         cfg: &ClickHouseConfig,
@@ -70,6 +74,7 @@ impl ClickHouseSink {
         workers: usize,
         progress: Arc<Progress>,
         restored: Option<Restored>,
+        replica: &str,
     ) -> Result<Self, super::ClientError> {
         let (tx, rx) = unbounded_channel();
         let frontiers: Arc<[AtomicU64]> = (0..workers).map(|_| AtomicU64::new(0)).collect();
@@ -99,6 +104,12 @@ impl ClickHouseSink {
                 .as_ref()
                 .and_then(|r| r.sink_changed.then_some(Rewrite::All)),
             owns: restored.and_then(|r| r.owns),
+            lease: cfg
+                .writer_lease
+                .then(|| Lease::new(replica.to_owned(), cfg.lease_ttl)),
+            writer: false,
+            mirror: HashMap::new(),
+            version_floor: 0,
             unseen: HashSet::new(),
         };
         let task = runtime.spawn(writer.run());
@@ -275,6 +286,15 @@ struct Writer {
     rewrite: Option<Rewrite>,
     /// In a cluster: which SKUs are this process's (see [`Restored::owns`]).
     owns: Option<Owns>,
+    /// Among replicas: the writer lease; `None` when this process always writes.
+    lease: Option<Lease>,
+    /// Whether this replica held the lease at the last look.
+    writer: bool,
+    /// With a lease: every key's latest row (and whether it is deleted), so that a replica that
+    /// takes over can write all of it above its predecessor's versions.
+    mirror: HashMap<Key, (Change, bool)>,
+    /// Versions written are at least this (set on taking over the lease).
+    version_floor: Millis,
     /// Keys to rewrite that neither the restored state nor the replay has touched yet: windows
     /// among them, which the crashed run created after the checkpoint and the replay nets out,
     /// are written as deleted once the replay has caught up.
@@ -324,8 +344,13 @@ impl Writer {
             if !replaying && !self.unseen.is_empty() {
                 self.delete_unseen_windows();
             }
+            if self.lease.is_some() {
+                self.follow_lease().await;
+            }
             if due && self.staged_through > self.durable && (!replaying || full || stopping) {
-                if self.write().await {
+                if self.lease.is_some() && !self.writer {
+                    self.stand_by();
+                } else if self.write().await {
                     last_ping = Instant::now();
                 }
                 last_write = Instant::now();
@@ -368,6 +393,10 @@ impl Writer {
             for (c, d) in updates {
                 if !self.unseen.is_empty() {
                     self.unseen.remove(&stored_key(&c));
+                }
+                if restored && self.lease.is_some() && d > 0 {
+                    // A replica that takes over later writes the restored state too.
+                    self.mirror.insert(key(&c), (c.clone(), false));
                 }
                 if restored {
                     // The restored state: ClickHouse holds it already (a checkpoint is published
@@ -425,6 +454,9 @@ impl Writer {
                 }
             }
         }
+        if self.lease.is_some() {
+            self.remember_written();
+        }
         self.progress.remove_buffered(self.staged.len());
         self.staged.clear();
         self.durable = self.staged_through;
@@ -436,18 +468,28 @@ impl Writer {
         contacted
     }
 
+    /// Creates the database and tables if missing, and reads the time columns' types.
+    async fn ensure_schema(&mut self) -> Result<(), clickhouse::error::Error> {
+        let version = self
+            .server
+            .query("SELECT version()")
+            .fetch_one::<String>()
+            .await?;
+        let mut statements = ddl(&self.cfg.database, super::schema::modern(&version));
+        if self.lease.is_some() {
+            statements.push(super::lease::ddl(&self.cfg.database));
+        }
+        for statement in statements {
+            self.server.query(&statement).execute().await?;
+        }
+        self.times = self.time_types().await?;
+        self.schema_ready = true;
+        Ok(())
+    }
+
     async fn try_write(&mut self) -> Result<u64, clickhouse::error::Error> {
         if !self.schema_ready {
-            let version = self
-                .server
-                .query("SELECT version()")
-                .fetch_one::<String>()
-                .await?;
-            for statement in ddl(&self.cfg.database, super::schema::modern(&version)) {
-                self.server.query(&statement).execute().await?;
-            }
-            self.times = self.time_types().await?;
-            self.schema_ready = true;
+            self.ensure_schema().await?;
         }
         let times = self.times;
         let timeouts = Some(Duration::from_secs(30));
@@ -477,7 +519,8 @@ impl Writer {
                 staged.version.max(self.staged_through.saturating_sub(1))
             } else {
                 staged.version
-            };
+            }
+            .max(self.version_floor);
             match change {
                 Change::Stock(r) => stock.write(&StockLevel::new(r, v, deleted)).await?,
                 Change::Reservation(r) => {
@@ -506,6 +549,80 @@ impl Writer {
 }
 
 impl Writer {
+    /// Renews or takes the writer lease when due; on taking it, stages every key's latest row
+    /// to be written above whatever the previous writer wrote.
+    async fn follow_lease(&mut self) {
+        if !self.schema_ready {
+            if let Err(e) = self.ensure_schema().await {
+                self.progress.set_clickhouse_ok(false);
+                tracing::warn!(error = %with_causes(&e), "creating the ClickHouse tables failed; retrying");
+                return;
+            }
+        }
+        let Some(lease) = self.lease.as_mut() else {
+            return;
+        };
+        let writer = lease.refresh(&self.client).await;
+        if writer && !self.writer {
+            match self.highest_version().await {
+                Ok(highest) => {
+                    self.version_floor = highest + 1;
+                    let before = self.staged.len();
+                    for (k, (c, deleted)) in &self.mirror {
+                        let staged = self.staged.entry(k.clone()).or_default();
+                        if staged.rows.is_empty() && !staged.forgotten {
+                            staged.add(
+                                c.clone(),
+                                if *deleted { -1 } else { 1 },
+                                self.version_floor,
+                            );
+                        }
+                    }
+                    self.progress.add_buffered(self.staged.len() - before);
+                    tracing::info!(keys = self.mirror.len(), above = highest, "took over writing ClickHouse: every key is written again above the previous writer's versions");
+                }
+                Err(e) => {
+                    tracing::warn!(error = %with_causes(&e), "reading the previous writer's versions failed; not writing yet");
+                    return;
+                }
+            }
+        }
+        self.writer = writer;
+    }
+
+    /// The highest version any writer has written.
+    async fn highest_version(&self) -> Result<Millis, clickhouse::error::Error> {
+        let mut highest = 0;
+        for table in ["stock_levels", "reservations", "sales_windows"] {
+            let v = self
+                .client
+                .query(&format!("SELECT max(version) FROM {table}"))
+                .fetch_one::<u64>()
+                .await?;
+            highest = highest.max(v);
+        }
+        Ok(highest)
+    }
+
+    /// Not the writer: the staged rows are only remembered (the writer writes them), and
+    /// count as durable.
+    fn stand_by(&mut self) {
+        self.remember_written();
+        self.progress.remove_buffered(self.staged.len());
+        self.staged.clear();
+        self.durable = self.staged_through;
+        self.progress.set_sink_durable(self.durable);
+    }
+
+    /// Notes every staged outcome in the mirror.
+    fn remember_written(&mut self) {
+        for (k, staged) in &self.staged {
+            if let Some((c, deleted)) = staged.outcome() {
+                self.mirror.insert(k.clone(), (c.clone(), deleted));
+            }
+        }
+    }
+
     /// Windows the crashed run wrote after the restored checkpoint that exist neither in the
     /// restored state nor after the replay: written as deleted, above that run's versions.
     fn delete_unseen_windows(&mut self) {

@@ -310,17 +310,12 @@ impl Pipeline {
     }
 
     pub fn get(&self, path: &str) -> (u16, Value) {
-        match ureq::get(&format!("{}{path}", self.base)).call() {
-            Ok(r) => (
-                r.status(),
-                serde_json::from_str(&r.into_string().unwrap_or_default()).unwrap_or(Value::Null),
-            ),
-            Err(ureq::Error::Status(code, r)) => (
-                code,
-                serde_json::from_str(&r.into_string().unwrap_or_default()).unwrap_or(Value::Null),
-            ),
-            Err(e) => panic!("GET {path}: {e}"),
-        }
+        get(&self.base, path)
+    }
+
+    /// What HTTP says about every SKU and reservation of `expected`.
+    pub fn views(&self, expected: &Views) -> Views {
+        views(&self.base, expected)
     }
 
     pub fn wait_ready(&self) {
@@ -333,57 +328,6 @@ impl Pipeline {
             assert!(Instant::now() < deadline, "not ready in 60 s: {body}");
             std::thread::sleep(Duration::from_millis(100));
         }
-    }
-
-    /// What HTTP says about every SKU and reservation of `expected`.
-    pub fn views(&self, expected: &Views) -> Views {
-        let mut v = Views::default();
-        for sku in SKUS {
-            let (status, body) = self.get(&format!("/v1/stock/{sku}"));
-            if status == 200 {
-                for l in body["locations"].as_array().expect("locations") {
-                    let loc = l["location"].as_str().unwrap().to_string();
-                    v.stock.insert(
-                        (sku.into(), loc),
-                        (
-                            l["on_hand"].as_i64().unwrap(),
-                            l["reserved"].as_i64().unwrap(),
-                        ),
-                    );
-                }
-            }
-            for (name, size) in [("1m", 60_000u64), ("1h", 3_600_000)] {
-                let (_, body) = self.get(&format!("/v1/analytics/sku/{sku}?window={name}"));
-                for b in body["buckets"].as_array().into_iter().flatten() {
-                    let start = stockflow_types::timefmt::parse_param(b["start"].as_str().unwrap())
-                        .unwrap();
-                    let f = figures(
-                        &b["units_sold"],
-                        &b["units_received"],
-                        &b["units_reserved"],
-                        &b["orders"],
-                    );
-                    if !f.is_zero() {
-                        v.windows.insert(
-                            (
-                                size,
-                                start,
-                                sku.into(),
-                                b["location"].as_str().unwrap().into(),
-                            ),
-                            f,
-                        );
-                    }
-                }
-            }
-        }
-        for id in expected.reservations.keys() {
-            let (status, body) = self.get(&format!("/v1/reservations/{id}"));
-            if status == 200 {
-                v.reservations.insert(id.clone(), reservation_row(&body));
-            }
-        }
-        v
     }
 
     pub fn terminate(mut self) {
@@ -444,6 +388,72 @@ impl Pipeline {
         self.child.kill().expect("SIGKILL");
         let _ = self.child.wait();
     }
+}
+
+/// `GET base+path`: the status and the JSON body (`null` if none).
+pub fn get(base: &str, path: &str) -> (u16, Value) {
+    match ureq::get(&format!("{base}{path}")).call() {
+        Ok(r) => (
+            r.status(),
+            serde_json::from_str(&r.into_string().unwrap_or_default()).unwrap_or(Value::Null),
+        ),
+        Err(ureq::Error::Status(code, r)) => (
+            code,
+            serde_json::from_str(&r.into_string().unwrap_or_default()).unwrap_or(Value::Null),
+        ),
+        Err(e) => panic!("GET {path}: {e}"),
+    }
+}
+
+/// What HTTP at `base` says about every SKU and reservation of `expected`.
+pub fn views(base: &str, expected: &Views) -> Views {
+    let mut v = Views::default();
+    for sku in SKUS {
+        let (status, body) = get(base, &format!("/v1/stock/{sku}"));
+        if status == 200 {
+            for l in body["locations"].as_array().expect("locations") {
+                let loc = l["location"].as_str().unwrap().to_string();
+                v.stock.insert(
+                    (sku.into(), loc),
+                    (
+                        l["on_hand"].as_i64().unwrap(),
+                        l["reserved"].as_i64().unwrap(),
+                    ),
+                );
+            }
+        }
+        for (name, size) in [("1m", 60_000u64), ("1h", 3_600_000)] {
+            let (_, body) = get(base, &format!("/v1/analytics/sku/{sku}?window={name}"));
+            for b in body["buckets"].as_array().into_iter().flatten() {
+                let start =
+                    stockflow_types::timefmt::parse_param(b["start"].as_str().unwrap()).unwrap();
+                let f = figures(
+                    &b["units_sold"],
+                    &b["units_received"],
+                    &b["units_reserved"],
+                    &b["orders"],
+                );
+                if !f.is_zero() {
+                    v.windows.insert(
+                        (
+                            size,
+                            start,
+                            sku.into(),
+                            b["location"].as_str().unwrap().into(),
+                        ),
+                        f,
+                    );
+                }
+            }
+        }
+    }
+    for id in expected.reservations.keys() {
+        let (status, body) = get(base, &format!("/v1/reservations/{id}"));
+        if status == 200 {
+            v.reservations.insert(id.clone(), reservation_row(&body));
+        }
+    }
+    v
 }
 
 impl Drop for Pipeline {

@@ -1,0 +1,190 @@
+//! Two replicas behind the shipped load balancer (configs/haproxy.cfg, Debian's haproxy): each
+//! its own consumer group and checkpoints, one ClickHouse database, one writer by lease. Lookup
+//! load runs through the balancer while the writing replica is killed with SIGKILL: the failed
+//! requests are counted (none once the balancer's check has noticed), the answers through the
+//! balancer and in ClickHouse are compared with the reference, and the survivor takes over the
+//! writes.
+
+#[path = "e2e/mod.rs"]
+mod e2e;
+
+use e2e::*;
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("a free port")
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn replica(names: &Names, name: &str, port: u16) -> Pipeline {
+    let sets = [
+        format!("kafka.group_id={}_{name}", names.prefix),
+        format!("http.listen=127.0.0.1:{port}"),
+        format!(
+            "checkpoint.dir={}",
+            names.checkpoints().join(name).display()
+        ),
+        "checkpoint.enabled=true".into(),
+        "clickhouse.writer_lease=true".into(),
+        "clickhouse.lease_ttl=3s".into(),
+    ];
+    let sets: Vec<&str> = sets.iter().map(String::as_str).collect();
+    let (child, base) = support::start_serving(args(names, &sets));
+    Pipeline { child, base }
+}
+
+struct Balancer(Child);
+
+impl Drop for Balancer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Failed lookups through the balancer, and when the last one happened.
+#[derive(Default)]
+struct Load {
+    sent: AtomicU64,
+    failed: AtomicU64,
+    failures: Mutex<Vec<(Instant, String)>>,
+}
+
+#[test]
+fn a_replica_killed_under_lookup_load_costs_no_request_after_the_check() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let names = Names::new("replicas");
+    let (pa, pb, plb) = (free_port(), free_port(), free_port());
+    let a = replica(&names, "a", pa);
+    let b = replica(&names, "b", pb);
+    let lb = Balancer(
+        Command::new("haproxy")
+            .args([
+                "-f",
+                &repo().join("configs/haproxy.cfg").display().to_string(),
+            ])
+            .env("STOCKFLOW_LB_LISTEN", format!("127.0.0.1:{plb}"))
+            .env("STOCKFLOW_REPLICA_A", format!("127.0.0.1:{pa}"))
+            .env("STOCKFLOW_REPLICA_B", format!("127.0.0.1:{pb}"))
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("haproxy runs (scripts/services.sh installs it)"),
+    );
+    let through = format!("http://127.0.0.1:{plb}");
+    a.wait_ready();
+    b.wait_ready();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while ureq::get(&format!("{through}/readyz")).call().is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "the balancer never passed a lookup"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut w = Workload::generate(21, 500, "ra");
+    produce(&names, &w.records);
+    let expected = w.expected();
+    eventually("through the balancer", &expected, || {
+        Ok(views(&through, &expected))
+    });
+    eventually("ClickHouse", &in_seconds(w.expected()), || {
+        clickhouse_views(&names.prefix).map(in_seconds)
+    });
+    let writers: Vec<f64> = [&a, &b]
+        .iter()
+        .map(|p| p.metric("stockflow_clickhouse_writer"))
+        .collect();
+    assert_eq!(
+        writers.iter().sum::<f64>(),
+        1.0,
+        "exactly one writer: {writers:?}"
+    );
+
+    // Lookup load through the balancer, on two threads.
+    let load = Arc::new(Load::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let ids: Vec<String> = expected.reservations.keys().take(50).cloned().collect();
+    let threads: Vec<_> = (0..2)
+        .map(|t| {
+            let (load, stop, ids) = (Arc::clone(&load), Arc::clone(&stop), ids.clone());
+            let base = through.clone();
+            std::thread::spawn(move || {
+                let agent = ureq::AgentBuilder::new()
+                    .timeout(Duration::from_secs(5))
+                    .build();
+                let mut i = t;
+                while !stop.load(Ordering::Relaxed) {
+                    let path = if i % 2 == 0 {
+                        format!("/v1/stock/{}", SKUS[i % SKUS.len()])
+                    } else {
+                        format!("/v1/reservations/{}", ids[i % ids.len()])
+                    };
+                    load.sent.fetch_add(1, Ordering::Relaxed);
+                    match agent.get(&format!("{base}{path}")).call() {
+                        Ok(_) => {}
+                        Err(e) => {
+                            load.failed.fetch_add(1, Ordering::Relaxed);
+                            load.failures
+                                .lock()
+                                .unwrap()
+                                .push((Instant::now(), format!("{path}: {e}")));
+                        }
+                    }
+                    i += 2;
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(1));
+    let (writer, survivor) = if writers[0] == 1.0 { (a, b) } else { (b, a) };
+    let killed = Instant::now();
+    let sent_before = load.sent.load(Ordering::Relaxed);
+    writer.kill9();
+    // More writes after the loss: the survivor answers them and writes them to ClickHouse.
+    let more = Workload::generate(22, 300, "rb");
+    produce(&names, &more.records);
+    w.extend(more);
+    let expected = w.expected();
+    eventually("through the balancer after the loss", &expected, || {
+        Ok(views(&through, &expected))
+    });
+    eventually(
+        "ClickHouse after the loss",
+        &in_seconds(w.expected()),
+        || clickhouse_views(&names.prefix).map(in_seconds),
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    stop.store(true, Ordering::Relaxed);
+    for t in threads {
+        t.join().unwrap();
+    }
+    let sent = load.sent.load(Ordering::Relaxed);
+    let failures = load.failures.lock().unwrap().clone();
+    let last = failures.last().map(|(at, _)| at.duration_since(killed));
+    println!(
+        "failover: {sent} lookups through the balancer ({} after the kill), {} failed, the last {:?} after the kill; ClickHouse writer taken over",
+        sent - sent_before,
+        failures.len(),
+        last
+    );
+    // The balancer checks every second and needs two failures: after that, nothing fails.
+    let after_check: Vec<&(Instant, String)> = failures
+        .iter()
+        .filter(|(at, _)| at.duration_since(killed) > Duration::from_secs(3))
+        .collect();
+    assert!(
+        after_check.is_empty(),
+        "lookups failed after the balancer's check interval: {after_check:?}"
+    );
+    assert_eq!(survivor.metric("stockflow_clickhouse_writer"), 1.0);
+    survivor.terminate();
+    drop(lb);
+    names.clean_up();
+}

@@ -182,7 +182,7 @@ pub fn run_worker(
     // A last checkpoint: asked for by the first worker of each process (in a cluster every
     // process stops together, and each waits for the one it asked for; all of them are taken
     // by every worker, at one time each).
-    if io.checkpoints.is_some() && worker.index() % io.store.local_workers() == 0 {
+    if io.checkpoints.is_some() && worker.index().is_multiple_of(io.store.local_workers()) {
         let at = engine.request_checkpoint();
         io.final_checkpoint.store(at, Ordering::Release);
     }

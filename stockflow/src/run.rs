@@ -345,7 +345,11 @@ fn stop_on_timely_panic(progress: Arc<Progress>) {
         }
         progress.set_stopped(format!(
             "{name} failed ({}); in a cluster, another process was lost: restart every process of the cluster",
-            info.payload_as_str().unwrap_or("a panic")
+            info.payload()
+                .downcast_ref::<&str>()
+                .copied()
+                .or_else(|| info.payload().downcast_ref::<String>().map(String::as_str))
+                .unwrap_or("a panic")
         ));
         let since = *first
             .lock()

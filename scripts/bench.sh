@@ -13,6 +13,8 @@
 #   spike-bench    10x the base rate through Kafka: memory, lookups, catch-up
 #   restart-bench  restart to ready from a checkpoint vs a full replay; checkpoint size, write
 #                  time and what it costs ingest and lookups; replay memory by horizon
+#   cluster-bench  1, 2 and 3 processes as one cluster (ingest, lookups, a forwarded key vs a
+#                  local one) and two replicas behind haproxy with one killed under load
 #
 #   scripts/bench.sh [--short]    --short: small sizes, under ~2 minutes once built, for
 #                                 regression checks; the default is the full run (~30 minutes)
@@ -55,6 +57,7 @@ if $short; then
   run lookup-bench --short
   kafka_run spike-bench 1000 5
   run restart-bench 500000 5000
+  run cluster-bench --short
 else
   run engine-bench 10000000
   run pg-bench 60000
@@ -62,6 +65,7 @@ else
   run lookup-bench
   kafka_run spike-bench 1000 30
   run restart-bench 10000000 50000
+  run cluster-bench
 fi
 STOCKFLOW_SERVICES_DIR=/var/tmp/stockflow-bench-services ./scripts/services.sh down
 

@@ -9,6 +9,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 pub mod differential;
 pub mod engine;
 pub mod kafka;
+pub mod load;
 pub mod summary;
 
 use hashbrown::HashMap;

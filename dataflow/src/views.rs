@@ -2,8 +2,9 @@
 //!
 //! Each SKU is owned by exactly one worker, which publishes the SKU's stock, reservations and
 //! windows after it has applied every event of a pipeline time `t` (and every expiry due at
-//! `t`), tagging them with `changed_at = t`. Each worker then records the last pipeline time it
-//! has completed. A reader takes `g`, the least completed time over the workers, **before**
+//! `t`), tagging them with `changed_at = t`. Each worker then records the last pipeline time
+//! every worker's ledger has completed (the frontier of the ledgers' output, computed by timely
+//! over the whole cluster). A reader takes `g`, the least completed time over the workers, **before**
 //! reading a value, and answers with `as_of = max(g, changed_at)`: the value reflects every event
 //! admitted at or before that time for its keys, and no other. Readers never touch a worker
 //! thread or a timely structure, so lookups scale with HTTP threads and never slow the dataflow.

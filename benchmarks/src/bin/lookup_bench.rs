@@ -19,14 +19,13 @@
 //! Redis needs the same generator for a fair comparison. All of it shares the 2 cores with the
 //! servers, as a real co-located client would.
 
-use hdrhistogram::Histogram;
 use rand::rngs::SmallRng;
-use rand::SeedableRng;
 use rand_distr::{Distribution, Zipf};
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
+use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
+use stockflow_benchmarks::load::{load, Request};
 use stockflow_benchmarks::{sibling, start_serving, summary};
 
 const SKUS: u64 = 10_000;
@@ -69,119 +68,6 @@ impl Target {
             Target::Redis => format!("*2\r\n$3\r\nGET\r\n${}\r\n{sku}\r\n", sku.len()).into_bytes(),
         }
     }
-}
-
-/// Reads one answer. `Ok(false)` for an HTTP status other than 200 (the body is read all the
-/// same, so the connection stays usable), `Err` on a broken connection.
-fn read_answer(
-    conn: &mut BufReader<TcpStream>,
-    target: Target,
-    line: &mut String,
-    body: &mut Vec<u8>,
-) -> std::io::Result<bool> {
-    let bad = |what: &str| std::io::Error::other(what.to_string());
-    line.clear();
-    if conn.read_line(line)? == 0 {
-        return Err(bad("closed"));
-    }
-    let (ok, len) = if target == Target::Redis {
-        // $<len>\r\n<bytes>\r\n, or $-1\r\n for a missing key
-        let n: i64 = line[1..].trim().parse().map_err(|_| bad("RESP"))?;
-        (n >= 0, n.max(-2) as usize + 2)
-    } else {
-        let ok = line.starts_with("HTTP/1.1 200");
-        let mut len = 0;
-        loop {
-            line.clear();
-            conn.read_line(line)?;
-            if line == "\r\n" || line.is_empty() {
-                break;
-            }
-            if let Some((k, v)) = line.split_once(':') {
-                if k.eq_ignore_ascii_case("content-length") {
-                    len = v.trim().parse().map_err(|_| bad("length"))?;
-                }
-            }
-        }
-        (ok, len)
-    };
-    body.resize(len, 0);
-    conn.read_exact(body)?;
-    Ok(ok)
-}
-
-struct Outcome {
-    done: u64,
-    not_found: u64,
-    secs: f64,
-    hist: Histogram<u64>,
-}
-
-/// `rate` requests/s in all over `CONNECTIONS` connections for `secs` (open loop), or as fast as
-/// they go (`rate` = None, closed loop). One thread per connection with blocking sockets:
-/// `thread::sleep` keeps to the schedule within tens of microseconds, where a tokio timer would
-/// add up to a millisecond to every latency.
-fn load(addr: &str, target: Target, rate: Option<f64>, secs: f64) -> Outcome {
-    let start = Instant::now() + Duration::from_millis(50);
-    let end = start + Duration::from_secs_f64(secs);
-    let threads: Vec<_> = (0..CONNECTIONS)
-        .map(|c| {
-            let addr = addr.to_string();
-            std::thread::spawn(move || {
-                let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
-                let (mut done, mut not_found) = (0u64, 0u64);
-                let stream = TcpStream::connect(&addr).expect("connect");
-                stream.set_nodelay(true).ok();
-                let mut writer = stream.try_clone().expect("clone");
-                let mut conn = BufReader::new(stream);
-                let mut rng = SmallRng::seed_from_u64(c as u64);
-                let skus = Zipf::new(SKUS as f64, 1.1).unwrap();
-                let res = Zipf::new(RESERVATIONS as f64, 1.1).unwrap();
-                let (mut line, mut body) = (String::new(), Vec::new());
-                // Connection c sends at start + (c + i * CONNECTIONS) / rate.
-                let interval = rate.map(|r| Duration::from_secs_f64(CONNECTIONS as f64 / r));
-                let mut next = start
-                    + interval.map_or(Duration::ZERO, |i| i.mul_f64(c as f64 / CONNECTIONS as f64));
-                loop {
-                    let intended = match interval {
-                        Some(i) => {
-                            let t = next;
-                            next += i;
-                            t
-                        }
-                        None => Instant::now().max(start),
-                    };
-                    if intended >= end {
-                        break;
-                    }
-                    if let Some(wait) = intended.checked_duration_since(Instant::now()) {
-                        std::thread::sleep(wait);
-                    }
-                    let req = target.request(&mut rng, &skus, &res);
-                    writer.write_all(&req).expect("send");
-                    let ok = read_answer(&mut conn, target, &mut line, &mut body).expect("answer");
-                    // From the intended time: a late answer delays what should follow it.
-                    hist.saturating_record(intended.elapsed().as_micros().max(1) as u64);
-                    done += 1;
-                    not_found += u64::from(!ok);
-                }
-                (done, not_found, hist)
-            })
-        })
-        .collect();
-    let mut out = Outcome {
-        done: 0,
-        not_found: 0,
-        secs,
-        hist: Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap(),
-    };
-    for t in threads {
-        let (d, n, h) = t.join().expect("load thread");
-        out.done += d;
-        out.not_found += n;
-        out.hist.add(h).expect("same bounds");
-    }
-    out
 }
 
 /// The HTTP ceiling: one tokio thread, warp, a constant body for any stock path.
@@ -317,7 +203,18 @@ fn main() {
             Target::Redis => format!("127.0.0.1:{REDIS_PORT}"),
         };
         for rate in rates.iter().copied().map(Some).chain([None]) {
-            let o = load(&addr, target, rate, secs);
+            let skus = Zipf::new(SKUS as f64, 1.1).unwrap();
+            let res = Zipf::new(RESERVATIONS as f64, 1.1).unwrap();
+            let request: Request =
+                Arc::new(move |rng: &mut SmallRng| target.request(rng, &skus, &res));
+            let o = load(
+                &addr,
+                CONNECTIONS,
+                request,
+                target == Target::Redis,
+                rate,
+                secs,
+            );
             let achieved = o.done as f64 / o.secs;
             if rate.is_none() {
                 maxima.push((target, achieved));
@@ -333,7 +230,7 @@ fn main() {
                 o.hist.value_at_quantile(0.5),
                 o.hist.value_at_quantile(0.99),
                 o.hist.value_at_quantile(0.999),
-                o.not_found
+                o.not_found + o.failed
             );
         }
     }

@@ -104,12 +104,9 @@ impl Cluster {
         (0..self.http.len()).filter(move |p| *p != self.process)
     }
 
-    /// `GET path_and_query` on process `process`, marked as forwarded; its answer as it is.
-    pub async fn get(&self, process: usize, path_and_query: &str) -> Result<Response, Problem> {
-        self.get_within(process, path_and_query, self.timeout).await
-    }
-
-    async fn get_within(
+    /// `GET path_and_query` on process `process`, marked as forwarded, within `timeout`; its
+    /// answer as it is.
+    pub async fn get_within(
         &self,
         process: usize,
         path_and_query: &str,
@@ -144,7 +141,7 @@ impl Cluster {
             Err(Problem::new(
                 StatusCode::GATEWAY_TIMEOUT,
                 format!(
-                    "process {process} of the cluster ({addr}), which holds this key, did not answer within {} ms (cluster.forward_timeout)",
+                    "process {process} of the cluster ({addr}), which holds this key, did not answer within {} ms (cluster.forward_timeout, plus http.max_wait for min_offsets)",
                     timeout.as_millis()
                 ),
             ))

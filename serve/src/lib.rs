@@ -92,7 +92,10 @@ impl Lookup {
                 return answer::<()>(route, self.t0, Err(api::stopped(&why)));
             }
             // The owner waits for `min_offsets` itself: the query goes along.
-            let response = match c.get(process, &self.path_and_query).await {
+            let response = match c
+                .get_within(process, &self.path_and_query, self.forward_timeout(c))
+                .await
+            {
                 Ok(r) => r,
                 Err(p) => problem_response(&p),
             };
@@ -101,6 +104,16 @@ impl Lookup {
         }
         let result = self.ready().await.and_then(|q| local(&self.s, &q));
         answer(route, self.t0, result)
+    }
+
+    /// How long a forwarded copy of this request may take: a `min_offsets` wait on the other
+    /// side comes on top of the hop.
+    fn forward_timeout(&self, c: &cluster::Cluster) -> std::time::Duration {
+        if self.query.contains("min_offsets") {
+            c.timeout + self.s.routing.max_wait
+        } else {
+            c.timeout
+        }
     }
 
     /// The query, once the dataflow is known to be running and `min_offsets` are reflected.
@@ -132,7 +145,10 @@ impl Lookup {
         match (&here, &self.s.routing.cluster) {
             (Err(p), Some(c)) if p.status == 404 && !self.forwarded => {
                 for process in c.others() {
-                    match c.get(process, &self.path_and_query).await {
+                    match c
+                        .get_within(process, &self.path_and_query, self.forward_timeout(c))
+                        .await
+                    {
                         Ok(r) if r.status() == StatusCode::OK => {
                             record(ROUTE, r.status(), self.t0);
                             return r;

@@ -51,8 +51,12 @@ fn list(v: &[String]) -> String {
 /// `n` processes of `workers` workers each on the generator at `rate` events/s in all; their
 /// HTTP addresses, once all serve.
 fn cluster(n: usize, workers: usize, rate: u64) -> (Vec<Child>, Vec<String>) {
-    let timely: Vec<String> = (0..n).map(|_| format!("127.0.0.1:{}", free_port())).collect();
-    let http: Vec<String> = (0..n).map(|_| format!("127.0.0.1:{}", free_port())).collect();
+    let timely: Vec<String> = (0..n)
+        .map(|_| format!("127.0.0.1:{}", free_port()))
+        .collect();
+    let http: Vec<String> = (0..n)
+        .map(|_| format!("127.0.0.1:{}", free_port()))
+        .collect();
     let mut children = Vec::new();
     for i in 0..n {
         let mut cmd = Command::new(sibling("stockflow"));
@@ -177,7 +181,14 @@ fn main() {
     for &n in sizes {
         let (mut children, http) = cluster(n, 1, 20_000);
         std::thread::sleep(Duration::from_secs(5)); // the views fill
-        let o = load(&http[0], CONNECTIONS, stock_request(all_skus()), false, None, secs);
+        let o = load(
+            &http[0],
+            CONNECTIONS,
+            stock_request(all_skus()),
+            false,
+            None,
+            secs,
+        );
         let max = o.done as f64 / o.secs;
         if n == 1 {
             one = max;
@@ -189,8 +200,22 @@ fn main() {
                 .into_iter()
                 .partition(|s| owner(sku_hash(s), 2) == 0);
             let rate = 5_000.0;
-            let local = load(&http[0], CONNECTIONS, stock_request(mine), false, Some(rate), secs);
-            let remote = load(&http[0], CONNECTIONS, stock_request(theirs), false, Some(rate), secs);
+            let local = load(
+                &http[0],
+                CONNECTIONS,
+                stock_request(mine),
+                false,
+                Some(rate),
+                secs,
+            );
+            let remote = load(
+                &http[0],
+                CONNECTIONS,
+                stock_request(theirs),
+                false,
+                Some(rate),
+                secs,
+            );
             println!();
             println!("at {rate:.0} lookups/s on process 0 of 2:");
             println!();
@@ -260,7 +285,14 @@ fn failover(secs: f64) {
             let _ = victim.wait();
         })
     };
-    let o = load(&lb, CONNECTIONS, stock_request(all_skus()), false, Some(rate), secs);
+    let o = load(
+        &lb,
+        CONNECTIONS,
+        stock_request(all_skus()),
+        false,
+        Some(rate),
+        secs,
+    );
     killer.join().unwrap();
     println!("== failover: {rate:.0} lookups/s through haproxy for {secs} s, one of two replicas killed (SIGKILL) a third of the way in");
     println!();

@@ -16,7 +16,7 @@ use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use stockflow_dataflow::ledger::{owner, sku_hash};
+use stockflow_dataflow::ledger::owner_process;
 use stockflow_dataflow::views::ViewStore;
 use stockflow_types::admissions::{Admission, Admissions};
 use stockflow_types::Millis;
@@ -89,7 +89,7 @@ impl Cluster {
 
     /// The process that owns `sku`, if it is another one.
     pub fn owner_elsewhere(&self, sku: &str) -> Option<usize> {
-        let p = owner(sku_hash(sku), self.peers()) / self.workers;
+        let p = owner_process(sku, self.http.len(), self.workers);
         (p != self.process).then_some(p)
     }
 
@@ -357,6 +357,7 @@ pub async fn admitted_answer(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use stockflow_dataflow::ledger::{owner, sku_hash};
 
     #[test]
     fn min_offsets_parse_streams_and_topics() {

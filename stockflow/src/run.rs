@@ -314,9 +314,7 @@ impl Topology {
 
     /// Whether this process owns `sku` (its owner worker is one of this process's).
     pub fn owns(&self, sku: &str) -> bool {
-        stockflow_dataflow::ledger::owner(stockflow_dataflow::ledger::sku_hash(sku), self.peers())
-            / self.workers
-            == self.process
+        stockflow_dataflow::ledger::owner_process(sku, self.processes, self.workers) == self.process
     }
 
     /// The cluster-wide index of local worker `local`.

@@ -49,6 +49,12 @@ pub fn owner(hash: u64, peers: usize) -> usize {
     (hash % peers.max(1) as u64) as usize
 }
 
+/// The process (of a cluster of processes of `workers` workers each) whose worker owns `sku`:
+/// where HTTP routes its lookups.
+pub fn owner_process(sku: &str, processes: usize, workers: usize) -> usize {
+    owner(sku_hash(sku), processes * workers) / workers.max(1)
+}
+
 /// How long one activation may spend writing a checkpoint.
 const CHECKPOINT_SLICE: Duration = Duration::from_millis(1);
 /// While a checkpoint is written, an activation applies times for at most this long before it

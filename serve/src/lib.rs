@@ -144,6 +144,8 @@ impl Lookup {
             .and_then(|_| api::reservation(&self.s.store, id));
         match (&here, &self.s.routing.cluster) {
             (Err(p), Some(c)) if p.status == 404 && !self.forwarded => {
+                // A process that could not answer may hold it: its failure, not a 404.
+                let mut failed: Option<Response> = None;
                 for process in c.others() {
                     match c
                         .get_within(process, &self.path_and_query, self.forward_timeout(c))
@@ -153,11 +155,18 @@ impl Lookup {
                             record(ROUTE, r.status(), self.t0);
                             return r;
                         }
+                        Ok(r) if r.status().is_server_error() => failed = Some(r),
                         Ok(_) => {}
-                        Err(p) => return answer::<()>(ROUTE, self.t0, Err(p)),
+                        Err(p) => failed = Some(problem_response(&p)),
                     }
                 }
-                answer(ROUTE, self.t0, here)
+                match failed {
+                    Some(r) => {
+                        record(ROUTE, r.status(), self.t0);
+                        r
+                    }
+                    None => answer(ROUTE, self.t0, here),
+                }
             }
             _ => answer(ROUTE, self.t0, here),
         }

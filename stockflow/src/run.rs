@@ -93,6 +93,7 @@ pub fn run(settings: Settings) -> Result<()> {
         .as_ref()
         .map(|r| r.positions.clone())
         .unwrap_or_default();
+    let restored_at = restored.as_ref().map(|r| r.at);
     let sink_identity = crate::restore::sink_identity(&settings);
     let restored_for_sink = restored.as_ref().map(|r| clickhouse::Restored {
         at: r.at,
@@ -123,7 +124,14 @@ pub fn run(settings: Settings) -> Result<()> {
     let sources = Arc::new(Mutex::new(open_sources(
         &settings, topology, &clock, &progress, &resume,
     )?));
+    // What the restored checkpoint covers is admitted as of its time: a read-your-writes wait
+    // for an offset before it ends at once, whether or not the partition sees new records.
     let admissions = Arc::new(Admissions::default());
+    if let Some(at) = restored_at {
+        for r in &resume {
+            admissions.note(&r.source, r.partition, r.next, at, at);
+        }
+    }
     let sink = settings
         .clickhouse
         .enabled

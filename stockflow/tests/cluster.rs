@@ -2,7 +2,7 @@
 //! broker and ClickHouse. Every process answers every lookup exactly (the reference against
 //! HTTP on each, and against ClickHouse) while traffic flows; read-your-writes with the
 //! offsets a producer got back; the loss of a process stops the others (503, then they exit)
-//! and the cluster restarts from its checkpoints, exact again.
+//! and the cluster restarts from the newest checkpoint every process holds, exact again.
 
 #[path = "e2e/mod.rs"]
 mod e2e;
@@ -229,7 +229,7 @@ fn a_cluster_that_loses_a_process_stops_and_restarts_exactly() {
     eventually("HTTP before the loss", &expected, || {
         Ok(ps[0].views(&expected))
     });
-    // A checkpoint on each process (every second), then more traffic, then the loss of one.
+    // Two checkpoints on each process (one a second), then more traffic, then the loss of one.
     let dirs: Vec<_> = (0..2)
         .map(|i| names.checkpoints().join(format!("p{i}")))
         .collect();
@@ -237,10 +237,15 @@ fn a_cluster_that_loses_a_process_stops_and_restarts_exactly() {
     while !dirs.iter().all(|d| {
         std::fs::read_dir(d).is_ok_and(|e| {
             e.flatten()
-                .any(|f| f.file_name().to_string_lossy().ends_with(".sfc"))
+                .filter(|f| f.file_name().to_string_lossy().ends_with(".sfc"))
+                .count()
+                >= 2
         })
     }) {
-        assert!(Instant::now() < deadline, "no checkpoint on every process");
+        assert!(
+            Instant::now() < deadline,
+            "not two checkpoints on every process"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
     let more = Workload::generate(8, 400, "l");
@@ -272,6 +277,16 @@ fn a_cluster_that_loses_a_process_stops_and_restarts_exactly() {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(saw_503, "the survivor answered 503 before it ended");
+    // One process loses its newest checkpoint: the cluster must agree on one both still hold.
+    let mut held: Vec<_> = std::fs::read_dir(&dirs[1])
+        .unwrap()
+        .flatten()
+        .map(|f| f.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "sfc"))
+        .collect();
+    held.sort();
+    assert!(held.len() >= 2, "checkpoints to fall back on: {held:?}");
+    std::fs::remove_file(held.last().unwrap()).unwrap();
     // The cluster restarts from the checkpoints it agrees on, and is exact again.
     let ps = shape.start_all(&names, &[CHECKPOINTS]);
     for p in &ps {

@@ -139,22 +139,20 @@ impl Writer {
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => open = false,
             }
-            // The newest complete checkpoint makes every older one useless.
-            let complete = self
+            // The newest complete checkpoint that is durable makes every older one useless.
+            // (Not the newest complete one: while durability trails by more than an interval,
+            // waiting for the newest would publish nothing at all.)
+            let durable = self.progress.durable();
+            let complete = |parts: &Vec<Option<WorkerPart>>| parts.iter().all(Option::is_some);
+            let ready = self
                 .pending
                 .iter()
                 .rev()
-                .find(|(_, parts)| parts.iter().all(Option::is_some))
+                .find(|(at, parts)| **at < durable && complete(parts))
                 .map(|(at, _)| *at);
-            let Some(at) = complete else {
-                if !open {
-                    return;
-                }
-                continue;
-            };
-            self.pending = self.pending.split_off(&at);
-            if self.progress.durable() > at {
-                let parts = self.pending.remove(&at).expect("complete");
+            if let Some(at) = ready {
+                self.pending = self.pending.split_off(&at);
+                let parts = self.pending.remove(&at).expect("ready");
                 self.publish(
                     at,
                     parts.into_iter().map(|p| p.expect("complete")).collect(),
@@ -162,6 +160,19 @@ impl Writer {
             } else if !open {
                 // Stopping: what is not durable by now will be read again at the next start.
                 return;
+            }
+            // Bounded while durability stalls (a ClickHouse outage): of the complete ones
+            // waiting, the oldest (the next to become durable) and the newest are kept.
+            let waiting: Vec<Millis> = self
+                .pending
+                .iter()
+                .filter(|(_, parts)| complete(parts))
+                .map(|(at, _)| *at)
+                .collect();
+            if waiting.len() > 2 {
+                for at in &waiting[1..waiting.len() - 1] {
+                    self.pending.remove(at);
+                }
             }
         }
     }

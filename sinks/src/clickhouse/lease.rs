@@ -5,9 +5,12 @@
 //! the holder of the lease writes. The row `(name, holder, expires, version)` lives in a
 //! `ReplacingMergeTree(version)` table; every third of the lease's duration each replica reads
 //! it and, if the lease is its own or has lapsed, writes itself in with a new expiry, then reads
-//! it back: whoever the table keeps holds it. A holder writes only until a third of the
-//! duration before its expiry, and a successor takes over only after the expiry: with clocks
-//! within a third of the duration of each other, two writers never overlap. Works on every
+//! it back; it starts writing only when a second look, a third of the duration later, still
+//! finds it the holder (two that wrote themselves in at once may each read themselves back
+//! the first time, never the second). A holder writes only until a third of the duration
+//! before its expiry, checked before every insert, and a successor takes over only after the
+//! expiry: with clocks within a third of the duration of each other, and inserts bounded by a
+//! third of it, two writers never overlap. Works on every
 //! ClickHouse version the sink supports (no transactions, no keeper).
 
 use clickhouse::Client;
@@ -42,6 +45,9 @@ pub struct Lease {
     ttl: Duration,
     /// Writes are allowed until this instant (a third of the duration before the expiry).
     writable_until: Option<Instant>,
+    /// The last look found this replica the holder, for the first time: it writes once a
+    /// second look, a third of the duration later, finds it so again.
+    candidate: bool,
     next_try: Instant,
 }
 
@@ -53,6 +59,7 @@ impl Lease {
             holder,
             ttl,
             writable_until: None,
+            candidate: false,
             next_try: Instant::now(),
         }
     }
@@ -74,12 +81,17 @@ impl Lease {
         match self.try_refresh(client).await {
             Ok(mine) => {
                 let was = self.held();
-                if mine {
+                if mine && (was || self.candidate) {
                     // Counted from before the attempt: the row's expiry is at least this late.
                     self.writable_until = Some(started + self.ttl * 2 / 3);
                 } else {
+                    // Newly won: not yet. Two replicas that found it free at once may both have
+                    // read themselves back (the second insert landed after the first one's
+                    // read); a third of the duration later both read the one the table kept.
+                    self.candidate = mine;
                     self.writable_until = None;
                 }
+                let mine = self.held();
                 if mine != was {
                     tracing::info!(holder = %self.holder, writer = mine, "the ClickHouse writer lease changed hands");
                     metrics::gauge!("stockflow_clickhouse_writer").set(f64::from(u8::from(mine)));

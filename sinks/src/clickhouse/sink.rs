@@ -430,6 +430,12 @@ impl Writer {
         let mut contacted = false;
         // Times without changes are durable without asking the server.
         while self.staged.values().any(|s| s.outcome().is_some()) {
+            if self.lease.as_ref().is_some_and(|l| !l.held()) {
+                // The lease ran out while retrying: the successor writes these rows.
+                self.writer = false;
+                self.stand_by();
+                return contacted;
+            }
             contacted = true;
             let started = Instant::now();
             match self.try_write().await {
@@ -492,7 +498,11 @@ impl Writer {
             self.ensure_schema().await?;
         }
         let times = self.times;
-        let timeouts = Some(Duration::from_secs(30));
+        // Under a lease an insert must end before the lease could pass to another replica.
+        let timeouts = Some(match &self.lease {
+            Some(_) => (self.cfg.lease_ttl / 3).min(Duration::from_secs(30)),
+            None => Duration::from_secs(30),
+        });
         let mut stock = self
             .client
             .insert::<StockLevel<'_>>("stock_levels")
@@ -614,10 +624,13 @@ impl Writer {
         self.progress.set_sink_durable(self.durable);
     }
 
-    /// Notes every staged outcome in the mirror.
+    /// Notes every staged outcome in the mirror. A row the pipeline forgot leaves it: ClickHouse
+    /// keeps its last state as history, and a successor has nothing to write for it.
     fn remember_written(&mut self) {
         for (k, staged) in &self.staged {
-            if let Some((c, deleted)) = staged.outcome() {
+            if staged.forgotten {
+                self.mirror.remove(k);
+            } else if let Some((c, deleted)) = staged.outcome() {
                 self.mirror.insert(k.clone(), (c.clone(), deleted));
             }
         }

@@ -70,8 +70,9 @@ pub struct WorkerIo<'a> {
     pub progress: &'a Progress,
     /// The views: which SKU each reservation id belongs to (checked at admission), `as_of`.
     pub store: &'a ViewStore,
-    /// Which pipeline time each offset was admitted at (read-your-writes).
-    pub admissions: &'a Admissions,
+    /// Which pipeline time each offset was admitted at (read-your-writes); `None` without a
+    /// Kafka source (nothing to ask for).
+    pub admissions: Option<&'a Admissions>,
     /// Where checkpoint parts go, if checkpoints are on.
     pub checkpoints: Option<&'a PartSender>,
     /// The time of the checkpoint worker 0 asked for at shutdown (`NOT_YET` before).
@@ -141,7 +142,9 @@ pub fn run_worker(
             if io.progress.has_sink() {
                 durability.admitted(t, batch.len());
             }
-            note_admitted(&batch, t, io);
+            if let Some(admissions) = io.admissions {
+                note_admitted(admissions, &batch, t, io.store.as_of());
+            }
             for rec in batch.drain(..) {
                 admit_one(engine, rec, io, opts, &mut counters);
             }
@@ -201,10 +204,9 @@ pub fn run_worker(
     }
 }
 
-/// Tells `io.admissions` up to which offset each partition of `batch` is admitted at `t`: once
+/// Tells `admissions` up to which offset each partition of `batch` is admitted at `t`: once
 /// per run of records from one partition (a source's poll delivers them together).
-fn note_admitted(batch: &[RawRecord], t: Millis, io: &WorkerIo<'_>) {
-    let completed = io.store.as_of();
+fn note_admitted(admissions: &Admissions, batch: &[RawRecord], t: Millis, completed: Millis) {
     let mut run: Option<(&str, i32, i64)> = None;
     for rec in batch {
         let p = &rec.position;
@@ -214,14 +216,14 @@ fn note_admitted(batch: &[RawRecord], t: Millis, io: &WorkerIo<'_>) {
             }
             _ => {
                 if let Some((source, partition, next)) = run {
-                    io.admissions.note(source, partition, next, t, completed);
+                    admissions.note(source, partition, next, t, completed);
                 }
                 run = Some((&p.source, p.partition, p.offset + 1));
             }
         }
     }
     if let Some((source, partition, next)) = run {
-        io.admissions.note(source, partition, next, t, completed);
+        admissions.note(source, partition, next, t, completed);
     }
 }
 

@@ -161,16 +161,7 @@ fn agree(
     use std::rc::Rc;
     use timely::dataflow::operators::vec::Broadcast;
     use timely::dataflow::operators::{Input, Inspect, Probe};
-    let config = timely::Config {
-        communication: timely::CommunicationConfig::Cluster {
-            threads: 1,
-            process: topology.process,
-            addresses: settings.cluster.addresses.clone(),
-            report: false,
-            zerocopy: false,
-        },
-        worker: timely::WorkerConfig::default(),
-    };
+    let config = topology.timely(&settings.cluster.addresses, 1);
     tracing::info!(held = ?held, "agreeing with the other processes on the checkpoint to restore");
     let guards = timely::execute(config, move |worker| {
         let seen: Rc<RefCell<Vec<Vec<Millis>>>> = Rc::default();

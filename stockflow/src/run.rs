@@ -179,16 +179,7 @@ pub fn run(settings: Settings) -> Result<()> {
             processes = topology.processes,
             "connecting to the other processes of the cluster"
         );
-        timely::Config {
-            communication: timely::CommunicationConfig::Cluster {
-                threads: workers,
-                process: topology.process,
-                addresses: settings.cluster.addresses.clone(),
-                report: false,
-                zerocopy: false,
-            },
-            worker: timely::WorkerConfig::default(),
-        }
+        topology.timely(&settings.cluster.addresses, workers)
     };
     let guards =
         {
@@ -220,7 +211,7 @@ pub fn run(settings: Settings) -> Result<()> {
                     dead_letters: dead_letters.as_ref(),
                     progress: &progress,
                     store: &store,
-                    admissions: &admissions,
+                    admissions: kafka.then_some(&*admissions),
                     checkpoints: parts.as_ref(),
                     final_checkpoint: &final_checkpoint,
                     shutdown: &shutdown,
@@ -312,6 +303,21 @@ impl Topology {
             process: settings.cluster.process,
             processes: settings.cluster.processes(),
             workers: settings.pipeline.workers,
+        }
+    }
+
+    /// timely's configuration for this process of the cluster at `addresses`, with `threads`
+    /// workers each.
+    pub fn timely(&self, addresses: &[String], threads: usize) -> timely::Config {
+        timely::Config {
+            communication: timely::CommunicationConfig::Cluster {
+                threads,
+                process: self.process,
+                addresses: addresses.to_vec(),
+                report: false,
+                zerocopy: false,
+            },
+            worker: timely::WorkerConfig::default(),
         }
     }
 

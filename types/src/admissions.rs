@@ -26,22 +26,25 @@ struct Partition {
     settled: (Millis, i64),
 }
 
-/// The admission times of the partitions this process reads, by (topic, partition).
+/// The admission times of the partitions this process reads, by topic and partition.
 #[derive(Debug, Default)]
 pub struct Admissions {
-    parts: Mutex<HashMap<(String, i32), Partition>>,
+    parts: Mutex<HashMap<String, HashMap<i32, Partition>>>,
 }
 
 impl Admissions {
     /// Every offset of `topic`/`partition` below `next` is admitted at or before `t`. Entries
     /// at or before `completed` (the views' `as_of`) are folded into one.
     pub fn note(&self, topic: &str, partition: i32, next: i64, t: Millis, completed: Millis) {
-        let mut parts = self.parts.lock().unwrap_or_else(|e| e.into_inner());
-        let key = (topic.to_owned(), partition);
-        let p = match parts.get_mut(&key) {
-            Some(p) => p,
-            None => parts.entry(key).or_default(),
-        };
+        let mut topics = self.parts.lock().unwrap_or_else(|e| e.into_inner());
+        if !topics.contains_key(topic) {
+            topics.insert(topic.to_owned(), HashMap::new());
+        }
+        let p = topics
+            .get_mut(topic)
+            .expect("inserted")
+            .entry(partition)
+            .or_default();
         match p.recent.back_mut() {
             Some(last) if last.0 == t => last.1 = last.1.max(next),
             Some(last) if last.1 >= next => {}
@@ -55,8 +58,8 @@ impl Admissions {
 
     /// When `offset` of `topic`/`partition` was admitted, if this process has admitted it.
     pub fn admitted(&self, topic: &str, partition: i32, offset: i64) -> Admission {
-        let parts = self.parts.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(p) = parts.get(&(topic.to_owned(), partition)) else {
+        let topics = self.parts.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(p) = topics.get(topic).and_then(|t| t.get(&partition)) else {
             return Admission::NotYet;
         };
         if offset < p.settled.1 {

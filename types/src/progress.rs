@@ -24,8 +24,10 @@ pub struct Progress {
     checkpoint_problem: Mutex<Option<String>>,
     /// Why sources stopped reading (records deleted before they were read), one per partition.
     source_problems: Mutex<Vec<String>>,
-    /// Why the dataflow stopped (a worker panicked, e.g. because a cluster peer was lost).
+    /// Why the dataflow stopped (a worker panicked, e.g. because a cluster peer was lost);
+    /// `is_stopped` says whether, without a lock (every lookup asks).
     stopped: Mutex<Option<String>>,
+    is_stopped: AtomicBool,
 }
 
 impl Progress {
@@ -44,6 +46,7 @@ impl Progress {
             checkpoint_problem: Mutex::new(None),
             source_problems: Mutex::new(Vec::new()),
             stopped: Mutex::new(None),
+            is_stopped: AtomicBool::new(false),
         }
     }
 
@@ -86,10 +89,14 @@ impl Progress {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get_or_insert(why);
+        self.is_stopped.store(true, Ordering::Release);
     }
 
     /// Why the dataflow stopped, if it did: the views no longer move.
     pub fn stopped(&self) -> Option<String> {
+        if !self.is_stopped.load(Ordering::Acquire) {
+            return None;
+        }
         self.stopped
             .lock()
             .unwrap_or_else(|e| e.into_inner())

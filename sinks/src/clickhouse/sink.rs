@@ -349,7 +349,7 @@ impl Writer {
             }
             if due && self.staged_through > self.durable && (!replaying || full || stopping) {
                 if self.lease.is_some() && !self.writer {
-                    self.stand_by();
+                    self.settle(); // not the writer: the writer writes these rows
                 } else if self.write().await {
                     last_ping = Instant::now();
                 }
@@ -433,7 +433,7 @@ impl Writer {
             if self.lease.as_ref().is_some_and(|l| !l.held()) {
                 // The lease ran out while retrying: the successor writes these rows.
                 self.writer = false;
-                self.stand_by();
+                self.settle(); // not the writer: the writer writes these rows
                 return contacted;
             }
             contacted = true;
@@ -460,13 +460,7 @@ impl Writer {
                 }
             }
         }
-        if self.lease.is_some() {
-            self.remember_written();
-        }
-        self.progress.remove_buffered(self.staged.len());
-        self.staged.clear();
-        self.durable = self.staged_through;
-        self.progress.set_sink_durable(self.durable);
+        self.settle();
         metrics::gauge!("stockflow_clickhouse_durable_time_seconds")
             .set(self.durable as f64 / 1000.0);
         metrics::gauge!("stockflow_clickhouse_buffered_changes")
@@ -614,10 +608,12 @@ impl Writer {
         Ok(highest)
     }
 
-    /// Not the writer: the staged rows are only remembered (the writer writes them), and
-    /// count as durable.
-    fn stand_by(&mut self) {
-        self.remember_written();
+    /// What is staged is written (or, standing by, left to the writer): remembered for a
+    /// takeover under a lease, out of the buffer, durable.
+    fn settle(&mut self) {
+        if self.lease.is_some() {
+            self.remember_written();
+        }
         self.progress.remove_buffered(self.staged.len());
         self.staged.clear();
         self.durable = self.staged_through;

@@ -101,7 +101,16 @@ pub struct EngineConfig {
     pub top_k: usize,
     /// The ranking is updated at multiples of this, ms (a multiple of the tick).
     pub top_tick_ms: u64,
+    /// Forgetting timers (ended reservations, orphans, tombstones, final windows) fired per
+    /// pipeline time at most: a log frontier that jumps hours forgets over many times instead
+    /// of stalling one ([`DEFAULT_FORGET_PER_TIME`]).
+    pub forget_per_time: usize,
 }
+
+/// Forgetting timers per pipeline time: about 2 µs each (a reservation's retirement, its SKU's
+/// settling, its rows), so some 20 ms of a worker's step at most, within the 50 ms a step may
+/// take for checkpoint work.
+pub const DEFAULT_FORGET_PER_TIME: usize = 10_000;
 
 impl EngineConfig {
     /// From validated settings.
@@ -115,6 +124,7 @@ impl EngineConfig {
             windows: s.window_specs()?,
             top_k: s.pipeline.top_k,
             top_tick_ms: s.pipeline.top_tick.as_millis() as u64,
+            forget_per_time: DEFAULT_FORGET_PER_TIME,
         })
     }
 
@@ -138,6 +148,7 @@ impl EngineConfig {
             ],
             top_k: 5,
             top_tick_ms: tick_ms,
+            forget_per_time: DEFAULT_FORGET_PER_TIME,
         }
     }
 }

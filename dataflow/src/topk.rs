@@ -118,7 +118,8 @@ impl LocalRanking {
         // time): net them first, so the ordered set changes once per (window, SKU).
         let mut net: HashMap<((Millis, Millis), Name), i64> = HashMap::with_capacity(sold.len());
         for (window, sku, units) in sold {
-            *net.entry((window, sku)).or_insert(0) += units;
+            let n = net.entry((window, sku)).or_insert(0);
+            *n = i64::saturating_add(*n, units); // window figures saturate (MAX_QTY)
         }
         let mut touched = BTreeSet::new();
         for (key, units) in net {
@@ -128,7 +129,7 @@ impl LocalRanking {
             let window = key.0;
             let total = self.totals.entry(key.clone()).or_insert(0);
             let old = *total;
-            *total += units;
+            *total = total.saturating_add(units);
             let new = *total;
             if new == 0 {
                 self.totals.remove(&key);

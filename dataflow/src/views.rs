@@ -57,7 +57,7 @@ impl SkuStock {
                 location: n,
                 on_hand: *on_hand,
                 reserved: *reserved,
-                available: on_hand - reserved,
+                available: on_hand.saturating_sub(*reserved),
             })
     }
 
@@ -96,6 +96,14 @@ pub struct TopList {
     pub ranked: BTreeSet<(i64, Name)>,
     /// The pipeline time of the last change.
     pub changed_at: Time,
+}
+
+/// The ids of a SKU's reservations with a row, and a version that is odd while the owner
+/// changes them (a seqlock: a reader that saw it odd or changed reads again).
+#[derive(Debug, Default)]
+struct SkuReservations {
+    ids: BTreeSet<Name>,
+    version: u64,
 }
 
 /// What is known of a reservation id.
@@ -175,7 +183,7 @@ pub struct ViewStore {
     stock: DashMap<Name, SkuStock, Hasher>,
     reservations: DashMap<Name, ReservationView, Hasher>,
     /// The ids in `reservations`, by SKU (for a SKU's list of reservations).
-    by_sku: DashMap<Name, BTreeSet<Name>, Hasher>,
+    by_sku: DashMap<Name, SkuReservations, Hasher>,
     /// Tombstones of forgotten reservations: when each ended, and when it was forgotten.
     forgotten: DashMap<Name, (Millis, Time), Hasher>,
     registry: Registry,
@@ -290,18 +298,39 @@ impl ViewStore {
     }
 
     /// Up to `limit` reservations of `sku` with a row (any status but forgotten), in id order,
-    /// and how many it has in all.
+    /// and how many it has in all: all as of one pipeline time (the owner's changes of one time
+    /// are never seen in part).
     pub fn reservations_of(&self, sku: &str, limit: usize) -> (Vec<ReservationView>, usize) {
-        // The ids first, so that no shard of `reservations` is read under this one's lock.
-        let (ids, total): (Vec<Name>, usize) = match self.by_sku.get(sku) {
-            Some(ids) => (ids.iter().take(limit).cloned().collect(), ids.len()),
-            None => return (Vec::new(), 0),
-        };
-        let views = ids
-            .iter()
-            .filter_map(|id| self.reservations.get(&**id).map(|v| v.clone()))
-            .collect();
-        (views, total)
+        // Optimistic: read the version, the ids, each row, and the version again; a change of
+        // the SKU's reservations in between (a settle takes microseconds) means read again.
+        let mut attempt = 0u32;
+        loop {
+            // The ids first, so that no shard of `reservations` is read under this one's lock.
+            let (version, ids, total): (u64, Vec<Name>, usize) = match self.by_sku.get(sku) {
+                Some(e) => (
+                    e.version,
+                    e.ids.iter().take(limit).cloned().collect(),
+                    e.ids.len(),
+                ),
+                None => return (Vec::new(), 0),
+            };
+            let views = ids
+                .iter()
+                .filter_map(|id| self.reservations.get(&**id).map(|v| v.clone()))
+                .collect();
+            let now = self.by_sku.get(sku).map(|e| e.version);
+            attempt += 1;
+            // A worker descheduled mid-settle is waited for (~0.1 s at most); a stopped one
+            // leaves its answers to the stopped check of every lookup.
+            if (version.is_multiple_of(2) && now == Some(version)) || attempt >= 2000 {
+                return (views, total);
+            }
+            if attempt < 1000 {
+                std::thread::yield_now();
+            } else {
+                std::thread::sleep(std::time::Duration::from_micros(100));
+            }
+        }
     }
 
     // ---- writers (the owning worker only) ----
@@ -351,7 +380,7 @@ impl ViewStore {
         let sku = Arc::clone(&view.row.sku);
         // Stored inline: no allocation per change once the id is known.
         if self.reservations.insert(Arc::clone(&id), view).is_none() {
-            self.by_sku.entry(sku).or_default().insert(id);
+            self.by_sku.entry(sku).or_default().ids.insert(id);
         }
     }
 
@@ -370,12 +399,31 @@ impl ViewStore {
     fn drop_reservation(&self, id: &str) {
         if let Some((_, view)) = self.reservations.remove(id) {
             let sku = &view.row.sku;
-            if let Some(mut ids) = self.by_sku.get_mut(&**sku) {
-                ids.remove(id);
-                if ids.is_empty() {
-                    drop(ids);
-                    self.by_sku.remove_if(&**sku, |_, ids| ids.is_empty());
+            if let Some(mut e) = self.by_sku.get_mut(&**sku) {
+                e.ids.remove(id);
+                if e.ids.is_empty() && e.version.is_multiple_of(2) {
+                    drop(e);
+                    self.by_sku.remove_if(&**sku, |_, e| {
+                        e.ids.is_empty() && e.version.is_multiple_of(2)
+                    });
                 }
+            }
+        }
+    }
+
+    /// The owner begins changing `sku`'s reservations for one time: until
+    /// [`ViewStore::end_reservations`], a reader of the SKU's list reads again.
+    pub(crate) fn begin_reservations(&self, sku: &Name) {
+        self.by_sku.entry(Arc::clone(sku)).or_default().version += 1;
+    }
+
+    /// The owner has published every change of `sku`'s reservations of this time.
+    pub(crate) fn end_reservations(&self, sku: &str) {
+        if let Some(mut e) = self.by_sku.get_mut(sku) {
+            e.version += 1;
+            if e.ids.is_empty() {
+                drop(e);
+                self.by_sku.remove_if(sku, |_, e| e.ids.is_empty());
             }
         }
     }
@@ -415,4 +463,74 @@ fn min_of(v: &[AtomicU64]) -> Time {
         .map(|a| a.load(Ordering::Acquire))
         .min()
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use stockflow_types::rows::{ReservationRow, Status};
+
+    fn view(id: &str, status: Status, t: Time) -> ReservationView {
+        ReservationView {
+            row: ReservationRow {
+                reservation_id: id.into(),
+                sku: "S".into(),
+                location: "L".into(),
+                qty: 1,
+                status,
+                expires_at: 0,
+            },
+            changed_at: t,
+        }
+    }
+
+    /// Two holds for stock that covers one swap places every time (as a count, then a release,
+    /// would make them): a reader of the SKU's list must never see both held or neither, which
+    /// reading the rows one by one as the owner rewrites them did.
+    #[test]
+    fn a_skus_reservations_are_read_as_of_one_time() {
+        let store = Arc::new(ViewStore::new(1, Vec::new(), 1));
+        let sku: Name = "S".into();
+        let publish = |t: Time| {
+            let (a, b) = if t.is_multiple_of(2) {
+                (Status::Held, Status::Insufficient)
+            } else {
+                (Status::Insufficient, Status::Held)
+            };
+            store.begin_reservations(&sku);
+            store.publish_reservation(view("r1", a, t));
+            std::thread::yield_now(); // a reader may run here
+            store.publish_reservation(view("r2", b, t));
+            store.end_reservations(&sku);
+        };
+        publish(0);
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let reader = {
+            let (store, stop) = (Arc::clone(&store), Arc::clone(&stop));
+            std::thread::spawn(move || {
+                let mut reads = 0;
+                while !stop.load(Ordering::Relaxed) || reads < 1000 {
+                    let (views, total) = store.reservations_of("S", 10);
+                    assert_eq!(total, 2);
+                    let held = views
+                        .iter()
+                        .filter(|v| v.row.status == Status::Held)
+                        .count();
+                    assert_eq!(held, 1, "one time's rows: {views:?}");
+                    assert_eq!(views[0].changed_at, views[1].changed_at);
+                    reads += 1;
+                }
+                reads
+            })
+        };
+        for t in 1..20_000 {
+            publish(t);
+            if t % 64 == 0 {
+                std::thread::sleep(std::time::Duration::from_micros(50));
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+        let reads = reader.join().expect("the reader saw one time per answer");
+        assert!(reads >= 1000);
+    }
 }

@@ -13,6 +13,11 @@
 //! unbounded), `bounded_*` and `restarts_*` with short horizons in log time and business times
 //! spread far wider than them, so that every forgetting rule fires: repeats applied again, stale
 //! counts, final windows, forgotten reservations, tombstones and orphans.
+//!
+//! The logs also hold heartbeats (records with a log time and no event, as a Kafka source
+//! writes into idle partitions: often the only thing a partition holds) and records stamped far
+//! ahead (a producer's wrong clock), whose log time the sources' rule cuts
+//! ([`next_log_time`]), as a replay cuts it again.
 
 use proptest::prelude::*;
 use std::collections::{BTreeMap, BTreeSet};
@@ -21,6 +26,7 @@ use stockflow_dataflow::views::{ReservationLookup, ViewStore};
 use stockflow_dataflow::{ledger, Engine, EngineConfig, Part, Record, Time};
 use stockflow_types::config::WindowSpec;
 use stockflow_types::event::{Event, EventKind};
+use stockflow_types::log_time::next_log_time;
 use stockflow_types::rows::{Change, Status, StockRow, WindowRow};
 use stockflow_types::Name;
 
@@ -30,6 +36,13 @@ const LOCS: [&str; 2] = ["x", "y"];
 const RES: usize = 6;
 /// Partitions: inventory events of SKU i in `i % 2`, order events in `2 + i % 2`.
 const PARTS: usize = 4;
+/// How far one record may move its partition's log time (`pipeline.max_clock_skew`).
+const MAX_STEP: u64 = 300;
+/// How far ahead a record with a wrong clock is stamped.
+const FAR_AHEAD: u64 = 100_000;
+
+/// A log entry: (partition, log time, event; `None` for a heartbeat).
+type Entry = (usize, u64, Option<Event>);
 
 #[path = "support/reference.rs"]
 mod reference;
@@ -178,13 +191,13 @@ struct Checkpoint {
 /// `runs`, comparing at every tick. The last run admits whatever is left and goes on for
 /// `extra` ticks.
 fn check_runs(
-    log: Vec<(usize, u64, Event)>,
+    log: Vec<Entry>,
     runs: Vec<Run>,
     cfg: EngineConfig,
     extra: u64,
 ) -> Result<(), String> {
     let cfg = Arc::new(cfg);
-    let by_part: Vec<Vec<(u64, Event)>> = (0..PARTS)
+    let by_part: Vec<Vec<(u64, Option<Event>)>> = (0..PARTS)
         .map(|p| {
             log.iter()
                 .filter(|(part, _, _)| *part == p)
@@ -267,7 +280,7 @@ fn check_runs(
 #[allow(clippy::too_many_arguments)]
 fn one_run(
     cfg: &Arc<EngineConfig>,
-    by_part: &[Vec<(u64, Event)>],
+    by_part: &[Vec<(u64, Option<Event>)>],
     restored: Vec<Admitted>,
     restore: Option<Vec<stockflow_dataflow::WorkerRestore>>,
     start: Time,
@@ -338,10 +351,12 @@ fn one_run(
                 }
                 let (lt, ev) = by_part[*p][*i].clone();
                 last_lt[*p] = last_lt[*p].max(lt);
-                engine.send(Record {
-                    log_time: lt,
-                    event: ev.clone(),
-                });
+                if let Some(event) = ev {
+                    engine.send(Record {
+                        log_time: lt,
+                        event,
+                    });
+                }
             }
             engine.advance_log(
                 my_parts
@@ -492,6 +507,8 @@ enum Gen {
         later: u64,
         conflicting: bool,
     },
+    /// A heartbeat in partition `part`.
+    Heartbeat { part: usize, lt: u64 },
 }
 
 fn gen_event(max_lt: u64, max_ts: u64) -> impl Strategy<Value = Gen> {
@@ -500,14 +517,17 @@ fn gen_event(max_lt: u64, max_ts: u64) -> impl Strategy<Value = Gen> {
         3 => (0..RES, 0..LOCS.len(), 1i64..6, 0..max_ts, 0..max_lt + 200, 0u64..80).prop_map(|(res, loc, qty, ts, expires, offset)| Gen::Reserve { res, loc, qty, ts, expires, offset }),
         2 => (0..RES, any::<bool>(), 0..max_ts, 0u64..80).prop_map(|(res, fulfil, ts, offset)| Gen::End { res, fulfil, ts, offset }),
         1 => (any::<prop::sample::Index>(), 0u64..60, prop::bool::weighted(0.2)).prop_map(|(i, later, conflicting)| Gen::Repeat { which: i.index(usize::MAX), later, conflicting }),
+        2 => (0..PARTS, 0..max_lt + 200).prop_map(|(part, lt)| Gen::Heartbeat { part, lt }),
     ]
 }
 
 /// Turns generated actions into a log: (partition, log time, event), in log order per
 /// partition. Each reservation belongs to one SKU and its events have log times within 80 of
-/// its own base time.
-fn materialize(gens: Vec<Gen>, bases: Vec<u64>) -> Vec<(usize, u64, Event)> {
+/// its own base time. The records marked in `ahead` are stamped [`FAR_AHEAD`] later than their
+/// place in the log; log times follow the sources' rule ([`next_log_time`]).
+fn materialize(gens: Vec<Gen>, bases: Vec<u64>, ahead: Vec<bool>) -> Vec<Entry> {
     let mut out: Vec<(u64, Event)> = Vec::new();
+    let mut heartbeats: Vec<(usize, u64)> = Vec::new();
     for (n, g) in gens.into_iter().enumerate() {
         let id = format!("e{n}");
         let res_sku = |res: usize| SKUS[res % SKUS.len()].to_string();
@@ -598,13 +618,30 @@ fn materialize(gens: Vec<Gen>, bases: Vec<u64>) -> Vec<(usize, u64, Event)> {
                 }
                 (lt + later, ev)
             }
+            Gen::Heartbeat { part, lt } => {
+                heartbeats.push((part, lt));
+                continue;
+            }
         };
         out.push((lt, ev));
     }
-    // Log order: by log time within each partition (a stable sort keeps equal times in order).
-    out.sort_by_key(|(lt, _)| *lt);
-    out.into_iter()
-        .map(|(lt, ev)| (partition(&ev), lt, ev))
+    // Log order: by place within each partition (a stable sort keeps equal times in order).
+    let mut entries: Vec<(u64, usize, Option<Event>)> = out
+        .into_iter()
+        .map(|(lt, ev)| (lt, partition(&ev), Some(ev)))
+        .chain(heartbeats.into_iter().map(|(part, lt)| (lt, part, None)))
+        .collect();
+    entries.sort_by_key(|(lt, _, _)| *lt);
+    let mut current = [0u64; PARTS];
+    entries
+        .into_iter()
+        .enumerate()
+        .map(|(i, (place, part, ev))| {
+            let far = ahead.get(i).copied().unwrap_or(false);
+            let stamp = if far { place + FAR_AHEAD } else { place };
+            current[part] = next_log_time(current[part], stamp, MAX_STEP).0;
+            (part, current[part], ev)
+        })
         .collect()
 }
 
@@ -612,12 +649,14 @@ fn log(
     max_lt: u64,
     max_ts: u64,
     events: std::ops::Range<usize>,
-) -> impl Strategy<Value = Vec<(usize, u64, Event)>> {
+) -> impl Strategy<Value = Vec<Entry>> {
+    let most = events.end;
     (
         prop::collection::vec(gen_event(max_lt, max_ts), events),
         prop::collection::vec(0..max_lt, RES),
+        prop::collection::vec(prop::bool::weighted(0.04), most),
     )
-        .prop_map(|(gens, bases)| materialize(gens, bases))
+        .prop_map(|(gens, bases, ahead)| materialize(gens, bases, ahead))
 }
 
 fn run(max_ticks: usize) -> impl Strategy<Value = Run> {
@@ -661,6 +700,7 @@ fn config(retention_ms: u64) -> EngineConfig {
         ],
         top_k: 2,
         top_tick_ms: 3 * TICK,
+        forget_per_time: usize::MAX,
     }
 }
 
@@ -713,7 +753,7 @@ fn story_of_one_sku() {
         at,
         part: 0,
         lt: at,
-        ev,
+        ev: Some(ev),
     };
     let events = vec![
         a(10, ev("1", 5, received(10))),
@@ -769,9 +809,9 @@ fn story_of_one_sku() {
     assert_eq!(at(60).reservations["r4"].status, Status::Released);
     assert_eq!(at(60).stock[&("S".into(), "x".into())].0, 10);
     // The same story through the dataflow, with 1 and 2 workers.
-    let log: Vec<(usize, u64, Event)> = events
+    let log: Vec<Entry> = events
         .iter()
-        .map(|a| (partition(&a.ev), a.lt, a.ev.clone()))
+        .map(|a| (partition(a.ev.as_ref().unwrap()), a.lt, a.ev.clone()))
         .collect();
     for workers in [1, 2] {
         let r = Run {
@@ -809,7 +849,7 @@ fn horizons_are_measured_in_log_time() {
         at: 10,
         part: partition(&ev),
         lt,
-        ev,
+        ev: Some(ev),
     };
     let events = vec![
         a(0, ev("e1", 0, received(5))),
@@ -867,8 +907,7 @@ fn horizons_are_measured_in_log_time() {
         "the release came later: a new, orphan incarnation"
     );
     assert!(!v.reservations.contains_key("r1"));
-    let log: Vec<(usize, u64, Event)> =
-        later.iter().map(|a| (a.part, a.lt, a.ev.clone())).collect();
+    let log: Vec<Entry> = later.iter().map(|a| (a.part, a.lt, a.ev.clone())).collect();
     let r = Run {
         workers: 2,
         batches: vec![[1, 1, 1, 1]; 6],

@@ -23,7 +23,19 @@
 //! worker has caught up ([`Source::caught_up`], `/readyz`).
 //!
 //! Log time: each record's timestamp (CreateTime or LogAppendTime), made monotonic per
-//! partition (a record without one, or older than its predecessor, takes its predecessor's).
+//! partition (a record without one, or older than its predecessor, takes its predecessor's). A
+//! `CreateTime` stamp more than `pipeline.max_clock_skew` ahead of its partition's log time
+//! (a producer's wrong clock) moves it by that much only ([`next_log_time`],
+//! `stockflow_kafka_timestamps_cut_total`); the broker's `LogAppendTime` is trusted.
+//!
+//! Idle partitions: a partition that delivered nothing for `kafka.idle_heartbeat` gets a
+//! heartbeat record written into it by its reader (empty value, header
+//! [`HEARTBEAT_HEADER`], stamped with the clock). Reading it moves the partition's log time
+//! like any record and admits nothing: the log frontier moves while a topic is quiet, and a
+//! replay reads the same heartbeats at the same offsets, so it decides what the first run did
+//! (docs/architecture.md, "Idle partitions"). The gauge
+//! `stockflow_kafka_log_time_lag_seconds{topic,partition}` says how far each partition's log
+//! time trails the clock; `/readyz` names one that trails far.
 //!
 //! Lag per partition comes from librdkafka's statistics, every second: the gauge
 //! `stockflow_kafka_consumer_lag{topic,partition}` counts the records after the committed
@@ -32,21 +44,77 @@
 use crate::{Admissions, Polled, Position, RawRecord, Source};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
-use rdkafka::message::Message;
+use rdkafka::message::{BorrowedMessage, DeliveryResult, Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{BaseProducer, BaseRecord, ProducerContext};
 use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::ClientContext;
+use rdkafka::Timestamp;
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use stockflow_sinks::kafka::client_config;
 use stockflow_types::config::KafkaConfig;
 use stockflow_types::event::Stream;
+use stockflow_types::log_time::next_log_time;
 use stockflow_types::progress::Progress;
 use stockflow_types::resume::{self, Resume};
 use stockflow_types::Millis;
 use thiserror::Error;
+
+/// The header that marks a heartbeat record (its value: the consumer group that wrote it).
+pub const HEARTBEAT_HEADER: &str = "stockflow-heartbeat";
+
+/// Whether `m` is a heartbeat record (see the module documentation).
+fn is_heartbeat(m: &BorrowedMessage<'_>) -> bool {
+    m.headers()
+        .is_some_and(|h| h.iter().any(|h| h.key == HEARTBEAT_HEADER))
+}
+
+/// Delivery reports of heartbeat records: counted, a failure logged (a heartbeat that is not
+/// written is written again after the next idle interval).
+struct HeartbeatContext;
+
+impl ClientContext for HeartbeatContext {}
+
+impl ProducerContext for HeartbeatContext {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        let outcome = match result {
+            Ok(_) => "written",
+            Err((e, m)) => {
+                tracing::warn!(error = %e, topic = m.topic(), partition = m.partition(), "writing a heartbeat into an idle partition failed (the log frontier waits for it)");
+                "failed"
+            }
+        };
+        metrics::counter!("stockflow_kafka_heartbeats_total", "outcome" => outcome).increment(1);
+    }
+}
+
+/// Writes heartbeats into the idle partitions of one worker.
+struct Heartbeats {
+    producer: BaseProducer<HeartbeatContext>,
+    /// A partition idle this long gets one.
+    every: Duration,
+    /// Written as the header's value.
+    group: String,
+    /// Idleness is looked at this often at most.
+    next_look: Instant,
+}
+
+/// How far a partition's log time may trail the clock before `/readyz` names it: a few missed
+/// heartbeats, never less than ten seconds.
+fn lag_to_report(every: Duration) -> u64 {
+    (every.as_millis() as u64 * 5).max(10_000)
+}
+
+fn wall_ms() -> Millis {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as Millis)
+}
 
 /// Metadata and offsets are asked for at start with this timeout (generous: a busy broker may
 /// take seconds, and failing the start is worse than waiting).
@@ -178,6 +246,12 @@ struct Part {
     stored: Option<i64>,
     /// Stopped because the broker deleted records before they were read.
     stopped: bool,
+    /// The consumer's position (past markers) when last asked, while not caught up.
+    position: i64,
+    /// When a record (or heartbeat) of it was last read, or the source opened.
+    last_read: Instant,
+    /// When this source last wrote a heartbeat into it.
+    heartbeat_sent: Option<Instant>,
 }
 
 /// One worker's share of the partitions of the inventory and orders topics.
@@ -189,6 +263,11 @@ pub struct KafkaSource {
     caught_up: bool,
     progress: Arc<Progress>,
     allow_gap: bool,
+    /// How far one `CreateTime` stamp may move a partition's log time, ms.
+    max_skew_ms: Millis,
+    heartbeats: Option<Heartbeats>,
+    /// This worker's index in the process (for `/readyz` notes).
+    local_worker: usize,
 }
 
 impl KafkaSource {
@@ -202,6 +281,7 @@ impl KafkaSource {
         progress: Arc<Progress>,
         resume: &[Resume],
         allow_gap: bool,
+        max_skew_ms: Millis,
     ) -> Result<Self, KafkaSourceError> {
         let mut config = client_config(k);
         if !k.options.contains_key("fetch.wait.max.ms") {
@@ -219,6 +299,9 @@ impl KafkaSource {
             )
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "error") // a jump would skip records: see `out_of_range`
+            // Transactional producers: only committed records are read; markers and aborted
+            // records take offsets and are never delivered (librdkafka's default, made explicit).
+            .set("isolation.level", "read_committed")
             .set("enable.partition.eof", "false")
             .set("statistics.interval.ms", "1000")
             .create_with_context(SourceContext {
@@ -286,6 +369,9 @@ impl KafkaSource {
                     admitted: Admissions::new(from, log_time),
                     stored: None,
                     stopped: false,
+                    position: from,
+                    last_read: Instant::now(),
+                    heartbeat_sent: None,
                 });
             }
         }
@@ -313,6 +399,19 @@ impl KafkaSource {
             .enumerate()
             .map(|(i, p)| ((p.topic, p.partition), i))
             .collect();
+        let heartbeats = if k.idle_heartbeat.is_zero() || parts.is_empty() {
+            None
+        } else {
+            Some(Heartbeats {
+                producer: client_config(k)
+                    .set("linger.ms", "0")
+                    .create_with_context(HeartbeatContext)
+                    .map_err(kafka("creating the heartbeat producer"))?,
+                every: k.idle_heartbeat,
+                group: k.group_id.clone(),
+                next_look: Instant::now(),
+            })
+        };
         let caught_up = parts.iter().all(|p| p.end_at_start <= p.next);
         tracing::info!(
             worker,
@@ -329,7 +428,81 @@ impl KafkaSource {
             caught_up,
             progress,
             allow_gap,
+            max_skew_ms,
+            heartbeats,
+            local_worker: worker,
         })
+    }
+
+    /// Whether every partition has been read to where it ended when the source opened. A
+    /// partition whose last records are a transaction's commit marker (never delivered) counts
+    /// by the consumer's position, which librdkafka moves past markers and aborted records.
+    fn read_to_start_end(&mut self) -> bool {
+        if self
+            .parts
+            .iter()
+            .all(|p| p.next >= p.end_at_start || p.stopped)
+        {
+            return true;
+        }
+        let Ok(positions) = self.consumer.position() else {
+            return false;
+        };
+        for part in &mut self.parts {
+            let topic = &self.topics[part.topic].0;
+            if let Some(Offset::Offset(at)) = positions
+                .find_partition(topic, part.partition)
+                .map(|e| e.offset())
+            {
+                part.position = part.position.max(at);
+            }
+        }
+        self.parts
+            .iter()
+            .all(|p| p.next.max(p.position) >= p.end_at_start || p.stopped)
+    }
+
+    /// Writes a heartbeat into every partition that delivered nothing for the idle interval
+    /// (and got none from this source within it). Called when the consumer had nothing more to
+    /// deliver; never waits for the broker.
+    fn heartbeat_idle(&mut self) {
+        let Some(h) = &mut self.heartbeats else {
+            return;
+        };
+        h.producer.poll(Duration::ZERO); // delivery reports
+        let now = Instant::now();
+        if now < h.next_look {
+            return;
+        }
+        h.next_look = now + h.every / 4;
+        let stamp = wall_ms() as i64;
+        for part in self.parts.iter_mut().filter(|p| !p.stopped) {
+            let idle = now.duration_since(part.last_read) >= h.every;
+            let recent = part
+                .heartbeat_sent
+                .is_some_and(|at| now.duration_since(at) < h.every);
+            if !idle || recent {
+                continue;
+            }
+            let topic = &self.topics[part.topic].0;
+            let headers = OwnedHeaders::new().insert(Header {
+                key: HEARTBEAT_HEADER,
+                value: Some(h.group.as_bytes()),
+            });
+            let record = BaseRecord::<[u8], [u8]>::to(topic)
+                .partition(part.partition)
+                .payload(&[])
+                .headers(headers)
+                .timestamp(stamp);
+            match h.producer.send(record) {
+                Ok(()) => part.heartbeat_sent = Some(now),
+                Err((e, _)) => {
+                    metrics::counter!("stockflow_kafka_heartbeats_total", "outcome" => "failed")
+                        .increment(1);
+                    tracing::warn!(%topic, partition = part.partition, error = %e, "queueing a heartbeat failed");
+                }
+            }
+        }
     }
 
     /// librdkafka found a fetch offset out of the range the broker holds (it names no
@@ -344,7 +517,6 @@ impl KafkaSource {
                 self.allow_gap,
                 &self.progress,
                 t,
-                true,
             );
         }
     }
@@ -354,7 +526,7 @@ impl KafkaSource {
 /// offset is below the broker's first (the pipeline fell behind the topic's retention), or
 /// beyond its end (the topic was recreated). Such a partition stops (paused, named in
 /// `/readyz`), unless the configuration allows the gap: then it goes on from the broker's first
-/// offset (admissions at `t` record the new position; `seek`: the consumer is not past it yet).
+/// offset (admissions at `t` record the new position).
 /// Returns whether records are missing.
 /// (A jump in offsets alone is no gap: transaction markers and compaction leave holes.)
 fn check_gap(
@@ -364,7 +536,6 @@ fn check_gap(
     allow_gap: bool,
     progress: &Progress,
     t: Millis,
-    seek: bool,
 ) -> Result<bool, KafkaError> {
     let partition = part.partition;
     let (first, end) = consumer.fetch_watermarks(topic, partition, START_TIMEOUT)?;
@@ -373,9 +544,7 @@ fn check_gap(
         return Ok(false);
     }
     if allow_gap && from < first {
-        if seek {
-            consumer.seek(topic, partition, Offset::Offset(first), START_TIMEOUT)?;
-        }
+        consumer.seek(topic, partition, Offset::Offset(first), START_TIMEOUT)?;
         tracing::warn!(%topic, partition, from, first, "records deleted by the broker before they were read are missing from the state (checkpoint.allow_gap)");
         metrics::counter!("stockflow_kafka_gap_records_total").increment((first - from) as u64);
         part.next = first;
@@ -408,9 +577,14 @@ fn check_gap(
 impl Source for KafkaSource {
     fn poll(&mut self, t: Millis, max: usize, out: &mut Vec<RawRecord>) -> Polled {
         let mut n = 0;
+        let mut drained = false;
+        let now = Instant::now();
         while n < max {
             let m = match self.consumer.poll(Duration::ZERO) {
-                None => break,
+                None => {
+                    drained = true;
+                    break;
+                }
                 Some(Ok(m)) => m,
                 Some(Err(KafkaError::MessageConsumption(RDKafkaErrorCode::AutoOffsetReset))) => {
                     self.out_of_range(t);
@@ -432,40 +606,34 @@ impl Source for KafkaSource {
             if part.stopped {
                 continue;
             }
+            // A jump in offsets is never a loss: transaction markers, aborted records and
+            // compaction leave holes, and records deleted before they were read make the fetch
+            // itself fail (`auto.offset.reset=error`: see `out_of_range`). So no broker round
+            // trip here (each marker of a transactional producer used to cost one).
             let offset = m.offset();
-            if offset > part.next {
-                // Holes are normal (transaction markers, compaction); deleted records are not.
-                let topic = &self.topics[ti].0;
-                match check_gap(
-                    &self.consumer,
-                    topic,
-                    part,
-                    self.allow_gap,
-                    &self.progress,
-                    t,
-                    false,
-                ) {
-                    Ok(false) => {}
-                    Ok(true) if !part.stopped => {} // allowed: this record is the first after it
-                    Ok(true) => continue,
-                    Err(e) => {
-                        // Not knowing is not admitting: read it again once the broker answers.
-                        tracing::warn!(%topic, partition = part.partition, error = %e, "checking a jump in offsets failed; retrying");
-                        let _ = self.consumer.seek(
-                            topic,
-                            part.partition,
-                            Offset::Offset(part.next),
-                            START_TIMEOUT,
-                        );
-                        break;
-                    }
-                }
-            }
             part.next = offset + 1;
-            if let Some(ts) = m.timestamp().to_millis().filter(|ts| *ts >= 0) {
-                part.log_time = part.log_time.max(ts as Millis);
-            }
+            part.last_read = now;
+            let stamp = match m.timestamp() {
+                Timestamp::CreateTime(ts) if ts >= 0 => {
+                    let (lt, cut) = next_log_time(part.log_time, ts as Millis, self.max_skew_ms);
+                    if cut {
+                        metrics::counter!("stockflow_kafka_timestamps_cut_total", "topic" => self.topics[ti].0.clone()).increment(1);
+                        tracing::debug!(topic = m.topic(), partition = m.partition(), offset, ts, log_time = lt, "a record's timestamp runs ahead of its partition by more than pipeline.max_clock_skew");
+                    }
+                    part.log_time = lt;
+                    Some(ts as Millis)
+                }
+                // The broker's own clock: trusted (a jump is the time the topic was quiet).
+                Timestamp::LogAppendTime(ts) if ts >= 0 => {
+                    part.log_time = part.log_time.max(ts as Millis);
+                    Some(ts as Millis)
+                }
+                _ => None,
+            };
             part.admitted.admitted(t, part.next, part.log_time);
+            if is_heartbeat(&m) {
+                continue; // it moved the log time; there is nothing to admit
+            }
             out.push(RawRecord {
                 key: m.key().map(<[u8]>::to_vec),
                 value: m.payload().unwrap_or_default().to_vec(),
@@ -473,14 +641,15 @@ impl Source for KafkaSource {
                 stream: Some(self.topics[ti].1),
                 dead_lettered: offset < part.committed_at_start,
                 log_time: part.log_time,
+                stamp,
             });
             n += 1;
         }
-        if !self.caught_up {
-            self.caught_up = self
-                .parts
-                .iter()
-                .all(|p| p.next >= p.end_at_start || p.stopped);
+        if drained {
+            self.heartbeat_idle();
+            if !self.caught_up {
+                self.caught_up = self.read_to_start_end();
+            }
         }
         if n > 0 {
             Polled::Records
@@ -518,9 +687,23 @@ impl Source for KafkaSource {
 
     fn durable(&mut self, t: Millis) {
         let mut tpl = TopicPartitionList::new();
-        for part in &mut self.parts {
-            metrics::gauge!("stockflow_kafka_log_time_seconds", "topic" => self.topics[part.topic].0.clone(), "partition" => part.partition.to_string())
+        let now = wall_ms();
+        let report = self
+            .heartbeats
+            .as_ref()
+            .map_or(60_000, |h| lag_to_report(h.every));
+        let mut behind: Option<(Millis, usize)> = None;
+        for (i, part) in self.parts.iter_mut().enumerate() {
+            let topic = self.topics[part.topic].0.clone();
+            let labels = [("topic", topic), ("partition", part.partition.to_string())];
+            metrics::gauge!("stockflow_kafka_log_time_seconds", &labels)
                 .set(part.log_time as f64 / 1000.0);
+            let lag = now.saturating_sub(part.log_time);
+            metrics::gauge!("stockflow_kafka_log_time_lag_seconds", &labels)
+                .set(lag as f64 / 1000.0);
+            if lag > report && behind.is_none_or(|(most, _)| lag > most) {
+                behind = Some((lag, i));
+            }
             if let Some(next) = part.admitted.durable(t) {
                 let topic = &self.topics[part.topic].0;
                 if tpl
@@ -536,6 +719,18 @@ impl Source for KafkaSource {
                 tracing::warn!(error = %e, "storing Kafka offsets failed");
             }
         }
+        let note = behind.map(|(lag, i)| {
+            let p = &self.parts[i];
+            let topic = &self.topics[p.topic].0;
+            format!(
+                "{topic}/{} holds the log frontier back: its log time is {} s behind the clock \
+                 (nothing is forgotten meanwhile; are its heartbeats written? see \
+                 stockflow_kafka_heartbeats_total)",
+                p.partition,
+                lag / 1000
+            )
+        });
+        self.progress.set_log_note(self.local_worker, note);
     }
 
     fn close(&mut self) {

@@ -8,15 +8,18 @@
 //! Kafka message becomes a [`RawRecord`].
 //!
 //! **Log time** is a time read from the log itself, so that every replica and every restart
-//! sees the same one: a Kafka record's timestamp, made monotonic per partition; for a file, the
-//! latest `ts` so far; for the generator, its clock when it made the record.
+//! sees the same one: a Kafka record's timestamp, made monotonic per partition and bounded in
+//! how far one record may move it
+//! ([`stockflow_types::log_time::next_log_time`]); for a file, the latest `ts` so far; for
+//! the generator, its clock when it made the record.
 //!
 //! ```
 //! use stockflow_ingest::{admit, RawRecord, Position};
 //! use stockflow_dataflow::views::Registry;
 //! let mut rec = RawRecord::new(None, br#"{"event_id":"e","type":"sold","sku":"A","ts":5,"location":"L","qty":1}"#.to_vec(), Position::new("doc", 0, 0));
 //! rec.log_time = 10;
-//! assert_eq!(admit(&rec, 1000, &Registry::default()).unwrap().log_time, 10);
+//! let rules = stockflow_ingest::Rules { retention_ms: 1000, max_skew_ms: 1000 };
+//! assert_eq!(admit(&rec, &rules, &Registry::default()).unwrap().log_time, 10);
 //! ```
 
 pub mod generator;
@@ -69,6 +72,9 @@ pub struct RawRecord {
     pub dead_lettered: bool,
     /// Its log time (see the crate documentation).
     pub log_time: Millis,
+    /// The record's own timestamp as its source read it (a Kafka record's), if it has one:
+    /// the business `ts` may not run further ahead of it than the allowed skew.
+    pub stamp: Option<Millis>,
 }
 
 impl RawRecord {
@@ -81,6 +87,7 @@ impl RawRecord {
             stream: None,
             dead_lettered: false,
             log_time: 0,
+            stamp: None,
         }
     }
 }
@@ -175,16 +182,42 @@ pub trait Source: Send {
     fn close(&mut self) {}
 }
 
+/// What [`admit`] checks a record against.
+#[derive(Clone, Copy, Debug)]
+pub struct Rules {
+    /// A `counted` event whose `ts` is more than this before its log time is too old, ms.
+    pub retention_ms: Millis,
+    /// An event whose `ts` is more than this ahead of its record's own timestamp (and log
+    /// time) is out of range, ms.
+    pub max_skew_ms: Millis,
+}
+
 /// Decodes and validates a record. A `counted` event whose `ts` is more than `retention` before
 /// the record's log time is rejected: the pipeline no longer keeps the movement detail needed
-/// to apply it exactly. A reservation event whose `reservation_id` belongs to another SKU is
-/// rejected; otherwise the id is bound to its SKU in `registry` (see docs/architecture.md).
-pub fn admit(rec: &RawRecord, retention: u64, registry: &Registry) -> Result<Record, Rejection> {
+/// to apply it exactly. An event whose `ts` is more than `max_skew` ahead of both its record's
+/// own timestamp and its log time is rejected (`timestamp_out_of_range`): a count dated next
+/// year would otherwise freeze its location's stock until then. A reservation event whose
+/// `reservation_id` belongs to another SKU is rejected; otherwise the id is bound to its SKU in
+/// `registry` (see docs/architecture.md).
+pub fn admit(rec: &RawRecord, rules: &Rules, registry: &Registry) -> Result<Record, Rejection> {
     let ev = match rec.stream {
         Some(stream) => decode_from(&rec.value, stream)?,
         None => decode(&rec.value)?,
     };
     let lt = rec.log_time;
+    let retention = rules.retention_ms;
+    if let Some(stamp) = rec.stamp {
+        let bound = stamp.max(lt).saturating_add(rules.max_skew_ms);
+        if ev.ts > bound {
+            return Err(Rejection::new(
+                RejectReason::TimestampOutOfRange,
+                format!(
+                    "`ts` {} is more than pipeline.max_clock_skew ({} ms) ahead of the record's timestamp {stamp}",
+                    ev.ts, rules.max_skew_ms
+                ),
+            ));
+        }
+    }
     if matches!(ev.kind, EventKind::Counted { .. }) && ev.ts.saturating_add(retention) < lt {
         return Err(Rejection::new(
             RejectReason::CountTooOld,
@@ -215,6 +248,31 @@ pub fn admit(rec: &RawRecord, retention: u64, registry: &Registry) -> Result<Rec
 mod tests {
     use super::*;
 
+    fn rules(retention_ms: Millis) -> Rules {
+        Rules {
+            retention_ms,
+            max_skew_ms: 100,
+        }
+    }
+
+    #[test]
+    fn a_ts_far_ahead_of_its_record_is_out_of_range() {
+        let registry = Registry::default();
+        let count =
+            r#"{"event_id":"c","type":"counted","sku":"A","ts":1200,"location":"L","qty":1}"#;
+        let mut r = record(count, 1000);
+        r.stamp = Some(1100);
+        assert!(admit(&r, &rules(500), &registry).is_ok(), "within the skew");
+        r.stamp = Some(1099);
+        let e = admit(&r, &rules(500), &registry).unwrap_err();
+        assert_eq!(e.reason, RejectReason::TimestampOutOfRange);
+        r.log_time = 1100; // a log time ahead of the stamp counts too
+        assert!(admit(&r, &rules(500), &registry).is_ok());
+        r.stamp = None; // a file's records have no stamp of their own: ts is their log time
+        r.log_time = 0;
+        assert!(admit(&r, &rules(500), &registry).is_ok());
+    }
+
     fn record(json: &str, log_time: Millis) -> RawRecord {
         let mut r = RawRecord::new(None, json.as_bytes().to_vec(), Position::new("t", 0, 0));
         r.log_time = log_time;
@@ -226,8 +284,8 @@ mod tests {
         let registry = Registry::default();
         let count =
             r#"{"event_id":"c","type":"counted","sku":"A","ts":1000,"location":"L","qty":1}"#;
-        assert!(admit(&record(count, 1500), 500, &registry).is_ok());
-        let too_old = admit(&record(count, 1501), 500, &registry).unwrap_err();
+        assert!(admit(&record(count, 1500), &rules(500), &registry).is_ok());
+        let too_old = admit(&record(count, 1501), &rules(500), &registry).unwrap_err();
         assert_eq!(too_old.reason, RejectReason::CountTooOld);
     }
 
@@ -239,9 +297,9 @@ mod tests {
             r#"{"event_id":"2","type":"released","sku":"A","ts":2,"reservation_id":"r"}"#;
         let released_b =
             r#"{"event_id":"3","type":"released","sku":"B","ts":2,"reservation_id":"r"}"#;
-        assert!(admit(&record(reserved, 1), 1000, &registry).is_ok());
-        assert!(admit(&record(released_a, 2), 1000, &registry).is_ok());
-        let mismatch = admit(&record(released_b, 2), 1000, &registry).unwrap_err();
+        assert!(admit(&record(reserved, 1), &rules(1000), &registry).is_ok());
+        assert!(admit(&record(released_a, 2), &rules(1000), &registry).is_ok());
+        let mismatch = admit(&record(released_b, 2), &rules(1000), &registry).unwrap_err();
         assert_eq!(mismatch.reason, RejectReason::ReservationSkuMismatch);
         assert!(
             mismatch.detail.contains("belongs to SKU \"A\""),
@@ -250,7 +308,7 @@ mod tests {
         );
         registry.unbind("r", "A");
         assert!(
-            admit(&record(released_b, 3), 1000, &registry).is_ok(),
+            admit(&record(released_b, 3), &rules(1000), &registry).is_ok(),
             "free once forgotten"
         );
     }

@@ -153,6 +153,10 @@ pub struct Health {
     pub status: String,
     /// Pipeline time (epoch ms).
     pub as_of: u64,
+    /// Ready, but something an operator should know: a partition whose log time lags far
+    /// behind holds back everything that forgets (docs/operations.md).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
 }
 
 /// The OpenAPI document, generated from the handlers' annotations.
@@ -201,12 +205,13 @@ pub fn stock(store: &ViewStore, sku: &str) -> Result<StockResponse, Problem> {
     let s = store
         .stock(sku)
         .ok_or_else(|| never_seen(format!("SKU {sku:?}")))?;
-    let (mut on_hand, mut reserved) = (0, 0);
+    let (mut on_hand, mut reserved) = (0i64, 0i64);
     let locations = s
         .iter()
         .map(|r| {
-            on_hand += r.on_hand;
-            reserved += r.reserved;
+            // Each figure fits an i64; their sum over locations saturates rather than wraps.
+            on_hand = i64::saturating_add(on_hand, r.on_hand);
+            reserved = i64::saturating_add(reserved, r.reserved);
             LocationFigures {
                 location: r.location.to_string(),
                 on_hand: r.on_hand,
@@ -219,7 +224,7 @@ pub fn stock(store: &ViewStore, sku: &str) -> Result<StockResponse, Problem> {
         sku: sku.into(),
         on_hand,
         reserved,
-        available: on_hand - reserved,
+        available: on_hand.saturating_sub(reserved),
         locations,
         as_of: g.max(s.changed_at),
     })
@@ -473,6 +478,7 @@ pub fn healthz(store: &ViewStore) -> Health {
     Health {
         status: "ok".into(),
         as_of: store.as_of(),
+        detail: None,
     }
 }
 
@@ -529,6 +535,7 @@ pub fn readyz(
     Ok(Health {
         status: "ready".into(),
         as_of,
+        detail: progress.log_note(),
     })
 }
 

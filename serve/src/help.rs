@@ -13,6 +13,8 @@ pub fn describe_metrics() {
         ("stockflow_dead_letter_failures_total", "Dead letters the broker refused for good."),
         ("stockflow_kafka_errors_total", "Errors reading from Kafka (the client retries)."),
         ("stockflow_kafka_gap_records_total", "Records the broker had deleted that checkpoint.allow_gap skipped."),
+        ("stockflow_kafka_heartbeats_total", "Heartbeat records written into idle partitions (kafka.idle_heartbeat), by outcome (written, failed)."),
+        ("stockflow_kafka_timestamps_cut_total", "Records whose Kafka timestamp ran further ahead of their partition's log time than pipeline.max_clock_skew (the log time moved by that much only), by topic."),
         ("stockflow_kafka_gap_stops_total", "Partitions that stopped being read because the broker deleted records before they were read."),
         ("stockflow_clickhouse_rows_written_total", "Rows inserted into ClickHouse."),
         ("stockflow_clickhouse_insert_failures_total", "Failed ClickHouse insert attempts (each retried)."),
@@ -45,6 +47,10 @@ pub fn describe_metrics() {
         (
             "stockflow_kafka_log_time_seconds",
             "Log time of the last record read from a partition, seconds since the epoch.",
+        ),
+        (
+            "stockflow_kafka_log_time_lag_seconds",
+            "Wall clock minus a partition's log time: the partition that trails most holds the log frontier back.",
         ),
         (
             "stockflow_kafka_consumer_lag",

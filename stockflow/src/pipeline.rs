@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use stockflow_dataflow::clock::{tick_floor, Clock};
 use stockflow_dataflow::views::ViewStore;
 use stockflow_dataflow::Engine;
-use stockflow_ingest::{admit, Polled, RawRecord, Source};
+use stockflow_ingest::{admit, Polled, RawRecord, Rules, Source};
 use stockflow_sinks::checkpoint::{PartSender, WorkerPart};
 use stockflow_sinks::dead_letter::{DeadLetter, DeadLetters};
 use stockflow_types::admissions::Admissions;
@@ -24,8 +24,8 @@ use timely::worker::Worker;
 pub struct WorkerOptions {
     /// Pipeline tick, ms.
     pub tick_ms: u64,
-    /// Retention, ms (stale counts are rejected against it).
-    pub retention_ms: u64,
+    /// What admission checks records against (stale counts, business times out of range).
+    pub rules: Rules,
     /// Records taken from a source per poll.
     pub max_batch: usize,
     /// Stop reading while the dataflow is more than this far behind the clock, ms.
@@ -45,11 +45,11 @@ pub struct WorkerOptions {
 }
 
 impl WorkerOptions {
-    /// Defaults for a tick and a retention.
-    pub fn new(tick_ms: u64, retention_ms: u64) -> Self {
+    /// Defaults for a tick and admission rules.
+    pub fn new(tick_ms: u64, rules: Rules) -> Self {
         WorkerOptions {
             tick_ms,
-            retention_ms,
+            rules,
             max_batch: 4096,
             max_lag_ms: 1000,
             max_sink_buffered: usize::MAX,
@@ -242,7 +242,7 @@ fn admit_one(
     opts: &WorkerOptions,
     counters: &mut Counters,
 ) {
-    match admit(&rec, opts.retention_ms, io.store.registry()) {
+    match admit(&rec, &opts.rules, io.store.registry()) {
         Ok(record) => {
             counters.ingested[usize::from(record.event.kind.stream() == Stream::Orders)] += 1;
             engine.send(record);

@@ -13,7 +13,7 @@ use stockflow_dataflow::{Engine, EngineConfig, WorkerRestore};
 use stockflow_ingest::generator::{location_name, reservation_name, sku_name, Generator};
 use stockflow_ingest::jsonl::JsonLinesSource;
 use stockflow_ingest::kafka::{check_brokers, ensure_topics, KafkaSource};
-use stockflow_ingest::Source;
+use stockflow_ingest::{Rules, Source};
 use stockflow_serve::ServeState;
 use stockflow_sinks::checkpoint::{CheckpointWriter, Resume};
 use stockflow_sinks::clickhouse::{self, ClickHouseSink};
@@ -157,7 +157,11 @@ pub fn run(settings: Settings) -> Result<()> {
         )
     });
     let final_checkpoint = Arc::new(AtomicU64::new(NOT_YET));
-    let mut opts = WorkerOptions::new(cfg.tick_ms, cfg.retention_ms);
+    let rules = Rules {
+        retention_ms: cfg.retention_ms,
+        max_skew_ms: settings.pipeline.max_clock_skew.as_millis() as u64,
+    };
+    let mut opts = WorkerOptions::new(cfg.tick_ms, rules);
     opts.checkpoint_every = settings.checkpoint.interval;
     opts.window_names = cfg.windows.iter().map(|w| w.name.clone()).collect();
     if settings.clickhouse.enabled {
@@ -428,6 +432,7 @@ fn open_sources(
                     Arc::clone(progress),
                     resume,
                     settings.checkpoint.allow_gap,
+                    settings.pipeline.max_clock_skew.as_millis() as u64,
                 )
                 .with_context(|| format!("opening the Kafka source of worker {w}"))?;
                 sources.push(Box::new(src));

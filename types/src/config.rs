@@ -144,6 +144,13 @@ pub struct PipelineConfig {
     /// the pipeline time by less than this); every other view follows every tick.
     #[serde(default = "default_top_tick", with = "humantime_serde")]
     pub top_tick: Duration,
+    /// How far a record's timestamp may run ahead of what its partition has shown so far. A
+    /// Kafka record stamped further ahead of its partition's log time (a producer with a wrong
+    /// clock, on a `CreateTime` topic) advances that log time by this much only; an event whose
+    /// business `ts` is further ahead of its record's timestamp is rejected
+    /// (`timestamp_out_of_range`). See docs/architecture.md, "Clocks that lie".
+    #[serde(default = "default_max_clock_skew", with = "humantime_serde")]
+    pub max_clock_skew: Duration,
 }
 
 // Defaults: one worker (the contract's default), a 1 ms tick so that answers are at most about
@@ -179,6 +186,11 @@ fn default_top_k() -> usize {
 fn default_top_tick() -> Duration {
     Duration::from_millis(100)
 }
+// Five minutes: far beyond NTP-synchronised clocks and a producer's batching (milliseconds),
+// well below every horizon a jump could damage (retention, dedup_window: an hour).
+fn default_max_clock_skew() -> Duration {
+    Duration::from_secs(300)
+}
 
 impl Default for PipelineConfig {
     fn default() -> Self {
@@ -191,6 +203,7 @@ impl Default for PipelineConfig {
             windows: default_windows(),
             top_k: default_top_k(),
             top_tick: default_top_tick(),
+            max_clock_skew: default_max_clock_skew(),
         }
     }
 }
@@ -430,6 +443,12 @@ pub struct KafkaConfig {
     /// Extra librdkafka settings for every client, e.g. `"fetch.wait.max.ms" = "50"`.
     #[serde(default)]
     pub options: BTreeMap<String, String>,
+    /// A partition this worker reads that has delivered nothing for this long gets a heartbeat
+    /// record written into it (empty value, header `stockflow-heartbeat`), so that its log time
+    /// and the log frontier keep moving while it is idle, in a way a replay reads again
+    /// (docs/architecture.md, "Idle partitions"). `0s` turns heartbeats off.
+    #[serde(default = "default_idle_heartbeat", with = "humantime_serde")]
+    pub idle_heartbeat: Duration,
 }
 
 /// librdkafka's `security.protocol`.
@@ -630,6 +649,11 @@ fn default_commit_interval() -> Duration {
 fn default_create_partitions() -> i32 {
     4
 }
+// One second: the log frontier then trails the present by about a second on an idle partition,
+// far inside every forgetting horizon, for one small record a second per idle partition.
+fn default_idle_heartbeat() -> Duration {
+    Duration::from_secs(1)
+}
 
 impl Default for KafkaConfig {
     fn default() -> Self {
@@ -645,19 +669,22 @@ impl Default for KafkaConfig {
             tls: KafkaTls::default(),
             sasl: KafkaSasl::default(),
             options: BTreeMap::new(),
+            idle_heartbeat: default_idle_heartbeat(),
         }
     }
 }
 
 /// librdkafka settings that stockflow owns: setting them in `kafka.options` would break the
 /// guarantee that offsets are committed only after their effects are durable.
-pub const RESERVED_KAFKA_OPTIONS: [&str; 6] = [
+pub const RESERVED_KAFKA_OPTIONS: [&str; 7] = [
     "bootstrap.servers",
     "group.id",
     "enable.auto.commit",
     "enable.auto.offset.store",
     "auto.commit.interval.ms",
     "auto.offset.reset",
+    // Aborted transactions' records must never be read as events.
+    "isolation.level",
 ];
 
 /// librdkafka settings that the kafka section's own security fields own: one place for each,

@@ -7,8 +7,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use std::fmt;
 
-/// The largest quantity accepted in one event (absolute value). It keeps every sum far from
-/// `i64` overflow whatever producers send.
+/// The largest quantity accepted in one event (absolute value): 10^12. A sum of accepted
+/// quantities leaves the `i64` range only after 9.2 million such events on one key; the
+/// ledger's running sums (movements, holds, window figures) saturate there rather than wrap
+/// (docs/events.md, "Ranges").
 pub const MAX_QTY: i64 = 1_000_000_000_000;
 /// The longest identifier (`event_id`, `sku`, `location`, `reservation_id`) accepted, in bytes.
 pub const MAX_ID_LEN: usize = 256;
@@ -160,11 +162,14 @@ pub enum RejectReason {
     /// A `reserved`, `released` or `fulfilled` names a `reservation_id` that belongs to another
     /// SKU (contract §1: an id names one reservation of one SKU).
     ReservationSkuMismatch,
+    /// The business `ts` is further ahead of the record's own timestamp (its Kafka timestamp)
+    /// than `pipeline.max_clock_skew`: a wrong clock, or a date typed wrong.
+    TimestampOutOfRange,
 }
 
 impl RejectReason {
     /// Every reason, for metrics that should show zeros.
-    pub const ALL: [RejectReason; 9] = [
+    pub const ALL: [RejectReason; 10] = [
         RejectReason::InvalidJson,
         RejectReason::MissingField,
         RejectReason::WrongType,
@@ -174,6 +179,7 @@ impl RejectReason {
         RejectReason::CountTooOld,
         RejectReason::TooLarge,
         RejectReason::ReservationSkuMismatch,
+        RejectReason::TimestampOutOfRange,
     ];
 
     /// The stable label.
@@ -188,6 +194,7 @@ impl RejectReason {
             RejectReason::CountTooOld => "count_too_old",
             RejectReason::TooLarge => "too_large",
             RejectReason::ReservationSkuMismatch => "reservation_sku_mismatch",
+            RejectReason::TimestampOutOfRange => "timestamp_out_of_range",
         }
     }
 }
@@ -276,7 +283,8 @@ fn id_field(field: &str, v: Option<&RawValue>) -> Result<String, Rejection> {
 fn int_field(field: &str, v: Option<&RawValue>) -> Result<i64, Rejection> {
     let raw = required(field, v)?;
     match serde_json::from_str::<i64>(raw.get()) {
-        Ok(q) if q.abs() <= MAX_QTY => Ok(q),
+        // Not `q.abs()`: it wraps for i64::MIN in release builds (and panics in debug).
+        Ok(q) if (-MAX_QTY..=MAX_QTY).contains(&q) => Ok(q),
         Ok(_) => Err(Rejection::new(
             RejectReason::OutOfRange,
             format!("field `{field}` must be within ±{MAX_QTY}"),
@@ -577,7 +585,29 @@ mod tests {
         assert!(decode(br#"{"event_id":"e","type":"released","sku":"S","ts":1,"reservation_id":"r","channel":"web"}"#).is_ok());
     }
 
+    #[test]
+    fn quantities_at_the_i64_boundaries() {
+        let adjusted = |q: &str| {
+            decode(format!(r#"{{"event_id":"e","type":"adjusted","sku":"S","ts":1,"location":"L","qty":{q}}}"#).as_bytes())
+        };
+        // i64::MIN passed as in range in release builds (`abs` wraps) and was summed.
+        for q in [i64::MIN, i64::MIN + 1, -MAX_QTY - 1, MAX_QTY + 1, i64::MAX] {
+            let r = adjusted(&q.to_string()).unwrap_err();
+            assert_eq!(r.reason, RejectReason::OutOfRange, "{q}");
+        }
+        for q in [-MAX_QTY, -1, 1, MAX_QTY] {
+            assert!(adjusted(&q.to_string()).is_ok(), "{q}");
+        }
+    }
+
     proptest::proptest! {
+        #[test]
+        fn quantity_is_accepted_exactly_within_max_qty(q in proptest::prelude::any::<i64>()) {
+            let json = format!(r#"{{"event_id":"e","type":"adjusted","sku":"S","ts":1,"location":"L","qty":{q}}}"#);
+            let ok = q != 0 && i128::from(q).abs() <= i128::from(MAX_QTY);
+            proptest::prop_assert_eq!(decode(json.as_bytes()).is_ok(), ok);
+        }
+
         #[test]
         fn never_panics_on_arbitrary_bytes(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200)) {
             let _ = decode(&bytes);

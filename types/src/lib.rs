@@ -14,6 +14,7 @@
 pub mod admissions;
 pub mod config;
 pub mod event;
+pub mod log_time;
 pub mod progress;
 pub mod resume;
 pub mod rows;

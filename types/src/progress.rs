@@ -24,6 +24,8 @@ pub struct Progress {
     checkpoint_problem: Mutex<Option<String>>,
     /// Why sources stopped reading (records deleted before they were read), one per partition.
     source_problems: Mutex<Vec<String>>,
+    /// Per local worker: which of its partitions holds the log frontier back, and by how much.
+    log_notes: Mutex<Vec<Option<String>>>,
     /// Why the dataflow stopped (a worker panicked, e.g. because a cluster peer was lost);
     /// `is_stopped` says whether, without a lock (every lookup asks).
     stopped: Mutex<Option<String>>,
@@ -45,6 +47,7 @@ impl Progress {
             clickhouse: clickhouse.then(|| AtomicBool::new(false)),
             checkpoint_problem: Mutex::new(None),
             source_problems: Mutex::new(Vec::new()),
+            log_notes: Mutex::new(vec![None; workers.max(1)]),
             stopped: Mutex::new(None),
             is_stopped: AtomicBool::new(false),
         }
@@ -118,6 +121,21 @@ impl Progress {
             .lock()
             .unwrap_or_else(|e| e.into_inner());
         (!problems.is_empty()).then(|| problems.join("; "))
+    }
+
+    /// Worker `w` (modulo the local workers): which of its partitions lags far behind the
+    /// present in log time and so holds back everything that forgets (`None`: none does).
+    pub fn set_log_note(&self, w: usize, note: Option<String>) {
+        let mut notes = self.log_notes.lock().unwrap_or_else(|e| e.into_inner());
+        let n = notes.len();
+        notes[w % n] = note;
+    }
+
+    /// What holds the log frontier back, if anything does (for `/readyz`).
+    pub fn log_note(&self) -> Option<String> {
+        let notes = self.log_notes.lock().unwrap_or_else(|e| e.into_inner());
+        let text: Vec<&str> = notes.iter().flatten().map(String::as_str).collect();
+        (!text.is_empty()).then(|| text.join("; "))
     }
 
     /// Worker `w` (its index modulo the local workers) has admitted, at pipeline times at or

@@ -90,12 +90,14 @@ impl WindowFigures {
         *self == WindowFigures::default()
     }
 
-    /// Adds `other` scaled by `sign` (+1 or -1).
+    /// Adds `other` scaled by `sign` (+1 or -1), saturating at the `i64` bounds (reached only
+    /// by 9.2 million events of the largest quantity in one window: never wrapped).
     pub fn add(&mut self, other: &WindowFigures, sign: i64) {
-        self.units_sold += sign * other.units_sold;
-        self.units_received += sign * other.units_received;
-        self.units_reserved += sign * other.units_reserved;
-        self.orders += sign * other.orders;
+        let add = |a: &mut i64, b: i64| *a = a.saturating_add(b.saturating_mul(sign));
+        add(&mut self.units_sold, other.units_sold);
+        add(&mut self.units_received, other.units_received);
+        add(&mut self.units_reserved, other.units_reserved);
+        add(&mut self.orders, other.orders);
     }
 }
 

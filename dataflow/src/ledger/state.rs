@@ -54,7 +54,8 @@ pub(crate) struct Ctx<'a> {
     pub store: &'a ViewStore,
     /// The pipeline time being processed.
     pub t: Time,
-    /// The log frontier after this time's control messages.
+    /// Forgetting is done through this log time: the log frontier, or less while a jump of the
+    /// frontier is forgotten a slice per time (`EngineConfig::forget_per_time`).
     pub frontier: Millis,
     /// Movements with a business time before this may be folded: no admissible count can
     /// land before it (the log frontier before this time, minus the retention).
@@ -155,6 +156,11 @@ pub struct LedgerState {
     /// The log frontier each worker of the dataflow announced; the least is the frontier.
     pub(crate) marks: Vec<Millis>,
     pub(crate) frontier: Millis,
+    /// Everything due at or before this log time is forgotten (≤ `frontier`; less while a jump
+    /// of the frontier is forgotten in slices).
+    pub(crate) forgotten: Millis,
+    /// The next pipeline time at which to go on forgetting, while behind the frontier.
+    next_slice: Option<Time>,
     dirty: Vec<SkuId>,
     pub(crate) stats: LedgerStats,
     /// A checkpoint being written.
@@ -182,6 +188,8 @@ impl LedgerState {
             timers: Timers::default(),
             marks: vec![0; peers.max(1)],
             frontier: 0,
+            forgotten: 0,
+            next_slice: None,
             dirty: Vec::new(),
             stats,
             snapshot: None,
@@ -196,9 +204,18 @@ impl LedgerState {
         &self.stats
     }
 
-    /// The earliest pipeline time at which a timer is due.
+    /// The earliest pipeline time at which a timer is due (or forgetting goes on).
     pub fn next_timer(&self) -> Option<Time> {
-        self.timers.next_pipeline()
+        match (self.timers.next_pipeline(), self.next_slice) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Everything due at or before this log time is forgotten (the log frontier, or less while
+    /// a jump of it is forgotten in slices).
+    pub fn forgotten_through(&self) -> Millis {
+        self.forgotten
     }
 
     /// The least log time any worker's sources may still deliver.
@@ -244,7 +261,11 @@ impl LedgerState {
         }
         self.pipeline_due = due;
         let mut due = std::mem::take(&mut self.log_due);
-        self.timers.due_log(self.frontier, &mut due);
+        self.forgotten = self
+            .timers
+            .due_log(self.frontier, self.cfg.forget_per_time, &mut due)
+            .max(self.forgotten);
+        self.next_slice = (self.forgotten < self.frontier).then(|| t + self.cfg.tick_ms);
         for (sku, timer) in due.drain(..) {
             let s = self.touch(sku);
             match timer {
@@ -253,7 +274,7 @@ impl LedgerState {
             }
         }
         self.log_due = due;
-        for g in self.dedup.expired(self.frontier) {
+        for g in self.dedup.expired(self.forgotten) {
             self.before_dedup_drop(g);
             self.dedup.drop_generation(g);
         }
@@ -328,7 +349,7 @@ impl LedgerState {
             cfg: &cfg,
             store: &store,
             t,
-            frontier: self.frontier,
+            frontier: self.forgotten,
             fold_before,
             stats: &mut self.stats,
             timers: &mut self.timers,
@@ -409,8 +430,8 @@ impl LedgerState {
     fn settle(&mut self, t: Time, fold_before: Millis, sku: SkuId, out: &mut Vec<(Change, Diff)>) {
         let cfg = Arc::clone(&self.cfg);
         let store = Arc::clone(&self.store);
-        let frontier = self.frontier;
-        let fold_now = frontier.saturating_sub(cfg.retention_ms);
+        let frontier = self.forgotten;
+        let fold_now = self.frontier.saturating_sub(cfg.retention_ms);
         let emit_res = &mut self.emit_scratch;
         let mut ctx = Ctx {
             cfg: &cfg,
@@ -425,6 +446,11 @@ impl LedgerState {
         let s = &mut self.skus[sku as usize];
         s.dirty = false;
         let sku_name = Arc::clone(&s.name);
+        // Readers of the SKU's list of reservations see this time's changes whole or not at all.
+        let reservations = !s.res.is_empty() || !s.gone.is_empty();
+        if reservations {
+            store.begin_reservations(&sku_name);
+        }
 
         // 1. Reservations whose expiry or forgetting fell due, or whose facts changed: bring
         //    their contributions (live sets) up to date; they are re-published below.
@@ -456,7 +482,7 @@ impl LedgerState {
                     location: Arc::clone(&loc.name),
                     on_hand,
                     reserved,
-                    available: on_hand - reserved,
+                    available: on_hand.saturating_sub(reserved),
                 };
                 if let Some(old) = loc.published {
                     out.push((Change::Stock(row(old)), -1));
@@ -478,6 +504,9 @@ impl LedgerState {
         emit_res.dedup();
         for id in emit_res.drain(..) {
             s.publish_reservation(&store, t, &id, out);
+        }
+        if reservations {
+            store.end_reservations(&sku_name);
         }
 
         // 4. Windows: this time's contributions and evictions under one write lock.

@@ -86,22 +86,24 @@ impl Loc {
             return;
         }
         if ts < fold_before {
-            self.folded += qty;
+            self.folded = self.folded.saturating_add(qty);
             return;
         }
+        // Sums saturate rather than wrap (reached only beyond 9.2 million events of the
+        // largest quantity on one key: `MAX_QTY`).
         match self.moves.back_mut() {
-            Some(last) if last.0 == ts => last.1 += qty,
+            Some(last) if last.0 == ts => last.1 = last.1.saturating_add(qty),
             Some(last) if last.0 > ts => {
                 // Late: insert in place (rare).
                 let i = self.moves.partition_point(|m| m.0 < ts);
                 match self.moves.get_mut(i) {
-                    Some(m) if m.0 == ts => m.1 += qty,
+                    Some(m) if m.0 == ts => m.1 = m.1.saturating_add(qty),
                     _ => self.moves.insert(i, (ts, qty)),
                 }
             }
             _ => self.moves.push_back((ts, qty)),
         }
-        self.moves_sum += qty;
+        self.moves_sum = self.moves_sum.saturating_add(qty);
     }
 
     /// Applies a count if it is the latest (by ts, then event_id): it supersedes every
@@ -116,7 +118,7 @@ impl Loc {
         }
         while self.moves.front().is_some_and(|m| m.0 <= rec.ts) {
             let (_, q) = self.moves.pop_front().expect("checked");
-            self.moves_sum -= q;
+            self.moves_sum = self.moves_sum.saturating_sub(q);
         }
         // Folded movements are older than any count that can be admitted (`count_too_old`
         // rejects the others), so this one supersedes them all.
@@ -128,18 +130,22 @@ impl Loc {
     pub fn fold(&mut self, fold_before: Millis) {
         while self.moves.front().is_some_and(|m| m.0 < fold_before) {
             let (_, q) = self.moves.pop_front().expect("checked");
-            self.moves_sum -= q;
-            self.folded += q;
+            self.moves_sum = self.moves_sum.saturating_sub(q);
+            self.folded = self.folded.saturating_add(q);
         }
     }
 
     pub fn on_hand(&self) -> i64 {
-        self.count.as_ref().map_or(0, |c| c.qty) + self.folded + self.moves_sum
+        self.count
+            .as_ref()
+            .map_or(0, |c| c.qty)
+            .saturating_add(self.folded)
+            .saturating_add(self.moves_sum)
     }
 
     /// Adds a live reservation at its place in the allocation order.
     pub fn add_live(&mut self, ts: Millis, id: &Name, qty: i64) {
-        self.live_total += qty;
+        self.live_total = self.live_total.saturating_add(qty);
         self.added.push((ts, Name::clone(id)));
         self.live
             .insert((ts, Name::clone(id)), Live { qty, held: None });
@@ -148,7 +154,7 @@ impl Loc {
     /// Removes a live reservation.
     pub fn remove_live(&mut self, ts: Millis, id: &Name) {
         if let Some(l) = self.live.remove(&(ts, Name::clone(id))) {
-            self.live_total -= l.qty;
+            self.live_total = self.live_total.saturating_sub(l.qty);
         }
     }
 
@@ -197,7 +203,7 @@ impl Loc {
             if self.tail.is_some() && old_tail.as_ref().is_some_and(|old| old <= key) {
                 break; // insufficient before and after, but for new entries (below)
             }
-            let fits = self.tail.is_none() && held + live.qty <= on_hand;
+            let fits = self.tail.is_none() && held.saturating_add(live.qty) <= on_hand;
             if fits {
                 held += live.qty;
             }
@@ -252,7 +258,53 @@ mod tests {
         Ok(())
     }
 
+    /// Sums of quantities at the `i64` boundaries saturate, never wrap or panic (debug builds
+    /// panic on overflow, so this runs every path that sums, from sums already at the edge);
+    /// from an empty location, `on_hand` is the exact sum of the movements.
+    fn check_boundaries(start: i64, ops: Vec<(u8, u64, i64)>) -> Result<(), TestCaseError> {
+        let max = stockflow_types::event::MAX_QTY;
+        let mut loc = Loc::new("L".into(), 0);
+        loc.folded = start;
+        loc.moves_sum = start;
+        loc.live_total = start;
+        let mut exact = 0i128;
+        for (op, ts, q) in ops {
+            let qty = q.clamp(-max, max);
+            match op % 4 {
+                0 => {
+                    loc.add_movement(ts % 8, qty, 2);
+                    exact += i128::from(qty);
+                }
+                1 => loc.fold(ts % 8),
+                2 => {
+                    let id: Name = format!("r{}", ts % 4).into();
+                    if !loc.live.contains_key(&(ts % 4, Name::clone(&id))) {
+                        loc.add_live(ts % 4, &id, qty.saturating_abs().max(1));
+                    }
+                    loc.remove_live(ts % 3, &id);
+                }
+                _ => {
+                    let mut changed = Vec::new();
+                    let held = loc.allocate(loc.on_hand(), &mut changed);
+                    prop_assert!(held >= 0);
+                }
+            }
+            if start == 0 {
+                prop_assert_eq!(i128::from(loc.on_hand()), exact);
+            }
+        }
+        Ok(())
+    }
+
     proptest! {
+        #[test]
+        fn sums_saturate_at_the_i64_boundaries(
+            start in prop_oneof![Just(i64::MAX - 1), Just(i64::MIN + 1), Just(i64::MAX / 2), Just(0i64)],
+            ops in prop::collection::vec((any::<u8>(), any::<u64>(), any::<i64>()), 1..60),
+        ) {
+            check_boundaries(start, ops)?;
+        }
+
         #[test]
         fn allocation_matches_a_full_greedy_walk(ops in prop::collection::vec((any::<u8>(), any::<u64>(), any::<i64>()), 1..80)) {
             check_allocation(ops)?;

@@ -76,14 +76,27 @@ impl Timers {
         }
     }
 
-    /// Takes the log timers due at or before the log frontier `frontier`.
-    pub fn due_log(&mut self, frontier: Millis, out: &mut Vec<(SkuId, LogTimer)>) {
+    /// Takes the log timers due at or before the log frontier `frontier`, whole log times at a
+    /// time, until `budget` are taken (a log time's timers are all taken once begun). Returns
+    /// the log time through which every due timer is taken: `frontier`, or less when the budget
+    /// ran out first.
+    pub fn due_log(
+        &mut self,
+        frontier: Millis,
+        budget: usize,
+        out: &mut Vec<(SkuId, LogTimer)>,
+    ) -> Millis {
         while let Some(entry) = self.log.first_entry() {
-            if *entry.key() > frontier {
+            let at = *entry.key();
+            if at > frontier {
                 break;
+            }
+            if out.len() >= budget {
+                return at - 1; // `at` is not taken; everything before it is
             }
             out.extend(entry.remove());
         }
+        frontier
     }
 }
 

@@ -24,8 +24,8 @@ pub struct Admitted {
     pub part: usize,
     /// Its log time (non-decreasing within a partition).
     pub lt: u64,
-    /// The event.
-    pub ev: Event,
+    /// The event; `None` for a heartbeat (it moves its partition's log time, nothing else).
+    pub ev: Option<Event>,
 }
 
 #[derive(Debug, Default, PartialEq)]
@@ -182,7 +182,9 @@ pub fn reference(all: &[Admitted], t: Time, partitions: usize, cfg: &EngineConfi
     let mut past: Vec<Incarnation> = Vec::new();
 
     for a in all.iter().filter(|a| a.at <= t) {
-        let e = &a.ev;
+        let Some(e) = &a.ev else {
+            continue; // a heartbeat: it counts for the frontier only
+        };
         let lt = a.lt;
         if matches!(e.kind, EventKind::Counted { .. }) && e.ts + retention < lt {
             continue; // count_too_old

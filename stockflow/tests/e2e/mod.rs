@@ -43,6 +43,14 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// The wall clock, epoch ms.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
 pub fn kafka_addr() -> String {
     format!(
         "127.0.0.1:{}",
@@ -150,7 +158,7 @@ impl Workload {
             at: 0,
             part: 0,
             lt: 0,
-            ev,
+            ev: Some(ev),
         });
     }
 
@@ -211,7 +219,7 @@ impl Workload {
                     if let Some((orders, key, bytes)) = w.records.iter().filter(|r| !w.bad.contains_key(&r.2)).nth(rng.random_range(0..i.max(1))).cloned() {
                         let ev = decode(&bytes).expect("valid");
                         w.records.push((orders, key, bytes));
-                        w.admitted.push(Admitted { at: 0, part: 0, lt: 0, ev });
+                        w.admitted.push(Admitted { at: 0, part: 0, lt: 0, ev: Some(ev) });
                     }
                 }
                 _ => match rng.random_range(0..4) {
@@ -249,6 +257,7 @@ impl Workload {
             ],
             top_k: 100,
             top_tick_ms: 100,
+            forget_per_time: usize::MAX,
         };
         // As of an hour from now: expiries are a day after `ts` or already past, either way.
         let now = SystemTime::now()

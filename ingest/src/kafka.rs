@@ -3,7 +3,8 @@
 //! Each timely worker owns one consumer and a fixed share of the partitions: partition `p` of
 //! either topic goes to worker `p % workers` (static assignment, no rebalancing: the state a
 //! partition feeds lives with the SKUs' owners, not with the reader, so nothing moves when a
-//! partition does). Offsets are committed under `kafka.group_id`, and only once everything the
+//! partition does). Partitions added while running are seen by a [`PartitionWatch`] and read by
+//! the worker the same rule names, from their beginning. Offsets are committed under `kafka.group_id`, and only once everything the
 //! records produced is durable: the worker calls [`Source::durable`] with the time before which
 //! the dataflow, the ClickHouse sink and the dead-letter topic hold everything, and the source
 //! stores the offsets of the records admitted before it (`enable.auto.offset.store=false`,
@@ -268,21 +269,117 @@ pub struct KafkaSource {
     heartbeats: Option<Heartbeats>,
     /// This worker's index in the process (for `/readyz` notes).
     local_worker: usize,
+    /// This worker's index in the cluster, and the cluster's workers: partition `p` is this
+    /// worker's when `p % workers == worker`.
+    worker: usize,
+    workers: usize,
+    /// Partitions per topic as this source knows them, and the watch that sees more.
+    known: [i32; 2],
+    watch: Option<Arc<PartitionWatch>>,
+}
+
+/// How a worker's Kafka source reads, beside the `[kafka]` settings.
+#[derive(Clone)]
+pub struct SourceOptions {
+    /// This worker's index in the cluster.
+    pub worker: usize,
+    /// The cluster's workers.
+    pub workers: usize,
+    /// Go on from the broker's first offset when records a start needs are gone.
+    pub allow_gap: bool,
+    /// How far one `CreateTime` stamp may move a partition's log time, ms.
+    pub max_skew_ms: Millis,
+    /// Partitions added to the topics while running (one watch per process).
+    pub watch: Option<Arc<PartitionWatch>>,
+}
+
+/// Watches the inventory and orders topics for partitions added while running
+/// (`kafka-topics --alter --partitions`): a thread of its own asks the broker for the topics'
+/// metadata every `kafka.metadata_refresh`, so that no worker ever waits for that round trip;
+/// each worker's source then starts reading the new partitions that are its own (partition `p`
+/// of worker `p % workers`, the rule every process of a cluster follows) from their beginning.
+pub struct PartitionWatch {
+    counts: [std::sync::atomic::AtomicI32; 2],
+    stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl PartitionWatch {
+    /// Starts watching (the thread ends when the watch is dropped).
+    pub fn start(k: &KafkaConfig) -> Result<Arc<Self>, KafkaSourceError> {
+        use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+        let client: BaseConsumer = client_config(k)
+            .create()
+            .map_err(kafka("creating the Kafka metadata client"))?;
+        let watch = Arc::new(PartitionWatch {
+            counts: [AtomicI32::new(0), AtomicI32::new(0)],
+            stop: Arc::new(AtomicBool::new(false)),
+        });
+        let w = Arc::downgrade(&watch);
+        let stop = Arc::clone(&watch.stop);
+        let topics = [k.inventory_topic.clone(), k.orders_topic.clone()];
+        let every = k.metadata_refresh;
+        std::thread::Builder::new()
+            .name("kafka-partitions".into())
+            .spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let Some(watch) = w.upgrade() else { return };
+                    for (i, topic) in topics.iter().enumerate() {
+                        match client.fetch_metadata(Some(topic), START_TIMEOUT) {
+                            Ok(meta) => {
+                                let n = meta
+                                    .topics()
+                                    .iter()
+                                    .find(|m| m.name() == topic && m.error().is_none())
+                                    .map_or(0, |m| m.partitions().len() as i32);
+                                watch.counts[i].fetch_max(n, Ordering::AcqRel);
+                                metrics::gauge!("stockflow_kafka_partitions", "topic" => topic.clone())
+                                    .set(f64::from(watch.counts[i].load(Ordering::Acquire)));
+                            }
+                            Err(e) => {
+                                tracing::debug!(%topic, error = %e, "reading the topic's metadata failed; asking again later")
+                            }
+                        }
+                    }
+                    drop(watch);
+                    std::thread::sleep(every);
+                }
+            })
+            .map_err(|e| KafkaSourceError::Kafka {
+                what: format!("starting the partition watch: {e}"),
+                source: KafkaError::Canceled,
+            })?;
+        Ok(watch)
+    }
+
+    /// Partitions of topic `i` (0 inventory, 1 orders) as last seen (0 before the first look).
+    fn count(&self, i: usize) -> i32 {
+        self.counts[i].load(std::sync::atomic::Ordering::Acquire)
+    }
+}
+
+impl Drop for PartitionWatch {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 impl KafkaSource {
-    /// Opens worker `worker`'s share (of `workers` in the cluster), reading each partition from
-    /// its position in `resume` (from the beginning if it has none); with `allow_gap`, from the
-    /// broker's first offset when records it would need are gone.
+    /// Opens worker `opts.worker`'s share (of `opts.workers` in the cluster), reading each
+    /// partition from its position in `resume` (from the beginning if it has none); with
+    /// `allow_gap`, from the broker's first offset when records it would need are gone.
     pub fn open(
         k: &KafkaConfig,
-        worker: usize,
-        workers: usize,
+        opts: SourceOptions,
         progress: Arc<Progress>,
         resume: &[Resume],
-        allow_gap: bool,
-        max_skew_ms: Millis,
     ) -> Result<Self, KafkaSourceError> {
+        let SourceOptions {
+            worker,
+            workers,
+            allow_gap,
+            max_skew_ms,
+            watch,
+        } = opts;
         let mut config = client_config(k);
         if !k.options.contains_key("fetch.wait.max.ms") {
             // Freshness: a broker may hold a fetch for this long when little data is waiting
@@ -314,6 +411,7 @@ impl KafkaSource {
         ];
         let mut parts = Vec::new();
         let mut assignment = TopicPartitionList::new();
+        let mut known = [0; 2];
         for (ti, (topic, _)) in topics.iter().enumerate() {
             let meta = consumer
                 .fetch_metadata(Some(topic), START_TIMEOUT)
@@ -324,6 +422,7 @@ impl KafkaSource {
             if m.error().is_some() || m.partitions().is_empty() {
                 return Err(KafkaSourceError::MissingTopic(topic.clone()));
             }
+            known[ti] = m.partitions().len() as i32;
             for p in m.partitions() {
                 let partition = p.id();
                 if partition as usize % workers != worker {
@@ -431,7 +530,66 @@ impl KafkaSource {
             max_skew_ms,
             heartbeats,
             local_worker: worker,
+            worker,
+            workers,
+            known,
+            watch,
         })
+    }
+
+    /// Starts reading the partitions added to the topics since this source last looked that
+    /// are this worker's, from their beginning (they are new: nothing of them is in any
+    /// checkpoint). The consumer's assignment is replaced by the whole list, every partition
+    /// at the next offset to read.
+    fn adopt_new_partitions(&mut self) {
+        let Some(watch) = &self.watch else {
+            return;
+        };
+        let mut added = false;
+        for ti in 0..2 {
+            let now = watch.count(ti);
+            if now <= self.known[ti] {
+                continue;
+            }
+            for partition in self.known[ti]..now {
+                if partition as usize % self.workers != self.worker {
+                    continue;
+                }
+                tracing::info!(topic = %self.topics[ti].0, partition, "reading a partition added while running, from its beginning");
+                self.index.insert((ti, partition), self.parts.len());
+                self.parts.push(Part {
+                    topic: ti,
+                    partition,
+                    end_at_start: 0,
+                    committed_at_start: 0,
+                    next: 0,
+                    log_time: 0,
+                    admitted: Admissions::new(0, 0),
+                    stored: None,
+                    stopped: false,
+                    position: 0,
+                    last_read: Instant::now(),
+                    heartbeat_sent: None,
+                });
+                added = true;
+            }
+            self.known[ti] = now;
+        }
+        if !added {
+            return;
+        }
+        let mut tpl = TopicPartitionList::new();
+        for part in self.parts.iter().filter(|p| !p.stopped) {
+            let topic = &self.topics[part.topic].0;
+            if let Err(e) =
+                tpl.add_partition_offset(topic, part.partition, Offset::Offset(part.next))
+            {
+                tracing::warn!(error = %e, "assigning partitions");
+            }
+        }
+        if let Err(e) = self.consumer.assign(&tpl) {
+            tracing::error!(error = %e, "assigning the partitions added while running failed");
+        }
     }
 
     /// Whether every partition has been read to where it ended when the source opened. A
@@ -646,6 +804,7 @@ impl Source for KafkaSource {
             n += 1;
         }
         if drained {
+            self.adopt_new_partitions();
             self.heartbeat_idle();
             if !self.caught_up {
                 self.caught_up = self.read_to_start_end();

@@ -49,6 +49,10 @@ pub fn describe_metrics() {
             "Log time of the last record read from a partition, seconds since the epoch.",
         ),
         (
+            "stockflow_kafka_partitions",
+            "Partitions of a topic as last asked for (kafka.metadata_refresh); added ones are read from their beginning.",
+        ),
+        (
             "stockflow_kafka_log_time_lag_seconds",
             "Wall clock minus a partition's log time: the partition that trails most holds the log frontier back.",
         ),

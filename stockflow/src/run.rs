@@ -12,7 +12,9 @@ use stockflow_dataflow::views::ViewStore;
 use stockflow_dataflow::{Engine, EngineConfig, WorkerRestore};
 use stockflow_ingest::generator::{location_name, reservation_name, sku_name, Generator};
 use stockflow_ingest::jsonl::JsonLinesSource;
-use stockflow_ingest::kafka::{check_brokers, ensure_topics, KafkaSource};
+use stockflow_ingest::kafka::{
+    check_brokers, ensure_topics, KafkaSource, PartitionWatch, SourceOptions,
+};
 use stockflow_ingest::{Rules, Source};
 use stockflow_serve::ServeState;
 use stockflow_sinks::checkpoint::{CheckpointWriter, Resume};
@@ -424,17 +426,18 @@ fn open_sources(
             all[0].push(Box::new(JsonLinesSource::open(path, resume)?));
         }
         SourceKind::Kafka => {
+            let watch = PartitionWatch::start(&settings.kafka)
+                .context("watching the topics for partitions added while running")?;
             for (w, sources) in all.iter_mut().enumerate() {
-                let src = KafkaSource::open(
-                    &settings.kafka,
-                    topology.global(w),
-                    peers,
-                    Arc::clone(progress),
-                    resume,
-                    settings.checkpoint.allow_gap,
-                    settings.pipeline.max_clock_skew.as_millis() as u64,
-                )
-                .with_context(|| format!("opening the Kafka source of worker {w}"))?;
+                let opts = SourceOptions {
+                    worker: topology.global(w),
+                    workers: peers,
+                    allow_gap: settings.checkpoint.allow_gap,
+                    max_skew_ms: settings.pipeline.max_clock_skew.as_millis() as u64,
+                    watch: Some(Arc::clone(&watch)),
+                };
+                let src = KafkaSource::open(&settings.kafka, opts, Arc::clone(progress), resume)
+                    .with_context(|| format!("opening the Kafka source of worker {w}"))?;
                 sources.push(Box::new(src));
             }
         }

@@ -338,3 +338,80 @@ fn transactional_producers_are_read_committed_and_caught_up() {
     p.terminate();
     names.clean_up();
 }
+
+/// Partitions added while running (`kafka-topics --alter --partitions`) were never read while
+/// `/readyz` said 200. Now they are read from their beginning, while running and after a
+/// restart from a checkpoint taken before they were added.
+///
+/// Needs a broker that adds partitions: tansu 0.6 answers CreatePartitions with
+/// UnsupportedFeature (and changing its SQLite store behind its back breaks the topic), so it
+/// runs against Apache Kafka (`docker compose up kafka`, then `-- --ignored`).
+#[test]
+#[ignore = "needs a broker with CreatePartitions (Apache Kafka, docker-compose.yml); tansu 0.6 answers UnsupportedFeature"]
+fn partitions_added_while_running_are_read() {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewPartitions};
+    use rdkafka::client::DefaultClientContext;
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let names = Names::new("grow");
+    let settings = ["clickhouse.enabled=false", "kafka.metadata_refresh=300ms"];
+    let p = Pipeline::start_with(&names, &settings);
+    p.wait_ready();
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", kafka_addr())
+        .create()
+        .expect("an admin client");
+    // `kafka-topics --alter --partitions`, through the admin API.
+    let grow = |n: usize| {
+        let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+        let inv = names.inventory();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        let results = runtime
+            .block_on(admin.create_partitions(&[NewPartitions::new(&inv, n)], &opts))
+            .expect("create_partitions answered");
+        for r in results {
+            r.unwrap_or_else(|(t, e)| panic!("adding partitions to {t}: {e}"));
+        }
+    };
+    let produce_to = |partition: i32, sku: &str, qty: i64| {
+        let producer: ThreadedProducer<_> = ClientConfig::new()
+            .set("bootstrap.servers", kafka_addr())
+            .create()
+            .expect("a producer");
+        let payload = json!({"event_id": format!("{sku}-{partition}"), "type": "received", "sku": sku, "ts": now_ms(), "location": "L0", "qty": qty}).to_string();
+        producer
+            .send(
+                BaseRecord::to(&names.inventory())
+                    .partition(partition)
+                    .key(sku)
+                    .payload(&payload),
+            )
+            .map_err(|(e, _)| e)
+            .expect("queued");
+        producer
+            .flush(Duration::from_secs(30))
+            .expect("acknowledged");
+    };
+    let stock = |p: &Pipeline, sku: &str, want: i64| {
+        wait_until(&format!("{sku} read"), Duration::from_secs(30), || {
+            let (s, body) = p.get(&format!("/v1/stock/{sku}/L0"));
+            (s != 200 || body["on_hand"] != want).then(|| format!("{s} {body}"))
+        })
+    };
+    grow(6);
+    produce_to(5, "S9", 3);
+    stock(&p, "S9", 3);
+    assert_eq!(p.metric("stockflow_kafka_partitions{topic=\"t_"), 6.0 + 4.0);
+    p.terminate();
+    // Added while stopped: the restored checkpoint has no position for partition 7.
+    grow(8);
+    produce_to(7, "S10", 4);
+    let p = Pipeline::start_with(&names, &settings);
+    p.wait_ready();
+    stock(&p, "S9", 3);
+    stock(&p, "S10", 4);
+    p.terminate();
+    names.clean_up();
+}

@@ -449,6 +449,10 @@ pub struct KafkaConfig {
     /// (docs/architecture.md, "Idle partitions"). `0s` turns heartbeats off.
     #[serde(default = "default_idle_heartbeat", with = "humantime_serde")]
     pub idle_heartbeat: Duration,
+    /// How often the topics' partition counts are asked for: partitions added while running
+    /// (`kafka-topics --alter --partitions`) are read, from their beginning, within about this.
+    #[serde(default = "default_metadata_refresh", with = "humantime_serde")]
+    pub metadata_refresh: Duration,
 }
 
 /// librdkafka's `security.protocol`.
@@ -654,6 +658,11 @@ fn default_create_partitions() -> i32 {
 fn default_idle_heartbeat() -> Duration {
     Duration::from_secs(1)
 }
+// Ten seconds: a metadata request per topic every ten seconds is nothing to a broker, and a
+// partition added to a running topic is read within seconds of its first records.
+fn default_metadata_refresh() -> Duration {
+    Duration::from_secs(10)
+}
 
 impl Default for KafkaConfig {
     fn default() -> Self {
@@ -670,6 +679,7 @@ impl Default for KafkaConfig {
             sasl: KafkaSasl::default(),
             options: BTreeMap::new(),
             idle_heartbeat: default_idle_heartbeat(),
+            metadata_refresh: default_metadata_refresh(),
         }
     }
 }

@@ -253,6 +253,47 @@ struct Part {
     last_read: Instant,
     /// When this source last wrote a heartbeat into it.
     heartbeat_sent: Option<Instant>,
+    /// Waiting for the broker's word on a jump in offsets to `jump_to` (paused meanwhile).
+    checking: bool,
+    jump_to: i64,
+    /// A jump to an offset up to this one is known to skip no record (markers, aborted records).
+    holes_until: i64,
+}
+
+/// Asks the broker for a partition's watermarks off the worker thread. A jump in offsets is
+/// usually holes (a transactional producer's commit markers, aborted records, compaction), but
+/// on a broker that answers a fetch below its first offset with the records after it (tansu
+/// does) it may be records deleted before they were read; the partition waits for the answer,
+/// the worker does not.
+struct GapChecker {
+    ask: std::sync::mpsc::Sender<(usize, i32)>,
+    answers: std::sync::mpsc::Receiver<((usize, i32), Result<(i64, i64), KafkaError>)>,
+}
+
+impl GapChecker {
+    fn start(k: &KafkaConfig, topics: [String; 2]) -> Result<Self, KafkaSourceError> {
+        let client: BaseConsumer = client_config(k)
+            .create()
+            .map_err(kafka("creating the Kafka client that checks offset jumps"))?;
+        let (ask, asked) = std::sync::mpsc::channel::<(usize, i32)>();
+        let (answer, answers) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("kafka-gap-check".into())
+            .spawn(move || {
+                // Ends when the source (the asking side) is dropped.
+                for (ti, partition) in asked {
+                    let w = client.fetch_watermarks(&topics[ti], partition, START_TIMEOUT);
+                    if answer.send(((ti, partition), w)).is_err() {
+                        return;
+                    }
+                }
+            })
+            .map_err(|e| KafkaSourceError::Kafka {
+                what: format!("starting the offset-jump checker: {e}"),
+                source: KafkaError::Canceled,
+            })?;
+        Ok(GapChecker { ask, answers })
+    }
 }
 
 /// One worker's share of the partitions of the inventory and orders topics.
@@ -276,6 +317,7 @@ pub struct KafkaSource {
     /// Partitions per topic as this source knows them, and the watch that sees more.
     known: [i32; 2],
     watch: Option<Arc<PartitionWatch>>,
+    gaps: GapChecker,
 }
 
 /// How a worker's Kafka source reads, beside the `[kafka]` settings.
@@ -471,6 +513,9 @@ impl KafkaSource {
                     position: from,
                     last_read: Instant::now(),
                     heartbeat_sent: None,
+                    checking: false,
+                    jump_to: 0,
+                    holes_until: -1,
                 });
             }
         }
@@ -511,6 +556,7 @@ impl KafkaSource {
                 next_look: Instant::now(),
             })
         };
+        let gaps = GapChecker::start(k, [topics[0].0.clone(), topics[1].0.clone()])?;
         let caught_up = parts.iter().all(|p| p.end_at_start <= p.next);
         tracing::info!(
             worker,
@@ -534,7 +580,50 @@ impl KafkaSource {
             workers,
             known,
             watch,
+            gaps,
         })
+    }
+
+    /// Applies the broker's answers about jumps in offsets: holes (go on from the jump), or
+    /// records deleted before they were read (stop the partition, or with `allow_gap` go on
+    /// from the broker's first offset). A failed question is asked again at the jump.
+    fn judge_jumps(&mut self, t: Millis) {
+        while let Ok(((ti, partition), answer)) = self.gaps.answers.try_recv() {
+            let Some(&i) = self.index.get(&(ti, partition)) else {
+                continue;
+            };
+            let part = &mut self.parts[i];
+            part.checking = false;
+            let topic = &self.topics[ti].0;
+            let judged = answer.and_then(|w| {
+                judge_gap(
+                    &self.consumer,
+                    topic,
+                    part,
+                    w,
+                    self.allow_gap,
+                    &self.progress,
+                    t,
+                )
+            });
+            match judged {
+                Ok(false) => part.holes_until = part.jump_to,
+                Ok(true) => {}
+                Err(e) => {
+                    tracing::warn!(%topic, partition, error = %e, "checking a jump in offsets failed; asking again");
+                }
+            }
+            if part.stopped {
+                continue;
+            }
+            // Read again from the next offset (what arrived while paused was left unread).
+            let _ = self
+                .consumer
+                .seek(topic, partition, Offset::Offset(part.next), START_TIMEOUT);
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition(topic, partition);
+            let _ = self.consumer.resume(&tpl);
+        }
     }
 
     /// Starts reading the partitions added to the topics since this source last looked that
@@ -570,6 +659,9 @@ impl KafkaSource {
                     position: 0,
                     last_read: Instant::now(),
                     heartbeat_sent: None,
+                    checking: false,
+                    jump_to: 0,
+                    holes_until: -1,
                 });
                 added = true;
             }
@@ -695,8 +787,21 @@ fn check_gap(
     progress: &Progress,
     t: Millis,
 ) -> Result<bool, KafkaError> {
+    let watermarks = consumer.fetch_watermarks(topic, part.partition, START_TIMEOUT)?;
+    judge_gap(consumer, topic, part, watermarks, allow_gap, progress, t)
+}
+
+/// [`check_gap`] on watermarks already asked for.
+fn judge_gap(
+    consumer: &BaseConsumer<SourceContext>,
+    topic: &str,
+    part: &mut Part,
+    (first, end): (i64, i64),
+    allow_gap: bool,
+    progress: &Progress,
+    t: Millis,
+) -> Result<bool, KafkaError> {
     let partition = part.partition;
-    let (first, end) = consumer.fetch_watermarks(topic, partition, START_TIMEOUT)?;
     let from = part.next;
     if from >= first && from <= end {
         return Ok(false);
@@ -734,6 +839,7 @@ fn check_gap(
 
 impl Source for KafkaSource {
     fn poll(&mut self, t: Millis, max: usize, out: &mut Vec<RawRecord>) -> Polled {
+        self.judge_jumps(t);
         let mut n = 0;
         let mut drained = false;
         let now = Instant::now();
@@ -764,11 +870,22 @@ impl Source for KafkaSource {
             if part.stopped {
                 continue;
             }
-            // A jump in offsets is never a loss: transaction markers, aborted records and
-            // compaction leave holes, and records deleted before they were read make the fetch
-            // itself fail (`auto.offset.reset=error`: see `out_of_range`). So no broker round
-            // trip here (each marker of a transactional producer used to cost one).
+            if part.checking {
+                continue; // read again once the broker has answered (`judge_jumps`)
+            }
             let offset = m.offset();
+            if offset > part.next && offset > part.holes_until {
+                // Holes (markers, aborted records, compaction) or deleted records: the broker
+                // says which, off this thread; the partition waits, the others go on.
+                let topic = &self.topics[ti].0;
+                let mut tpl = TopicPartitionList::new();
+                tpl.add_partition(topic, part.partition);
+                let _ = self.consumer.pause(&tpl);
+                part.checking = true;
+                part.jump_to = offset;
+                let _ = self.gaps.ask.send((ti, part.partition));
+                continue;
+            }
             part.next = offset + 1;
             part.last_read = now;
             let stamp = match m.timestamp() {

@@ -51,8 +51,10 @@ fn a_restart_never_changes_a_late_count() {
         "pipeline.windows=[\"2s\"]",
         "pipeline.window_retention=4s",
         "clickhouse.enabled=false",
-        // One partition per topic: the log frontier moves with this test's records alone.
+        // One partition per topic and no heartbeats: the log frontier moves with this test's
+        // records alone (the log must not grow between the restarts compared).
         "kafka.create_partitions=1",
+        "kafka.idle_heartbeat=0s",
     ];
     let p = Pipeline::start_with(&names, &settings); // creates the topics
     let now = now_ms();
@@ -488,4 +490,60 @@ fn create_topics_with_retention(names: &Names) {
     for r in results {
         r.expect("topic created");
     }
+}
+
+/// Versions are pipeline times, read off the host's clock: a restart on a host whose clock is
+/// behind the previous run's wrote below that run's rows, and the stale rows won in ClickHouse.
+/// The previous run's clock ahead is played by a row written an hour ahead; after the restart,
+/// the key's new value must win.
+#[test]
+fn a_restart_on_a_clock_behind_still_writes_above_the_previous_run() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let names = Names::new("floor");
+    let p = Pipeline::start(&names);
+    p.wait_ready();
+    let now = now_ms();
+    let received = |id: &str, qty: i64| {
+        (
+            false,
+            "S0".to_string(),
+            json!({"event_id": id, "type": "received", "sku": "S0", "ts": now, "location": "L0", "qty": qty})
+                .to_string()
+                .into_bytes(),
+        )
+    };
+    produce(&names, &[received("a", 5)]);
+    let current = || {
+        clickhouse(&format!(
+            "SELECT on_hand FROM {}.stock_levels_current WHERE sku = 'S0' AND location = 'L0'",
+            names.prefix
+        ))
+        .ok()
+        .and_then(|rows| {
+            rows.first()
+                .map(|r| r["on_hand"].to_string().trim_matches('"').to_string())
+        })
+    };
+    wait_for("S0 = 5 in ClickHouse", Duration::from_secs(30), || {
+        current().as_deref() == Some("5")
+    });
+    p.terminate();
+    // The previous run's clock was an hour ahead: its last row of S0 carries that version.
+    clickhouse_exec(&format!(
+        "INSERT INTO {}.stock_levels (sku, location, on_hand, reserved, available, version, deleted) \
+         VALUES ('S0', 'L0', 5, 0, 5, {}, 0)",
+        names.prefix,
+        now + 3_600_000
+    ))
+    .expect("the previous run's row");
+    let p = Pipeline::start(&names);
+    p.wait_ready();
+    produce(&names, &[received("b", 2)]);
+    wait_for(
+        "S0 = 7 in ClickHouse, above the hour-ahead row",
+        Duration::from_secs(30),
+        || current().as_deref() == Some("7"),
+    );
+    p.terminate();
+    names.clean_up();
 }

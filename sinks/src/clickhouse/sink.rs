@@ -293,7 +293,8 @@ struct Writer {
     /// With a lease: every key's latest row (and whether it is deleted), so that a replica that
     /// takes over can write all of it above its predecessor's versions.
     mirror: HashMap<Key, (Change, bool)>,
-    /// Versions written are at least this (set on taking over the lease).
+    /// Versions written are at least this: above every version in the tables when this run
+    /// first reached them, or when it took over the lease.
     version_floor: Millis,
     /// Keys to rewrite that neither the restored state nor the replay has touched yet: windows
     /// among them, which the crashed run created after the checkpoint and the replay nets out,
@@ -483,6 +484,14 @@ impl Writer {
             self.server.query(&statement).execute().await?;
         }
         self.times = self.time_types().await?;
+        if self.lease.is_none() {
+            // Versions are pipeline times, read off this host's clock: after a restart on a
+            // host whose clock is behind the crashed run's, every row would be written below
+            // that run's and lose to it. Everything this run writes goes above them. (Under a
+            // lease, taking it over does the same.)
+            let highest = self.highest_version().await?;
+            self.version_floor = self.version_floor.max(highest.saturating_add(1));
+        }
         self.schema_ready = true;
         Ok(())
     }

@@ -308,8 +308,6 @@ pub struct KafkaSource {
     /// How far one `CreateTime` stamp may move a partition's log time, ms.
     max_skew_ms: Millis,
     heartbeats: Option<Heartbeats>,
-    /// This worker's index in the process (for `/readyz` notes).
-    local_worker: usize,
     /// This worker's index in the cluster, and the cluster's workers: partition `p` is this
     /// worker's when `p % workers == worker`.
     worker: usize,
@@ -575,7 +573,6 @@ impl KafkaSource {
             allow_gap,
             max_skew_ms,
             heartbeats,
-            local_worker: worker,
             worker,
             workers,
             known,
@@ -1006,7 +1003,7 @@ impl Source for KafkaSource {
                 lag / 1000
             )
         });
-        self.progress.set_log_note(self.local_worker, note);
+        self.progress.set_log_note(self.worker, note);
     }
 
     fn close(&mut self) {

@@ -281,7 +281,8 @@ fn a_record_stamped_a_year_ahead_does_not_poison_its_partition() {
 ///
 /// Needs a broker with transactions: tansu 0.6 (`scripts/services.sh`) answers
 /// `init_transactions` but refuses `EndTxn` ("not supported by broker"), so it runs against
-/// Apache Kafka (`docker compose up kafka`, then `cargo test --test log_time -- --ignored`).
+/// Apache Kafka: `docker compose up -d kafka`, then
+/// `STOCKFLOW_KAFKA_PORT=9094 cargo test --test log_time -- --ignored`.
 #[test]
 #[ignore = "needs a broker with transactions (Apache Kafka, docker-compose.yml); tansu 0.6 refuses EndTxn"]
 fn transactional_producers_are_read_committed_and_caught_up() {
@@ -345,7 +346,8 @@ fn transactional_producers_are_read_committed_and_caught_up() {
 ///
 /// Needs a broker that adds partitions: tansu 0.6 answers CreatePartitions with
 /// UnsupportedFeature (and changing its SQLite store behind its back breaks the topic), so it
-/// runs against Apache Kafka (`docker compose up kafka`, then `-- --ignored`).
+/// runs against Apache Kafka (as the test above: `docker compose up -d kafka`, then
+/// `STOCKFLOW_KAFKA_PORT=9094 cargo test --test log_time -- --ignored`).
 #[test]
 #[ignore = "needs a broker with CreatePartitions (Apache Kafka, docker-compose.yml); tansu 0.6 answers UnsupportedFeature"]
 fn partitions_added_while_running_are_read() {

@@ -446,9 +446,10 @@ impl LedgerState {
         let s = &mut self.skus[sku as usize];
         s.dirty = false;
         let sku_name = Arc::clone(&s.name);
-        // Readers of the SKU's list of reservations see this time's changes whole or not at all.
-        let reservations = !s.res.is_empty() || !s.gone.is_empty();
-        if reservations {
+        // Readers of the SKU's list of reservations see this time's changes whole or not at all:
+        // bracketed from before the first change (a refresh, or a re-allocation's) to the end.
+        let mut bracketed = !s.dirty_res.is_empty() || !s.gone.is_empty();
+        if bracketed {
             store.begin_reservations(&sku_name);
         }
 
@@ -497,6 +498,10 @@ impl LedgerState {
         }
 
         // 3. Reservation rows: statuses after allocation; tombstones and removals.
+        if !bracketed && !emit_res.is_empty() {
+            store.begin_reservations(&sku_name);
+            bracketed = true;
+        }
         for (id, old, history) in std::mem::take(&mut s.gone) {
             retire(s, &id, old, history, out);
         }
@@ -505,7 +510,7 @@ impl LedgerState {
         for id in emit_res.drain(..) {
             s.publish_reservation(&store, t, &id, out);
         }
-        if reservations {
+        if bracketed {
             store.end_reservations(&sku_name);
         }
 

@@ -182,7 +182,8 @@ pub struct ViewStore {
     top_completed: Vec<AtomicU64>,
     stock: DashMap<Name, SkuStock, Hasher>,
     reservations: DashMap<Name, ReservationView, Hasher>,
-    /// The ids in `reservations`, by SKU (for a SKU's list of reservations).
+    /// The ids in `reservations`, by SKU (for a SKU's list of reservations); an entry stays
+    /// once made (like the SKU itself), empty or not.
     by_sku: DashMap<Name, SkuReservations, Hasher>,
     /// Tombstones of forgotten reservations: when each ended, and when it was forgotten.
     forgotten: DashMap<Name, (Millis, Time), Hasher>,
@@ -399,14 +400,10 @@ impl ViewStore {
     fn drop_reservation(&self, id: &str) {
         if let Some((_, view)) = self.reservations.remove(id) {
             let sku = &view.row.sku;
+            // The entry stays when empty: its version must never start again from 0 (a reader
+            // that read version v, empty, could otherwise accept another time's v).
             if let Some(mut e) = self.by_sku.get_mut(&**sku) {
                 e.ids.remove(id);
-                if e.ids.is_empty() && e.version.is_multiple_of(2) {
-                    drop(e);
-                    self.by_sku.remove_if(&**sku, |_, e| {
-                        e.ids.is_empty() && e.version.is_multiple_of(2)
-                    });
-                }
             }
         }
     }
@@ -421,10 +418,6 @@ impl ViewStore {
     pub(crate) fn end_reservations(&self, sku: &str) {
         if let Some(mut e) = self.by_sku.get_mut(sku) {
             e.version += 1;
-            if e.ids.is_empty() {
-                drop(e);
-                self.by_sku.remove_if(sku, |_, e| e.ids.is_empty());
-            }
         }
     }
 

@@ -316,7 +316,13 @@ pub struct KafkaSource {
     known: [i32; 2],
     watch: Option<Arc<PartitionWatch>>,
     gaps: GapChecker,
+    /// Heartbeats, new partitions and caught-up are looked at by then at the latest.
+    next_housekeeping: Instant,
 }
+
+/// How often a source that always has records to deliver still looks at idle partitions, new
+/// partitions and whether it has caught up.
+const HOUSEKEEPING: Duration = Duration::from_millis(100);
 
 /// How a worker's Kafka source reads, beside the `[kafka]` settings.
 #[derive(Clone)]
@@ -578,6 +584,7 @@ impl KafkaSource {
             known,
             watch,
             gaps,
+            next_housekeeping: Instant::now(),
         })
     }
 
@@ -917,7 +924,11 @@ impl Source for KafkaSource {
             });
             n += 1;
         }
-        if drained {
+        // Also while a backlog keeps the consumer's queue full (a long catch-up, or running
+        // near capacity): an idle partition still gets its heartbeats, new partitions are
+        // still adopted, and caught-up is still noticed.
+        if drained || now >= self.next_housekeeping {
+            self.next_housekeeping = now + HOUSEKEEPING;
             self.adopt_new_partitions();
             self.heartbeat_idle();
             if !self.caught_up {

@@ -923,6 +923,21 @@ impl Settings {
         if p.top_k == 0 || p.top_k > 10_000 {
             return Err(bad("pipeline.top_k", "must be between 1 and 10000"));
         }
+        if p.max_clock_skew < Duration::from_secs(1) {
+            // Smaller, and an idle partition's log time could hardly move, nor an event's ts
+            // differ from its record's timestamp.
+            return Err(bad("pipeline.max_clock_skew", "must be at least 1s"));
+        }
+        let k = &self.kafka;
+        if k.metadata_refresh < Duration::from_millis(100) {
+            return Err(bad("kafka.metadata_refresh", "must be at least 100ms"));
+        }
+        if !k.idle_heartbeat.is_zero() && k.idle_heartbeat < Duration::from_millis(10) {
+            return Err(bad(
+                "kafka.idle_heartbeat",
+                "must be 0s (no heartbeats) or at least 10ms",
+            ));
+        }
         let g = &self.generator;
         if g.skus == 0 || g.locations == 0 {
             return Err(bad(
@@ -1303,6 +1318,17 @@ mod tests {
         s.clickhouse.enabled = true;
         s.clickhouse.max_backoff = Duration::ZERO;
         assert_eq!(s.validate().unwrap_err().field, "clickhouse.max_backoff");
+        let mut s = Settings::default();
+        s.pipeline.max_clock_skew = Duration::ZERO; // would freeze every partition's log time
+        assert_eq!(s.validate().unwrap_err().field, "pipeline.max_clock_skew");
+        let mut s = Settings::default();
+        s.kafka.metadata_refresh = Duration::ZERO; // would ask the broker in a tight loop
+        assert_eq!(s.validate().unwrap_err().field, "kafka.metadata_refresh");
+        let mut s = Settings::default();
+        s.kafka.idle_heartbeat = Duration::from_micros(10);
+        assert_eq!(s.validate().unwrap_err().field, "kafka.idle_heartbeat");
+        s.kafka.idle_heartbeat = Duration::ZERO; // off
+        assert!(s.validate().is_ok());
     }
 
     #[test]

@@ -33,11 +33,13 @@
 //! ```
 
 pub mod clock;
+pub mod ids;
 pub mod ledger;
 pub mod topk;
 pub mod views;
 
 use differential_dataflow::VecCollection;
+use ids::{Origin, Rejected, ToOwner};
 use serde::{Deserialize, Serialize};
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -46,7 +48,13 @@ use stockflow_types::config::{ConfigError, Settings, WindowSpec};
 use stockflow_types::event::Event;
 use stockflow_types::rows::Change;
 use stockflow_types::Millis;
-use timely::dataflow::operators::{Input, Probe};
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::core::Exchange;
+use timely::dataflow::operators::core::OkErr;
+use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::operators::vec::Broadcast;
+use timely::dataflow::operators::{Concat, Input, Probe};
 use timely::dataflow::{InputHandle, ProbeHandle};
 use timely::worker::Worker;
 use views::ViewStore;
@@ -81,6 +89,18 @@ pub enum Control {
     },
     /// Write a checkpoint of the state as of the pipeline time this is sent at.
     Checkpoint,
+    /// From the id owner ([`ids`]): reservation `id` of `sku` is forgotten by log time `at`
+    /// (its id now starts a reservation under another SKU, at this same time); the SKU's
+    /// ledger forgets it now rather than when the frontier gets there, so that the id's rows
+    /// change hands within one time.
+    Forget {
+        /// The SKU whose ledger held it.
+        sku: String,
+        /// The reservation id.
+        id: String,
+        /// The log time of the record that found it forgotten.
+        at: Millis,
+    },
 }
 
 /// The checked settings the dataflow runs with.
@@ -159,11 +179,15 @@ type InputOf<D> = InputHandle<Time, timely::container::CapacityContainerBuilder<
 /// (and whatever was attached) has absorbed it.
 pub struct Engine {
     input: InputOf<Record>,
+    reservations: InputOf<ToOwner>,
     control: InputOf<Control>,
     probe: ProbeHandle<Time>,
     durable: InputOf<()>,
     durable_probe: ProbeHandle<Time>,
+    written: InputOf<()>,
+    written_probe: ProbeHandle<Time>,
     io: Rc<RefCell<LedgerIo>>,
+    rejected: Rc<RefCell<Vec<Rejected>>>,
     worker: usize,
     log_frontier: Option<Millis>,
 }
@@ -176,7 +200,7 @@ impl Engine {
         worker: &mut Worker,
         cfg: Arc<EngineConfig>,
         store: Arc<ViewStore>,
-        restore: Option<WorkerRestore>,
+        mut restore: Option<WorkerRestore>,
         attach: F,
     ) -> Engine
     where
@@ -189,56 +213,142 @@ impl Engine {
         let local_worker = index % store.local_workers();
         let io = Rc::new(RefCell::new(LedgerIo::default()));
         let io2 = Rc::clone(&io);
+        let rejected = Rc::new(RefCell::new(Vec::new()));
+        let rejected2 = Rc::clone(&rejected);
         let start = restore.as_ref().map(|r| r.at);
+        let restored_frontier = restore.as_ref().map(|r| r.frontier);
+        let bindings = restore
+            .as_mut()
+            .map(|r| std::mem::take(&mut r.ids))
+            .unwrap_or_default();
         let tick = cfg.tick_ms;
-        let (mut input, mut control, probe, durable, durable_probe) = worker
-            .dataflow::<Time, _, _>(move |scope| {
-                let (input, events) = scope.new_input::<Vec<Record>>();
-                let (control, controls) = scope.new_input::<Vec<Control>>();
-                let changes = ledger::ledger(
-                    events,
-                    controls,
-                    Arc::clone(&cfg),
-                    Arc::clone(&store),
-                    (index, local_worker, peers),
-                    restore,
-                    io2,
-                );
-                let changes = completed(changes, Arc::clone(&store), local_worker, tick);
-                // One chain, so the changes are never copied for a second consumer: whatever is
-                // attached passes them on to the ranking, and the probe at the end covers it all.
-                let changes = attach(changes);
-                let ranked = topk::top_sellers(changes, cfg.top_k, cfg.top_tick_ms);
-                let (probe, _) =
-                    topk::publish(ranked, Arc::clone(&store), local_worker, cfg.top_tick_ms)
-                        .probe();
-                // Durability is a frontier too: each worker holds this input at the earliest time
-                // whose effects it has not yet made durable, and timely's progress tracking gives
-                // every worker of the cluster the least of them.
-                let (durable, durables) = scope.new_input::<Vec<()>>();
-                let (durable_probe, _) = durables.probe();
-                (input, control, probe, durable, durable_probe)
+        let (
+            mut input,
+            mut reservations,
+            mut control,
+            probe,
+            durable,
+            durable_probe,
+            written,
+            written_probe,
+        ) = worker.dataflow::<Time, _, _>(move |scope| {
+            let (input, events) = scope.new_input::<Vec<Record>>();
+            let (reservations, checked) = scope.new_input::<Vec<ToOwner>>();
+            let (control, controls) = scope.new_input::<Vec<Control>>();
+            let (accepted, other) = ids::id_owner(
+                checked,
+                controls.clone(),
+                Arc::clone(&cfg),
+                Arc::clone(&store),
+                peers,
+                restored_frontier,
+            )
+            .ok_err::<Vec<Record>, _, Vec<Result<Control, Box<Rejected>>>, _, _>(|r| r);
+            let (notices, refused) =
+                other.ok_err::<Vec<Control>, _, Vec<Box<Rejected>>, _, _>(|r| r);
+            // Every ledger hears every control message; a notice goes to its SKU's owner.
+            let notices = notices.exchange(|c: &Control| match c {
+                Control::Forget { sku, .. } => ledger::sku_hash(sku),
+                _ => 0,
             });
-        // The restored rows are at the restored time; nothing read afterwards may be.
+            let changes = ledger::ledger(
+                events.concat(accepted),
+                controls.broadcast().concat(notices),
+                Arc::clone(&cfg),
+                Arc::clone(&store),
+                (index, local_worker, peers),
+                restore,
+                io2,
+            );
+            let changes = completed(changes, Arc::clone(&store), local_worker, tick);
+            // One chain, so the changes are never copied for a second consumer: whatever is
+            // attached passes them on to the ranking, and the probe at the end covers it all.
+            let changes = attach(changes);
+            let ranked = topk::top_sellers(changes, cfg.top_k, cfg.top_tick_ms);
+            let (probe, _) =
+                topk::publish(ranked, Arc::clone(&store), local_worker, cfg.top_tick_ms).probe();
+            // The rejected records wait for the worker loop (dead letters); the probe passes
+            // a time only once they are here.
+            refused
+                .unary::<CapacityContainerBuilder<Vec<()>>, _, _, _>(
+                    Pipeline,
+                    "Rejected",
+                    move |_, _| {
+                        move |input, _| {
+                            input.for_each(|_, data| {
+                                rejected2.borrow_mut().extend(data.drain(..).map(|r| *r));
+                            });
+                        }
+                    },
+                )
+                .probe_with(&probe);
+            // Durability is a frontier too: each worker holds this input at the earliest time
+            // whose effects it has not yet made durable, and timely's progress tracking gives
+            // every worker of the cluster the least of them.
+            let (durable, durables) = scope.new_input::<Vec<()>>();
+            let (durable_probe, _) = durables.probe();
+            // Likewise the checkpoints written: each worker holds this input just past its
+            // process's newest, so every worker learns the newest every process has reached.
+            let (written, writtens) = scope.new_input::<Vec<()>>();
+            let (written_probe, _) = writtens.probe();
+            (
+                input,
+                reservations,
+                control,
+                probe,
+                durable,
+                durable_probe,
+                written,
+                written_probe,
+            )
+        });
+        // The restored rows are at the restored time; nothing read afterwards may be. The
+        // restored reservations' bindings go to their ids' owners at that time, before any record.
         if let Some(at) = start {
+            reservations.advance_to(at);
+            for (id, b) in bindings {
+                reservations.send(ToOwner::Bind(id, b));
+            }
             input.advance_to(at + tick);
+            reservations.advance_to(at + tick);
             control.advance_to(at + tick);
         }
         Engine {
             input,
+            reservations,
             control,
             probe,
             durable,
             durable_probe,
+            written,
+            written_probe,
             io,
+            rejected,
             worker: index,
             log_frontier: None,
         }
     }
 
-    /// Admits one record at the input's current time.
+    /// Admits one record at the input's current time (a reservation record that the id owner
+    /// rejects comes back from [`Engine::take_rejected`] without where it came from).
     pub fn send(&mut self, record: Record) {
-        self.input.send(record);
+        self.send_from(record, Origin::default());
+    }
+
+    /// Admits one record read at `origin`, at the input's current time: a reservation record
+    /// passes its id's owner first ([`ids`]), which may reject it.
+    pub fn send_from(&mut self, record: Record, origin: Origin) {
+        if record.event.kind.reservation_id().is_some() {
+            self.reservations.send(ToOwner::Check(record, origin));
+        } else {
+            self.input.send(record);
+        }
+    }
+
+    /// The records that the id owners on this worker rejected since the last call: to the dead
+    /// letters with them. Take them after every step: the probe has passed their times.
+    pub fn take_rejected(&mut self) -> Vec<Rejected> {
+        std::mem::take(&mut *self.rejected.borrow_mut())
     }
 
     /// This worker's sources deliver nothing with a log time below `frontier` from now on
@@ -286,6 +396,7 @@ impl Engine {
     pub fn advance_to(&mut self, t: Time) {
         if t > *self.input.time() {
             self.input.advance_to(t);
+            self.reservations.advance_to(t);
             self.control.advance_to(t);
         }
     }
@@ -316,6 +427,22 @@ impl Engine {
         self.durable_probe
             .with_frontier(|f| f.iter().copied().min())
             .unwrap_or(Time::MAX)
+    }
+
+    /// This worker's process has written the checkpoint of time `at` (ignored if not newer).
+    pub fn advance_written(&mut self, at: Time) {
+        if at + 1 > *self.written.time() {
+            self.written.advance_to(at + 1);
+        }
+    }
+
+    /// The newest checkpoint time that every process of the cluster has written one at or
+    /// after, as far as this worker has heard (`None` until every process has written one).
+    pub fn written_everywhere(&self) -> Option<Time> {
+        self.written_probe
+            .with_frontier(|f| f.iter().copied().min())
+            .filter(|f| *f > 0)
+            .map(|f| f - 1)
     }
 
     /// Stops the dataflow without draining it. (Closing the input would let the frontier run to
@@ -352,9 +479,6 @@ fn completed<'s>(
     tick: u64,
 ) -> VecCollection<'s, Time, Change, Diff> {
     use differential_dataflow::AsCollection;
-    use timely::container::CapacityContainerBuilder;
-    use timely::dataflow::channels::pact::Pipeline;
-    use timely::dataflow::operators::generic::Operator;
     changes
         .inner
         .unary_frontier::<CapacityContainerBuilder<Vec<(Change, Time, Diff)>>, _, _, _>(

@@ -123,43 +123,26 @@ pub enum ReservationLookup {
     Unknown,
 }
 
-/// Which SKU each reservation id belongs to, while the ledger knows the reservation: checked at
-/// admission, so that an id reused under another SKU (or a terminal event naming the wrong SKU)
-/// is rejected as `reservation_sku_mismatch` instead of two owners publishing the same id.
+/// Which SKU each reservation id owned by this process's workers belongs to, while its SKU's
+/// ledger knows the reservation (written by the id owner, [`crate::ids`]): where a lookup by id
+/// finds the SKU, and so the process that holds the reservation.
 #[derive(Debug, Default)]
 pub struct Registry {
     owners: DashMap<Name, Name, Hasher>,
 }
 
 impl Registry {
-    /// Binds `id` to `sku` unless it is bound already; returns the SKU it belongs to if that is
-    /// another one.
-    pub fn bind(&self, id: &str, sku: &str) -> Result<(), Name> {
-        if let Some(owner) = self.owners.get(id) {
-            return if **owner == *sku {
-                Ok(())
-            } else {
-                Err(Arc::clone(owner.value()))
-            };
-        }
-        match self.owners.entry(Name::from(id)) {
-            dashmap::Entry::Occupied(e) if **e.get() != *sku => Err(Arc::clone(e.get())),
-            dashmap::Entry::Occupied(_) => Ok(()),
-            dashmap::Entry::Vacant(e) => {
-                e.insert(Name::from(sku));
-                Ok(())
-            }
-        }
+    /// The SKU `id` belongs to, if it is bound here.
+    pub fn sku_of(&self, id: &str) -> Option<Name> {
+        self.owners.get(id).map(|e| Arc::clone(e.value()))
     }
 
-    /// Binds `id` to `sku`, sharing the names (a restore, where every id is its own).
-    pub(crate) fn bind_restored(&self, id: &Name, sku: &Name) {
+    pub(crate) fn insert(&self, id: &Name, sku: &Name) {
         self.owners.insert(Arc::clone(id), Arc::clone(sku));
     }
 
-    /// Releases `id` if it is bound to `sku` (the ledger forgot the reservation entirely).
-    pub fn unbind(&self, id: &str, sku: &str) {
-        self.owners.remove_if(id, |_, owner| **owner == *sku);
+    pub(crate) fn remove(&self, id: &str) {
+        self.owners.remove(id);
     }
 
     /// Ids bound (for memory figures and tests).
@@ -185,8 +168,8 @@ pub struct ViewStore {
     /// The ids in `reservations`, by SKU (for a SKU's list of reservations); an entry stays
     /// once made (like the SKU itself), empty or not.
     by_sku: DashMap<Name, SkuReservations, Hasher>,
-    /// Tombstones of forgotten reservations: when each ended, and when it was forgotten.
-    forgotten: DashMap<Name, (Millis, Time), Hasher>,
+    /// Tombstones of forgotten reservations: its SKU, when it ended, and when it was forgotten.
+    forgotten: DashMap<Name, (Name, Millis, Time), Hasher>,
     registry: Registry,
     windows: DashMap<Name, Arc<RwLock<SkuWindows>>, Hasher>,
     top: DashMap<(Millis, Millis), Arc<TopList>, Hasher>,
@@ -254,14 +237,14 @@ impl ViewStore {
         }
         match self.forgotten.get(id) {
             Some(e) => ReservationLookup::Forgotten {
-                ended: e.0,
-                changed_at: e.1,
+                ended: e.1,
+                changed_at: e.2,
             },
             None => ReservationLookup::Unknown,
         }
     }
 
-    /// Which SKU each reservation id belongs to.
+    /// Which SKU each reservation id owned here belongs to.
     pub fn registry(&self) -> &Registry {
         &self.registry
     }
@@ -380,25 +363,46 @@ impl ViewStore {
         let id = Arc::clone(&view.row.reservation_id);
         let sku = Arc::clone(&view.row.sku);
         // Stored inline: no allocation per change once the id is known.
-        if self.reservations.insert(Arc::clone(&id), view).is_none() {
-            self.by_sku.entry(sku).or_default().ids.insert(id);
+        match self.reservations.insert(Arc::clone(&id), view) {
+            Some(old) if old.row.sku == sku => {}
+            old => {
+                if let Some(old) = old {
+                    // Another SKU's, whose ledger forgets it at this same time (`crate::ids`).
+                    if let Some(mut e) = self.by_sku.get_mut(&*old.row.sku) {
+                        e.ids.remove(&id);
+                    }
+                }
+                self.by_sku.entry(sku).or_default().ids.insert(id);
+            }
         }
     }
 
-    /// The reservation was forgotten: only a tombstone remains.
-    pub(crate) fn forget_reservation(&self, id: &Name, ended: Millis, t: Time) {
-        self.drop_reservation(id);
-        self.forgotten.insert(Arc::clone(id), (ended, t));
+    /// `sku`'s reservation was forgotten: only a tombstone remains (unless another SKU's
+    /// reservation took the id over at the same time, [`crate::ids`]).
+    pub(crate) fn forget_reservation(&self, id: &Name, sku: &Name, ended: Millis, t: Time) {
+        if self
+            .reservations
+            .get(&**id)
+            .is_some_and(|v| v.row.sku != *sku)
+        {
+            return;
+        }
+        self.drop_reservation(id, sku);
+        self.forgotten
+            .insert(Arc::clone(id), (Arc::clone(sku), ended, t));
     }
 
-    /// Nothing remains of the reservation.
-    pub(crate) fn remove_reservation(&self, id: &str) {
-        self.drop_reservation(id);
-        self.forgotten.remove(id);
+    /// Nothing remains of `sku`'s reservation `id`.
+    pub(crate) fn remove_reservation(&self, id: &str, sku: &str) {
+        self.drop_reservation(id, sku);
+        self.forgotten.remove_if(id, |_, tomb| *tomb.0 == *sku);
     }
 
-    fn drop_reservation(&self, id: &str) {
-        if let Some((_, view)) = self.reservations.remove(id) {
+    fn drop_reservation(&self, id: &str, sku: &str) {
+        if let Some((_, view)) = self
+            .reservations
+            .remove_if(id, |_, view| *view.row.sku == *sku)
+        {
             let sku = &view.row.sku;
             // The entry stays when empty: its version must never start again from 0 (a reader
             // that read version v, empty, could otherwise accept another time's v).

@@ -22,6 +22,7 @@
 use proptest::prelude::*;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Barrier, Mutex};
+use stockflow_dataflow::ids::Origin;
 use stockflow_dataflow::views::{ReservationLookup, ViewStore};
 use stockflow_dataflow::{ledger, Engine, EngineConfig, Part, Record, Time};
 use stockflow_types::config::WindowSpec;
@@ -352,10 +353,17 @@ fn one_run(
                 let (lt, ev) = by_part[*p][*i].clone();
                 last_lt[*p] = last_lt[*p].max(lt);
                 if let Some(event) = ev {
-                    engine.send(Record {
-                        log_time: lt,
-                        event,
-                    });
+                    let origin = Origin {
+                        partition: *p as i32,
+                        ..Origin::default()
+                    };
+                    engine.send_from(
+                        Record {
+                            log_time: lt,
+                            event,
+                        },
+                        origin,
+                    );
                 }
             }
             engine.advance_log(
@@ -502,6 +510,15 @@ enum Gen {
         ts: u64,
         offset: u64,
     },
+    /// A record of reservation `res` under SKU `sku` (usually not its own: a mismatch, unless
+    /// its own was forgotten by then).
+    Stray {
+        res: usize,
+        sku: usize,
+        end: bool,
+        ts: u64,
+        offset: u64,
+    },
     Repeat {
         which: usize,
         later: u64,
@@ -516,6 +533,7 @@ fn gen_event(max_lt: u64, max_ts: u64) -> impl Strategy<Value = Gen> {
         4 => (0u8..4, 0..SKUS.len(), 0..LOCS.len(), 1i64..8, 0..max_ts, 0..max_lt).prop_map(|(kind, sku, loc, qty, ts, lt)| Gen::Stock { kind, sku, loc, qty, ts, lt }),
         3 => (0..RES, 0..LOCS.len(), 1i64..6, 0..max_ts, 0..max_lt + 200, 0u64..80).prop_map(|(res, loc, qty, ts, expires, offset)| Gen::Reserve { res, loc, qty, ts, expires, offset }),
         2 => (0..RES, any::<bool>(), 0..max_ts, 0u64..80).prop_map(|(res, fulfil, ts, offset)| Gen::End { res, fulfil, ts, offset }),
+        1 => (0..RES, 0..SKUS.len(), any::<bool>(), 0..max_ts, 0u64..400).prop_map(|(res, sku, end, ts, offset)| Gen::Stray { res, sku, end, ts, offset }),
         1 => (any::<prop::sample::Index>(), 0u64..60, prop::bool::weighted(0.2)).prop_map(|(i, later, conflicting)| Gen::Repeat { which: i.index(usize::MAX), later, conflicting }),
         2 => (0..PARTS, 0..max_lt + 200).prop_map(|(part, lt)| Gen::Heartbeat { part, lt }),
     ]
@@ -599,6 +617,34 @@ fn materialize(gens: Vec<Gen>, bases: Vec<u64>, ahead: Vec<bool>) -> Vec<Entry> 
                     Event {
                         event_id: id,
                         sku: res_sku(res),
+                        ts,
+                        kind,
+                    },
+                )
+            }
+            Gen::Stray {
+                res,
+                sku,
+                end,
+                ts,
+                offset,
+            } => {
+                let reservation_id = format!("r{res}");
+                let kind = if end {
+                    EventKind::Released { reservation_id }
+                } else {
+                    EventKind::Reserved {
+                        reservation_id,
+                        location: LOCS[0].into(),
+                        qty: 1,
+                        expires_at: ts + 50,
+                    }
+                };
+                (
+                    bases[res] + offset,
+                    Event {
+                        event_id: id,
+                        sku: SKUS[sku].into(),
                         ts,
                         kind,
                     },

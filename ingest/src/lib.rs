@@ -15,8 +15,7 @@
 //!
 //! ```
 //! use stockflow_ingest::{admit, RawRecord, Position};
-//! use stockflow_dataflow::views::Registry;
-//! let mut rec = RawRecord::new(None, br#"{"event_id":"e","type":"sold","sku":"A","ts":5,"location":"L","qty":1}"#.to_vec(), Position::new("doc", 0, 0));
+//! //! let mut rec = RawRecord::new(None, br#"{"event_id":"e","type":"sold","sku":"A","ts":5,"location":"L","qty":1}"#.to_vec(), Position::new("doc", 0, 0));
 //! rec.log_time = 10;
 //! let rules = stockflow_ingest::Rules { retention_ms: 1000, max_skew_ms: 1000 };
 //! assert_eq!(admit(&rec, &rules, &Registry::default()).unwrap().log_time, 10);
@@ -27,7 +26,6 @@ pub mod jsonl;
 pub mod kafka;
 
 use std::collections::VecDeque;
-use stockflow_dataflow::views::Registry;
 use stockflow_dataflow::Record;
 use stockflow_types::event::{decode, decode_from, EventKind, RejectReason, Rejection, Stream};
 use stockflow_types::resume::Resume;
@@ -196,10 +194,9 @@ pub struct Rules {
 /// the record's log time is rejected: the pipeline no longer keeps the movement detail needed
 /// to apply it exactly. An event whose `ts` is more than `max_skew` ahead of both its record's
 /// own timestamp and its log time is rejected (`timestamp_out_of_range`): a count dated next
-/// year would otherwise freeze its location's stock until then. A reservation event whose
-/// `reservation_id` belongs to another SKU is rejected; otherwise the id is bound to its SKU in
-/// `registry` (see docs/architecture.md).
-pub fn admit(rec: &RawRecord, rules: &Rules, registry: &Registry) -> Result<Record, Rejection> {
+/// year would otherwise freeze its location's stock until then. (Whether a reservation id
+/// belongs to another SKU is decided in the dataflow, by the id's owner: `dataflow::ids`.)
+pub fn admit(rec: &RawRecord, rules: &Rules) -> Result<Record, Rejection> {
     let ev = match rec.stream {
         Some(stream) => decode_from(&rec.value, stream)?,
         None => decode(&rec.value)?,
@@ -227,17 +224,6 @@ pub fn admit(rec: &RawRecord, rules: &Rules, registry: &Registry) -> Result<Reco
             ),
         ));
     }
-    if let Some(id) = ev.kind.reservation_id() {
-        if let Err(owner) = registry.bind(id, &ev.sku) {
-            return Err(Rejection::new(
-                RejectReason::ReservationSkuMismatch,
-                format!(
-                    "`reservation_id` {id:?} belongs to SKU {owner:?}, not {:?}",
-                    ev.sku
-                ),
-            ));
-        }
-    }
     Ok(Record {
         log_time: lt,
         event: ev,
@@ -257,20 +243,19 @@ mod tests {
 
     #[test]
     fn a_ts_far_ahead_of_its_record_is_out_of_range() {
-        let registry = Registry::default();
         let count =
             r#"{"event_id":"c","type":"counted","sku":"A","ts":1200,"location":"L","qty":1}"#;
         let mut r = record(count, 1000);
         r.stamp = Some(1100);
-        assert!(admit(&r, &rules(500), &registry).is_ok(), "within the skew");
+        assert!(admit(&r, &rules(500)).is_ok(), "within the skew");
         r.stamp = Some(1099);
-        let e = admit(&r, &rules(500), &registry).unwrap_err();
+        let e = admit(&r, &rules(500)).unwrap_err();
         assert_eq!(e.reason, RejectReason::TimestampOutOfRange);
         r.log_time = 1100; // a log time ahead of the stamp counts too
-        assert!(admit(&r, &rules(500), &registry).is_ok());
+        assert!(admit(&r, &rules(500)).is_ok());
         r.stamp = None; // a file's records have no stamp of their own: ts is their log time
         r.log_time = 0;
-        assert!(admit(&r, &rules(500), &registry).is_ok());
+        assert!(admit(&r, &rules(500)).is_ok());
     }
 
     fn record(json: &str, log_time: Millis) -> RawRecord {
@@ -281,35 +266,10 @@ mod tests {
 
     #[test]
     fn a_count_is_too_old_by_its_log_time_not_the_clock() {
-        let registry = Registry::default();
         let count =
             r#"{"event_id":"c","type":"counted","sku":"A","ts":1000,"location":"L","qty":1}"#;
-        assert!(admit(&record(count, 1500), &rules(500), &registry).is_ok());
-        let too_old = admit(&record(count, 1501), &rules(500), &registry).unwrap_err();
+        assert!(admit(&record(count, 1500), &rules(500)).is_ok());
+        let too_old = admit(&record(count, 1501), &rules(500)).unwrap_err();
         assert_eq!(too_old.reason, RejectReason::CountTooOld);
-    }
-
-    #[test]
-    fn a_reservation_id_belongs_to_one_sku() {
-        let registry = Registry::default();
-        let reserved = r#"{"event_id":"1","type":"reserved","sku":"A","ts":1,"location":"L","qty":1,"reservation_id":"r","expires_at":9}"#;
-        let released_a =
-            r#"{"event_id":"2","type":"released","sku":"A","ts":2,"reservation_id":"r"}"#;
-        let released_b =
-            r#"{"event_id":"3","type":"released","sku":"B","ts":2,"reservation_id":"r"}"#;
-        assert!(admit(&record(reserved, 1), &rules(1000), &registry).is_ok());
-        assert!(admit(&record(released_a, 2), &rules(1000), &registry).is_ok());
-        let mismatch = admit(&record(released_b, 2), &rules(1000), &registry).unwrap_err();
-        assert_eq!(mismatch.reason, RejectReason::ReservationSkuMismatch);
-        assert!(
-            mismatch.detail.contains("belongs to SKU \"A\""),
-            "{}",
-            mismatch.detail
-        );
-        registry.unbind("r", "A");
-        assert!(
-            admit(&record(released_b, 3), &rules(1000), &registry).is_ok(),
-            "free once forgotten"
-        );
     }
 }

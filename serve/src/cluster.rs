@@ -4,7 +4,8 @@
 //! dataflow's exchange follows), so one process holds its stock, windows and reservations. A
 //! lookup that reaches another process is forwarded to the owner's (one loopback or LAN hop,
 //! measured in docs/benchmarks.md); a reservation id carries no SKU, so a process that does not
-//! hold it asks the others. The top-sellers lists are published on every process.
+//! hold it asks the id's owner process, which knows the id's SKU (`dataflow::ids`) and passes
+//! the request on to the SKU's owner. The top-sellers lists are published on every process.
 //!
 //! Read-your-writes: `?min_offsets=inventory:3:1234,orders:0:99` makes a lookup wait (at most
 //! `http.max_wait`) until every named offset has been admitted, by whichever process reads its
@@ -16,6 +17,7 @@ use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use stockflow_dataflow::ids::id_owner_process;
 use stockflow_dataflow::ledger::owner_process;
 use stockflow_dataflow::views::ViewStore;
 use stockflow_types::admissions::{Admission, Admissions};
@@ -91,6 +93,11 @@ impl Cluster {
     pub fn owner_elsewhere(&self, sku: &str) -> Option<usize> {
         let p = owner_process(sku, self.http.len(), self.workers);
         (p != self.process).then_some(p)
+    }
+
+    /// The process whose worker owns reservation id `id`: it knows the id's SKU.
+    pub fn id_owner(&self, id: &str) -> usize {
+        id_owner_process(id, self.http.len(), self.workers)
     }
 
     /// The process that reads `partition` (every topic spreads its partitions the same way

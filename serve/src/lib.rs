@@ -134,42 +134,46 @@ impl Lookup {
         Ok(q)
     }
 
-    /// A reservation by id: it lives with its SKU's owner, and the id does not say which SKU,
-    /// so a process that does not hold it asks the others.
+    /// A reservation by id: it lives with its SKU's owner, and the id does not say which SKU.
+    /// The id's owner process knows it ([`stockflow_dataflow::ids`]): a process that does not
+    /// hold the reservation asks the id's owner, which answers, or passes the request on to the
+    /// SKU's owner (at most two hops; a forwarded request is passed on only by the id's owner).
     async fn reservation(self, id: &str) -> Response {
         const ROUTE: &str = "/v1/reservations/{reservation_id}";
         let here = self
             .ready()
             .await
             .and_then(|_| api::reservation(&self.s.store, id));
-        match (&here, &self.s.routing.cluster) {
-            (Err(p), Some(c)) if p.status == 404 && !self.forwarded => {
-                // A process that could not answer may hold it: its failure, not a 404.
-                let mut failed: Option<Response> = None;
-                for process in c.others() {
-                    match c
-                        .get_within(process, &self.path_and_query, self.forward_timeout(c))
-                        .await
-                    {
-                        Ok(r) if r.status() == StatusCode::OK => {
-                            record(ROUTE, r.status(), self.t0);
-                            return r;
-                        }
-                        Ok(r) if r.status().is_server_error() => failed = Some(r),
-                        Ok(_) => {}
-                        Err(p) => failed = Some(problem_response(&p)),
-                    }
-                }
-                match failed {
-                    Some(r) => {
-                        record(ROUTE, r.status(), self.t0);
-                        r
-                    }
-                    None => answer(ROUTE, self.t0, here),
+        let next = match (&here, &self.s.routing.cluster) {
+            (Err(p), Some(c)) if p.status == 404 => {
+                let id_owner = c.id_owner(id);
+                if id_owner == c.process {
+                    self.s
+                        .store
+                        .registry()
+                        .sku_of(id)
+                        .and_then(|sku| c.owner_elsewhere(&sku))
+                        .map(|p| (c, p))
+                } else if !self.forwarded {
+                    Some((c, id_owner))
+                } else {
+                    None
                 }
             }
-            _ => answer(ROUTE, self.t0, here),
-        }
+            _ => None,
+        };
+        let Some((c, process)) = next else {
+            return answer(ROUTE, self.t0, here);
+        };
+        let response = match c
+            .get_within(process, &self.path_and_query, self.forward_timeout(c))
+            .await
+        {
+            Ok(r) => r,
+            Err(p) => problem_response(&p),
+        };
+        record(ROUTE, response.status(), self.t0);
+        response
     }
 }
 

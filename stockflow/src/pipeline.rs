@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use stockflow_dataflow::clock::{tick_floor, Clock};
+use stockflow_dataflow::ids::Origin;
 use stockflow_dataflow::views::ViewStore;
 use stockflow_dataflow::Engine;
 use stockflow_ingest::{admit, Polled, RawRecord, Rules, Source};
@@ -180,6 +181,7 @@ pub fn run_worker(
         } else {
             worker.step_or_park(Some(opts.park));
         }
+        reject_mismatches(engine, io, &mut counters);
         parts.collect(engine, &inputs, worker.index(), io);
     }
     // A last checkpoint: asked for by the first worker of each process (in a cluster every
@@ -198,6 +200,7 @@ pub fn run_worker(
         opts,
         &mut durability,
         &mut parts,
+        &mut counters,
     );
     for input in &mut inputs {
         input.source.close();
@@ -242,30 +245,69 @@ fn admit_one(
     opts: &WorkerOptions,
     counters: &mut Counters,
 ) {
-    match admit(&rec, &opts.rules, io.store.registry()) {
+    let admitted = admit(&rec, &opts.rules);
+    let origin = Origin {
+        source: rec.position.source,
+        partition: rec.position.partition,
+        offset: rec.position.offset,
+        key: rec.key,
+        value: rec.value,
+        dead_lettered: rec.dead_lettered,
+    };
+    match admitted {
         Ok(record) => {
             counters.ingested[usize::from(record.event.kind.stream() == Stream::Orders)] += 1;
-            engine.send(record);
+            engine.send_from(record, origin);
         }
-        Err(rej) => {
-            let i = RejectReason::ALL
-                .iter()
-                .position(|r| *r == rej.reason)
-                .expect("listed");
-            counters.rejected[i] += 1;
-            if rec.dead_lettered {
-                return; // an earlier run sent it, durably
-            }
-            io.dead_letters.send(DeadLetter {
-                reason: rej.reason.code(),
-                detail: rej.detail,
-                source: rec.position.source,
-                partition: rec.position.partition,
-                offset: rec.position.offset,
-                key: rec.key,
-                value: rec.value,
-            });
-        }
+        Err(rej) => reject(rej.reason, rej.detail, origin, io, counters),
+    }
+}
+
+/// Counts a rejected record and sends it to the dead letters (unless an earlier run did).
+fn reject(
+    reason: RejectReason,
+    detail: String,
+    origin: Origin,
+    io: &WorkerIo<'_>,
+    counters: &mut Counters,
+) {
+    let i = RejectReason::ALL
+        .iter()
+        .position(|r| *r == reason)
+        .expect("listed");
+    counters.rejected[i] += 1;
+    if origin.dead_lettered {
+        return; // an earlier run sent it, durably
+    }
+    io.dead_letters.send(DeadLetter {
+        reason: reason.code(),
+        detail,
+        source: origin.source,
+        partition: origin.partition,
+        offset: origin.offset,
+        key: origin.key,
+        value: origin.value,
+    });
+}
+
+/// Sends the records the id owners on this worker rejected to the dead letters: right after a
+/// step, before durability looks at the frontier.
+fn reject_mismatches(engine: &mut Engine, io: &WorkerIo<'_>, counters: &mut Counters) {
+    for r in engine.take_rejected() {
+        let ev = &r.record.event;
+        let detail = format!(
+            "`reservation_id` {:?} belongs to SKU {:?}, not {:?}",
+            ev.kind.reservation_id().unwrap_or_default(),
+            r.owner,
+            ev.sku
+        );
+        reject(
+            RejectReason::ReservationSkuMismatch,
+            detail,
+            r.origin,
+            io,
+            counters,
+        );
     }
 }
 
@@ -325,6 +367,7 @@ fn drain(
     opts: &WorkerOptions,
     durability: &mut Durability,
     parts: &mut Parts,
+    counters: &mut Counters,
 ) {
     let last = engine.time();
     let deadline = Instant::now() + opts.drain_timeout;
@@ -349,6 +392,8 @@ fn drain(
             return;
         }
         worker.step_or_park(Some(opts.park));
+        reject_mismatches(engine, io, counters);
+        counters.report(engine);
         parts.collect(engine, inputs, worker.index(), io);
     }
 }
@@ -357,7 +402,8 @@ fn drain(
 /// dead letters settled.
 #[derive(Default)]
 struct Durability {
-    /// (admission time, dead letters sent by the end of its batch), oldest first.
+    /// (a time, dead letters sent once every dead letter of the records admitted before it
+    /// was sent), oldest first.
     marks: VecDeque<(Millis, u64)>,
     /// Dead letters of records admitted before this time are settled.
     dead_letters_through: Millis,
@@ -386,16 +432,20 @@ impl Durability {
         worker: usize,
         inputs: &mut [Input],
     ) -> Millis {
-        self.marks.push_back((t, io.dead_letters.sent()));
+        // Every dead letter of a record admitted before the mark is sent by now: those of
+        // admission (records admitted at `t` or before), and those the id owners decided in the
+        // dataflow (taken after each step, so for every time the frontier has passed).
+        let frontier = engine.frontier();
+        self.marks
+            .push_back(((t + 1).min(frontier), io.dead_letters.sent()));
         let settled = io.dead_letters.settled();
-        while let Some(&(mark_t, sent)) = self.marks.front() {
+        while let Some(&(mark, sent)) = self.marks.front() {
             if sent > settled {
                 break;
             }
-            self.dead_letters_through = mark_t + 1;
+            self.dead_letters_through = self.dead_letters_through.max(mark);
             self.marks.pop_front();
         }
-        let frontier = engine.frontier();
         let mut local = frontier.min(self.dead_letters_through);
         if io.progress.has_sink() {
             local = local.min(io.progress.sink_durable());
@@ -408,6 +458,14 @@ impl Durability {
             input.source.durable(through);
         }
         io.progress.set_durable(worker, through);
+        // Which checkpoint every process holds: the writers keep it (never pruned).
+        let written = io.progress.checkpoint_written();
+        if written > 0 {
+            engine.advance_written(written);
+        }
+        if let Some(common) = engine.written_everywhere() {
+            io.progress.set_checkpoint_common(common);
+        }
         // Records stop weighing on memory once the sink has folded their changes into its
         // pending rows (bounded by the keys), written or not: a replay then proceeds while the
         // sink holds its writes, and an outage still stops reading (the sink folds nothing

@@ -96,6 +96,9 @@ pub fn run(settings: Settings) -> Result<()> {
         .map(|r| r.positions.clone())
         .unwrap_or_default();
     let restored_at = restored.as_ref().map(|r| r.at);
+    if let Some(at) = restored_at {
+        progress.set_checkpoint_written(at); // every process holds the one it restored
+    }
     let sink_identity = crate::restore::sink_identity(&settings);
     let restored_for_sink = restored.as_ref().map(|r| clickhouse::Restored {
         at: r.at,

@@ -125,6 +125,7 @@ fn two_and_three_processes_answer_every_lookup_exactly() {
         ps[0].lint_metrics();
         if n == 2 {
             read_your_writes(&names, &ps);
+            one_id_one_sku_across_processes(&names, &ps);
         }
         stop(ps);
         names.clean_up();
@@ -155,6 +156,73 @@ impl ProducerContext for Acks {
     fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
         let m = result.as_ref().expect("acknowledged");
         self.0.lock().unwrap().push((m.partition(), m.offset()));
+    }
+}
+
+/// Kafka's default partitioner (murmur2 of the key), as librdkafka's `murmur2_random`.
+fn partition_of(key: &str, partitions: u32) -> u32 {
+    const M: u32 = 0x5bd1_e995;
+    let data = key.as_bytes();
+    let mut h: u32 = 0x9747_b28c ^ data.len() as u32;
+    let chunks = data.chunks_exact(4);
+    let tail = chunks.remainder();
+    for c in chunks {
+        let mut k = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+        k = k.wrapping_mul(M);
+        k ^= k >> 24;
+        k = k.wrapping_mul(M);
+        h = h.wrapping_mul(M) ^ k;
+    }
+    if !tail.is_empty() {
+        for (i, b) in tail.iter().enumerate().rev() {
+            h ^= u32::from(*b) << (8 * i);
+        }
+        h = h.wrapping_mul(M);
+    }
+    h ^= h >> 13;
+    h = h.wrapping_mul(M);
+    h ^= h >> 15;
+    (h & 0x7fff_ffff) % partitions
+}
+
+/// A reservation id bound to a SKU whose partition one process reads, then named under a SKU
+/// whose partition the other reads: the id's owner decides, so the second is a dead letter
+/// (`reservation_sku_mismatch`) wherever it was read, and every process finds the reservation.
+fn one_id_one_sku_across_processes(names: &Names, ps: &[Pipeline]) {
+    // 4 partitions over 2 processes of 2 workers: process (p % 4) / 2 reads partition p.
+    let sku_read_by = |process: u32| {
+        (0..)
+            .map(|i| format!("IDS-{i}"))
+            .find(|k| partition_of(k, 4) / 2 == process)
+            .expect("some key")
+    };
+    let (a, b) = (sku_read_by(0), sku_read_by(1));
+    let now = now_ms();
+    let id = format!("xid-{}", names.prefix);
+    let mut w = Workload::default();
+    w.valid(true, json!({"event_id": "xr", "type": "reserved", "sku": a, "ts": now, "reservation_id": id, "location": "L", "qty": 1, "expires_at": now + 86_400_000}));
+    produce(names, &w.records);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while ps[0].get(&format!("/v1/reservations/{id}")).0 != 200 {
+        assert!(Instant::now() < deadline, "the reservation never showed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let stray = json!({"event_id": "xs", "type": "released", "sku": b, "ts": now + 1, "reservation_id": id}).to_string();
+    produce(names, &[(true, b, stray.clone().into_bytes())]);
+    let dls = dead_letters(names, 1);
+    assert!(
+        dls.iter()
+            .any(|(v, reason, _)| *v == stray.as_bytes() && reason == "reservation_sku_mismatch"),
+        "the stray release is a dead letter: {dls:?}"
+    );
+    for p in ps {
+        let (status, body) = p.get(&format!("/v1/reservations/{id}"));
+        assert_eq!(status, 200, "{}: {body}", p.base);
+        assert_eq!(body["sku"], a.as_str(), "{body}");
+        assert_eq!(
+            body["status"], "insufficient",
+            "no stock, not released: {body}"
+        );
     }
 }
 

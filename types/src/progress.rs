@@ -22,6 +22,11 @@ pub struct Progress {
     clickhouse: Option<AtomicBool>,
     /// Why the latest checkpoint write failed, while it is the latest outcome.
     checkpoint_problem: Mutex<Option<String>>,
+    /// The newest checkpoint this process has written (0: none).
+    checkpoint_written: AtomicU64,
+    /// The newest checkpoint time every process of the cluster has written one at or after
+    /// (0: not known yet): no process removes its newest checkpoint at or before it.
+    checkpoint_common: AtomicU64,
     /// Why sources stopped reading (records deleted before they were read), one per partition.
     source_problems: Mutex<Vec<String>>,
     /// Per local worker: which of its partitions holds the log frontier back, and by how much.
@@ -46,6 +51,8 @@ impl Progress {
             kafka: kafka.then(|| AtomicBool::new(false)),
             clickhouse: clickhouse.then(|| AtomicBool::new(false)),
             checkpoint_problem: Mutex::new(None),
+            checkpoint_written: AtomicU64::new(0),
+            checkpoint_common: AtomicU64::new(0),
             source_problems: Mutex::new(Vec::new()),
             log_notes: Mutex::new(vec![None; workers.max(1)]),
             stopped: Mutex::new(None),
@@ -75,6 +82,27 @@ impl Progress {
             .checkpoint_problem
             .lock()
             .unwrap_or_else(|e| e.into_inner()) = problem;
+    }
+
+    /// This process wrote the checkpoint of time `at`.
+    pub fn set_checkpoint_written(&self, at: Millis) {
+        self.checkpoint_written.fetch_max(at, Ordering::AcqRel);
+    }
+
+    /// The newest checkpoint this process has written (0: none).
+    pub fn checkpoint_written(&self) -> Millis {
+        self.checkpoint_written.load(Ordering::Acquire)
+    }
+
+    /// Every process of the cluster has written a checkpoint at or after `at`.
+    pub fn set_checkpoint_common(&self, at: Millis) {
+        self.checkpoint_common.fetch_max(at, Ordering::AcqRel);
+    }
+
+    /// The newest time every process of the cluster has written a checkpoint at or after (0:
+    /// not known yet).
+    pub fn checkpoint_common(&self) -> Millis {
+        self.checkpoint_common.load(Ordering::Acquire)
     }
 
     /// Why the latest checkpoint write failed, if it did.

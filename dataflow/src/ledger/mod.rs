@@ -2,8 +2,8 @@
 //!
 //! Inputs: admitted [`Record`]s (an event and its log time) at pipeline times, exchanged by SKU
 //! so that one worker owns each SKU with all its locations, reservations and windows; and the
-//! [`Control`] stream, broadcast to every worker: each worker's log frontier, and checkpoint
-//! requests. Output: the changes of the maintained rows as a differential collection of
+//! [`Control`] stream: each worker's log frontier and checkpoint requests (broadcast to every
+//! worker), and the id owners' notices (`crate::ids`, to the SKU's owner). Output: the changes of the maintained rows as a differential collection of
 //! [`Change`] with `±1` diffs. The operator processes a pipeline time only once both input
 //! frontiers have passed it, in time order, and keeps a capability for its next expiry, so that
 //! expiries happen at their pipeline time even when no event arrives.
@@ -13,7 +13,7 @@
 //! A restored worker starts from a [`WorkerRestore`] and emits the restored rows at its time.
 
 mod dedup;
-mod reservation;
+pub(crate) mod reservation;
 mod snapshot;
 mod state;
 mod stock;
@@ -34,7 +34,6 @@ use std::time::Duration;
 use stockflow_types::rows::Change;
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::generic::Operator;
-use timely::dataflow::operators::vec::Broadcast;
 use timely::dataflow::operators::Capability;
 use timely::dataflow::StreamVec;
 
@@ -93,7 +92,7 @@ pub fn ledger<'s>(
     let scope = events.scope();
     events
         .binary_frontier(
-            control.broadcast(),
+            control,
             Exchange::new(|r: &Record| sku_hash(&r.event.sku)),
             Pipeline,
             "Ledger",

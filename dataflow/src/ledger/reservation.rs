@@ -36,6 +36,73 @@ pub(crate) struct Terminal {
     pub fulfilled: bool,
 }
 
+/// The facts that decide when the log forgets a reservation: the one rule, for the ledger's
+/// reservations and for the id owner's bindings ([`crate::ids`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Horizon {
+    /// The deciding `reserved` event's `expires_at`, once a `reserved` was read.
+    pub expires_at: Option<Millis>,
+    /// A terminal event was read.
+    pub terminal: bool,
+    /// The log time of the first `reserved` record of this incarnation.
+    pub reserved_lt: Option<Millis>,
+    /// The log time of the first terminal record of this incarnation.
+    pub terminal_lt: Option<Millis>,
+    /// A tombstone: the log time at which it had ended.
+    pub forgotten: Option<Millis>,
+}
+
+impl Horizon {
+    /// The log time at which the log ended it: when both its `reserved` and its terminal event
+    /// had been read; without a terminal event, its expiry (or when its `reserved` was read, if
+    /// later); for an orphan, when its terminal event was read.
+    pub fn ended(&self) -> Millis {
+        if let Some(ended) = self.forgotten {
+            return ended;
+        }
+        let reserved_lt = self.reserved_lt.unwrap_or(0);
+        let terminal_lt = self.terminal_lt.unwrap_or(0);
+        match (self.expires_at, self.terminal) {
+            (Some(_), true) => reserved_lt.max(terminal_lt),
+            (Some(expires_at), false) => reserved_lt.max(expires_at),
+            (None, _) => terminal_lt,
+        }
+    }
+
+    /// The log time from which it is forgotten: `retention` after it ended (an orphan goes
+    /// entirely, a reservation leaves a tombstone), and a tombstone another `retention` later.
+    pub fn forget_at(&self, retention: u64) -> Millis {
+        let after = if self.forgotten.is_some() {
+            retention.saturating_mul(2)
+        } else {
+            retention
+        };
+        self.ended().saturating_add(after)
+    }
+
+    /// Whether forgetting leaves nothing (a tombstone or an orphan), rather than a tombstone.
+    pub fn goes_entirely(&self) -> bool {
+        self.forgotten.is_some() || self.expires_at.is_none()
+    }
+
+    /// The log time from which nothing of it is left.
+    pub fn gone_at(&self, retention: u64) -> Millis {
+        if self.goes_entirely() {
+            self.forget_at(retention)
+        } else {
+            self.ended().saturating_add(retention.saturating_mul(2))
+        }
+    }
+
+    /// One step of forgetting: the tombstone it leaves, or `None` if nothing is left.
+    pub fn forgotten(&self) -> Option<Horizon> {
+        (!self.goes_entirely()).then(|| Horizon {
+            forgotten: Some(self.ended()),
+            ..Horizon::default()
+        })
+    }
+}
+
 /// Where a reservation stands at a pipeline time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Phase {
@@ -116,27 +183,23 @@ impl Res {
     /// had been read; without a terminal event, its expiry (or when its `reserved` was read, if
     /// later); for an orphan, when its terminal event was read.
     pub fn ended(&self) -> Millis {
-        if let Some(ended) = self.forgotten {
-            return ended;
-        }
-        let reserved_lt = self.reserved_lt.unwrap_or(0);
-        let terminal_lt = self.terminal_lt.unwrap_or(0);
-        match (&self.reserved, &self.terminal) {
-            (Some(_), Some(_)) => reserved_lt.max(terminal_lt),
-            (Some(r), None) => reserved_lt.max(r.expires_at),
-            (None, _) => terminal_lt,
-        }
+        self.horizon().ended()
     }
 
     /// The log time from which it is forgotten: `retention` after it ended (an orphan goes
     /// entirely, a reservation leaves a tombstone), and a tombstone another `retention` later.
     pub fn forget_at(&self, retention: u64) -> Millis {
-        let after = if self.forgotten.is_some() {
-            retention.saturating_mul(2)
-        } else {
-            retention
-        };
-        self.ended().saturating_add(after)
+        self.horizon().forget_at(retention)
+    }
+
+    pub(crate) fn horizon(&self) -> Horizon {
+        Horizon {
+            expires_at: self.reserved.as_ref().map(|r| r.expires_at),
+            terminal: self.terminal.is_some(),
+            reserved_lt: self.reserved_lt,
+            terminal_lt: self.terminal_lt,
+            forgotten: self.forgotten,
+        }
     }
 
     /// What it contributes at pipeline time `t`.
@@ -187,16 +250,7 @@ impl Sku {
         id: &str,
         update: impl FnOnce(&mut Res),
     ) {
-        let retention = ctx.cfg.retention_ms;
-        if let Some(name) = self.res.get_key_value(id).map(|(n, _)| Arc::clone(n)) {
-            while self
-                .res
-                .get(&name)
-                .is_some_and(|r| r.forget_at(retention) <= lt)
-            {
-                self.forget_step(ctx, &name);
-            }
-        }
+        self.forget_by(ctx, lt, id);
         let name = match self.res.get_key_value(id) {
             Some((n, _)) => Arc::clone(n),
             None => {
@@ -220,6 +274,20 @@ impl Sku {
         self.apply_contributions(ctx, &name, &old, &new, lt);
         self.schedule(ctx, &name);
         self.dirty_res.push(name);
+    }
+
+    /// Forgets what the log has forgotten of reservation `id` by log time `lt`.
+    pub fn forget_by(&mut self, ctx: &mut Ctx<'_>, lt: Millis, id: &str) {
+        let retention = ctx.cfg.retention_ms;
+        if let Some(name) = self.res.get_key_value(id).map(|(n, _)| Arc::clone(n)) {
+            while self
+                .res
+                .get(&name)
+                .is_some_and(|r| r.forget_at(retention) <= lt)
+            {
+                self.forget_step(ctx, &name);
+            }
+        }
     }
 
     /// Brings reservation `id` up to date with the pipeline time (expiry) and the log frontier
@@ -302,13 +370,12 @@ impl Sku {
     /// stay); a tombstone or an orphan goes entirely.
     fn forget_step(&mut self, ctx: &mut Ctx<'_>, id: &Name) {
         let res = self.res.get_mut(id).expect("present");
-        if res.forgotten.is_some() || res.reserved.is_none() {
+        if res.horizon().goes_entirely() {
             let res = self.res.remove(id).expect("present");
             if res.published.is_some() || res.history.is_some() {
                 self.gone.push((Arc::clone(id), res.published, res.history));
             }
-            ctx.store.registry().unbind(id, &self.name);
-            ctx.store.remove_reservation(id);
+            ctx.store.remove_reservation(id, &self.name);
             return;
         }
         // Its last state (as it would be published now) stays in the sinks as history.

@@ -20,6 +20,7 @@ use super::stock::{CountRec, LocId};
 use super::timers::{LogTimer, PipelineTimer, SkuId};
 use super::windows::final_at;
 use crate::clock::tick_ceil;
+use crate::ids::Binding;
 use crate::views::ViewStore;
 use crate::{Diff, EngineConfig, Time};
 use hashbrown::{HashMap, HashSet};
@@ -84,6 +85,25 @@ struct ResState {
     forgotten: Option<Millis>,
 }
 
+impl ResState {
+    /// Its id's binding (`crate::ids`), as the id owner would have it.
+    fn binding(&self, sku: &Name) -> Binding {
+        let res = Res {
+            reserved: self.reserved.clone(),
+            terminal: self.terminal.clone(),
+            reserved_lt: self.reserved_lt,
+            terminal_lt: self.terminal_lt,
+            forgotten: self.forgotten,
+            ..Res::default()
+        };
+        Binding::restored(
+            Arc::clone(sku),
+            self.reserved.as_ref().map(|r| (r.ts, r.event_id.clone())),
+            res.horizon(),
+        )
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 struct WindowState {
     size: Millis,
@@ -146,6 +166,9 @@ pub struct WorkerRestore {
     pub frontier: Millis,
     skus: Vec<SkuState>,
     dedup: Vec<(u64, Vec<u128>)>,
+    /// The bindings of this worker's restored reservations (`crate::ids`), for their ids'
+    /// owners (which may be other workers, of other processes).
+    pub(crate) ids: Vec<(Name, Binding)>,
 }
 
 impl WorkerRestore {
@@ -371,7 +394,6 @@ impl LedgerState {
                 w.changed_at = at;
             }
             for r in sku.reservations {
-                store.registry().bind_restored(&r.id, &s.name);
                 let mut res = Res {
                     reserved: r.reserved,
                     terminal: r.terminal,
@@ -392,7 +414,7 @@ impl LedgerState {
                     s.locs[live.0 as usize].add_live(live.1, &r.id, live.2);
                 }
                 if let Some(ended) = res.forgotten {
-                    store.forget_reservation(&r.id, ended, at);
+                    store.forget_reservation(&r.id, &s.name, ended, at);
                 }
                 s.res.insert(r.id, res);
             }
@@ -507,6 +529,9 @@ pub fn route<P: AsRef<[u8]>>(
                 }
                 Item::Sku(s) => {
                     let w = super::owner(sku_hash(&s.name), workers);
+                    for r in &s.reservations {
+                        out[w].ids.push((Arc::clone(&r.id), r.binding(&s.name)));
+                    }
                     out[w].skus.push(s);
                 }
                 Item::Dedup { generation, keys } => {

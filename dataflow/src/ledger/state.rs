@@ -235,6 +235,7 @@ impl LedgerState {
     ) -> bool {
         let fold_before = self.frontier.saturating_sub(self.cfg.retention_ms);
         let mut checkpoint = false;
+        let mut notices = false;
         for c in controls {
             match c {
                 Control::LogFrontier { worker, at } => {
@@ -243,6 +244,7 @@ impl LedgerState {
                     }
                 }
                 Control::Checkpoint => checkpoint = true,
+                Control::Forget { .. } => notices = true,
             }
         }
         self.frontier = self.marks.iter().copied().min().unwrap_or(0);
@@ -250,6 +252,15 @@ impl LedgerState {
         // and every other rule below is independent of the order of application.
         for r in records.drain(..) {
             self.apply(t, r, fold_before);
+        }
+        // The id owner's notices come after this time's records: a SKU's record of this time
+        // may have made the reservation that another SKU's record of this time takes over.
+        if notices {
+            for c in controls {
+                if let Control::Forget { sku, id, at } = c {
+                    self.forget_notice(t, sku, id, *at, fold_before);
+                }
+            }
         }
         let mut due = std::mem::take(&mut self.pipeline_due);
         self.timers.due_pipeline(t, &mut due);
@@ -312,6 +323,31 @@ impl LedgerState {
         id
     }
 
+    /// The id owner says reservation `id` of `sku` is forgotten by log time `lt` (another SKU
+    /// takes its id over at this time): if this worker owns `sku`, it forgets it now.
+    fn forget_notice(&mut self, t: Time, sku: &str, id: &str, lt: Millis, fold_before: Millis) {
+        let Some(&sku) = self.index.get(sku) else {
+            return; // another worker's SKU (the notice is broadcast)
+        };
+        if !self.skus[sku as usize].res.contains_key(id) {
+            return;
+        }
+        self.touch(sku);
+        let cfg = Arc::clone(&self.cfg);
+        let store = Arc::clone(&self.store);
+        let mut ctx = Ctx {
+            cfg: &cfg,
+            store: &store,
+            t,
+            frontier: self.forgotten,
+            fold_before,
+            stats: &mut self.stats,
+            timers: &mut self.timers,
+            sku,
+        };
+        self.skus[sku as usize].forget_by(&mut ctx, lt, id);
+    }
+
     fn apply(&mut self, t: Time, r: Record, fold_before: Millis) {
         let Record {
             log_time: lt,
@@ -325,17 +361,6 @@ impl LedgerState {
         let key = dedup::key(sku_hash(&ev.sku), &ev.event_id);
         if self.dedup.is_repeat(key, lt) {
             self.stats.duplicates += 1;
-            if let Some(id) = ev.kind.reservation_id() {
-                // Admission bound the id to this SKU for this record; if nothing else holds it,
-                // the binding must not outlive the repeat.
-                let held = self
-                    .index
-                    .get(ev.sku.as_str())
-                    .is_some_and(|s| self.skus[*s as usize].res.contains_key(id));
-                if !held {
-                    self.store.registry().unbind(id, &ev.sku);
-                }
-            }
             return;
         }
         self.before_dedup_insert(key, lt);
@@ -575,7 +600,7 @@ impl Sku {
             let old = res.published.take();
             retire(self, id, old, Some(history), out);
             // Its view goes too; a tombstone or a new incarnation takes its place below.
-            store.remove_reservation(id);
+            store.remove_reservation(id, &self.name);
         }
         let res = &self.res[id];
         let now = res.published_at(t, || {
@@ -588,9 +613,12 @@ impl Sku {
         });
         let forgotten = res.forgotten;
         if now == res.published {
-            if let Some(ended) = forgotten {
+            match forgotten {
                 // Perhaps a reservation forgotten before it was ever published.
-                store.forget_reservation(id, ended, t);
+                Some(ended) => store.forget_reservation(id, &self.name, ended, t),
+                // An orphan that took a tombstone's place: the tombstone goes.
+                None if now.is_none() => store.remove_reservation(id, &self.name),
+                None => {}
             }
             return;
         }
@@ -605,9 +633,9 @@ impl Sku {
         self.res.get_mut(id).expect("present").published = now;
         match (store_row, forgotten) {
             (Some(row), _) => store.publish_reservation(ReservationView { row, changed_at: t }),
-            (None, Some(ended)) => store.forget_reservation(id, ended, t),
+            (None, Some(ended)) => store.forget_reservation(id, &self.name, ended, t),
             // A new incarnation that is only an orphan so far.
-            (None, None) => store.remove_reservation(id),
+            (None, None) => store.remove_reservation(id, &self.name),
         }
     }
 }

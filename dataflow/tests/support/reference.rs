@@ -100,6 +100,39 @@ impl Incarnation {
         })
     }
 
+    /// Takes a reservation record into this incarnation's facts: the first `reserved` and the
+    /// first terminal event by (ts, event_id), and when the log first brought each.
+    fn take(&mut self, e: &Event, lt: u64) {
+        match &e.kind {
+            EventKind::Reserved {
+                location,
+                qty,
+                expires_at,
+                ..
+            } => {
+                self.reserved_lt.get_or_insert(lt);
+                let cand = (
+                    e.ts,
+                    e.event_id.clone(),
+                    location.clone(),
+                    *qty,
+                    *expires_at,
+                );
+                if self.reserved.as_ref().is_none_or(|old| cand < *old) {
+                    self.reserved = Some(cand);
+                }
+            }
+            _ => {
+                self.terminal_lt.get_or_insert(lt);
+                let fulfilled = matches!(e.kind, EventKind::Fulfilled { .. });
+                let cand = (e.ts, e.event_id.clone(), fulfilled);
+                if self.terminal.as_ref().is_none_or(|old| cand < *old) {
+                    self.terminal = Some(cand);
+                }
+            }
+        }
+    }
+
     /// Status at pipeline time `t`, without allocation (`Held` = live).
     fn status(&self, t: Time) -> Option<Status> {
         let r = self.reserved.as_ref()?;
@@ -147,6 +180,29 @@ impl Incarnation {
     }
 }
 
+/// What the log has forgotten of reservation `id` by log time `lt`: the incarnations forgotten
+/// go to `past` (their shipments stay).
+fn forget_by(
+    current: &mut BTreeMap<String, Incarnation>,
+    id: &str,
+    lt: u64,
+    retention: u64,
+    past: &mut Vec<Incarnation>,
+) {
+    while let Some(inc) = current.get(id) {
+        if inc.forget_at(retention) > lt {
+            break;
+        }
+        let inc = current.remove(id).unwrap();
+        if inc.forgotten.is_none() && inc.reserved.is_some() {
+            past.push(inc.clone());
+        }
+        if let Some(tomb) = inc.forget() {
+            current.insert(id.to_string(), tomb);
+        }
+    }
+}
+
 pub fn reference(all: &[Admitted], t: Time, partitions: usize, cfg: &EngineConfig) -> Views {
     let f = frontier(all, t, partitions);
     let retention = cfg.retention_ms;
@@ -178,16 +234,37 @@ pub fn reference(all: &[Admitted], t: Time, partitions: usize, cfg: &EngineConfi
         }
     };
     let mut current: BTreeMap<String, Incarnation> = BTreeMap::new();
+    // The id owner's bindings.
+    let mut bound: BTreeMap<String, Incarnation> = BTreeMap::new();
     // Incarnations forgotten by now: their shipments stay.
     let mut past: Vec<Incarnation> = Vec::new();
 
-    for a in all.iter().filter(|a| a.at <= t) {
+    // By admission time and, within one, by partition (a stable sort: a partition's records
+    // keep their order), as the id owner takes them; every other rule is per SKU.
+    let mut order: Vec<&Admitted> = all.iter().filter(|a| a.at <= t).collect();
+    order.sort_by_key(|a| (a.at, a.part));
+    for a in order {
         let Some(e) = &a.ev else {
             continue; // a heartbeat: it counts for the frontier only
         };
         let lt = a.lt;
         if matches!(e.kind, EventKind::Counted { .. }) && e.ts + retention < lt {
             continue; // count_too_old
+        }
+        if let Some(id) = e.kind.reservation_id() {
+            // The id's owner: a record naming another SKU than the one its id is bound to
+            // (while that SKU's ledger knows the reservation) is rejected; it sees every
+            // record, repeats included.
+            forget_by(&mut bound, id, lt, retention, &mut Vec::new());
+            if bound.get(id).is_some_and(|b| b.sku != e.sku) {
+                continue; // reservation_sku_mismatch
+            }
+            let b = bound.entry(id.to_string()).or_default();
+            if b.forgotten.is_some() {
+                *b = Incarnation::default();
+            }
+            b.sku = e.sku.clone();
+            b.take(e, lt);
         }
         let seen = applied
             .entry((e.sku.clone(), e.event_id.clone()))
@@ -235,54 +312,17 @@ pub fn reference(all: &[Admitted], t: Time, partitions: usize, cfg: &EngineConfi
             }
             | EventKind::Released { reservation_id: id }
             | EventKind::Fulfilled { reservation_id: id } => {
-                // What the log has forgotten by this record's log time.
-                while let Some(inc) = current.get(id) {
-                    if inc.forget_at(retention) > lt {
-                        break;
-                    }
-                    let inc = current.remove(id).unwrap();
-                    if inc.forgotten.is_none() && inc.reserved.is_some() {
-                        past.push(inc.clone());
-                    }
-                    if let Some(tomb) = inc.forget() {
-                        current.insert(id.clone(), tomb);
-                    }
-                }
+                forget_by(&mut current, id, lt, retention, &mut past);
                 let inc = current.entry(id.clone()).or_default();
                 if inc.forgotten.is_some() {
                     *inc = Incarnation::default();
                 }
                 inc.sku = e.sku.clone();
                 let before = inc.window_contributions();
-                match &e.kind {
-                    EventKind::Reserved {
-                        location,
-                        qty,
-                        expires_at,
-                        ..
-                    } => {
-                        locations.insert(key(location));
-                        inc.reserved_lt.get_or_insert(lt);
-                        let cand = (
-                            e.ts,
-                            e.event_id.clone(),
-                            location.clone(),
-                            *qty,
-                            *expires_at,
-                        );
-                        if inc.reserved.as_ref().is_none_or(|old| cand < *old) {
-                            inc.reserved = Some(cand);
-                        }
-                    }
-                    _ => {
-                        inc.terminal_lt.get_or_insert(lt);
-                        let fulfilled = matches!(e.kind, EventKind::Fulfilled { .. });
-                        let cand = (e.ts, e.event_id.clone(), fulfilled);
-                        if inc.terminal.as_ref().is_none_or(|old| cand < *old) {
-                            inc.terminal = Some(cand);
-                        }
-                    }
+                if let EventKind::Reserved { location, .. } = &e.kind {
+                    locations.insert(key(location));
                 }
+                inc.take(e, lt);
                 let after = inc.window_contributions();
                 if before != after {
                     for (loc, ts, f) in before {

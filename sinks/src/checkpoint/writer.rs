@@ -207,6 +207,7 @@ impl Writer {
                 metrics::gauge!("stockflow_checkpoint_time_seconds").set(at as f64 / 1000.0);
                 self.progress.set_checkpoint_problem(None);
                 tracing::info!(path = %path.display(), bytes = size, at, "checkpoint written");
+                self.progress.set_checkpoint_written(at);
                 self.prune();
             }
             Err(e) => {
@@ -221,11 +222,19 @@ impl Writer {
         }
     }
 
-    /// Keeps the newest `keep` checkpoints.
+    /// Keeps the newest `keep` checkpoints, and (in a cluster) the newest at or before the time
+    /// every process has written one at or after: a process whose writes fail for longer than
+    /// `keep` intervals leaves the others holding a checkpoint it holds too (the restore agrees
+    /// on the newest one every process holds).
     fn prune(&self) {
+        let common = self.progress.checkpoint_common();
         match list(&self.dir) {
             Ok(all) => {
-                for (_, path) in all.into_iter().skip(self.keep) {
+                let shared = all.iter().map(|(at, _)| *at).find(|at| *at <= common);
+                for (at, path) in all.into_iter().skip(self.keep) {
+                    if Some(at) == shared {
+                        continue;
+                    }
                     if let Err(e) = std::fs::remove_file(&path) {
                         tracing::warn!(path = %path.display(), error = %e, "removing an old checkpoint failed");
                     }
@@ -233,5 +242,65 @@ impl Writer {
             }
             Err(e) => tracing::warn!(error = %e, "listing checkpoints failed"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Writes checkpoints at `times` (one local worker, everything durable) with `keep` 1 and
+    /// the cluster's common time `common`; returns the times left on disk.
+    fn written(times: &[Millis], common: Millis) -> Vec<Millis> {
+        let dir = std::env::temp_dir().join(format!(
+            "stockflow-prune-{}-{common}-{}",
+            std::process::id(),
+            times.len()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let progress = Arc::new(Progress::new(1, false, false));
+        progress.set_durable(0, Millis::MAX - 1);
+        progress.set_checkpoint_common(common);
+        let cfg = CheckpointConfig {
+            enabled: true,
+            dir: dir.clone(),
+            interval: Duration::from_secs(1),
+            keep: 1,
+            allow_gap: false,
+        };
+        let fingerprint = Fingerprint {
+            tick_ms: 1,
+            windows: Vec::new(),
+            horizons: (1, 1, 1),
+        };
+        let writer = CheckpointWriter::start(&cfg, 1, fingerprint, None, Arc::clone(&progress));
+        for at in times {
+            writer.sender().send(WorkerPart {
+                at: *at,
+                worker: 0,
+                chunks: vec![vec![1, 2, 3]],
+                positions: Vec::new(),
+            });
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while progress.checkpoint_written() < *at {
+                assert!(Instant::now() < deadline, "checkpoint {at} never written");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        writer.finish(Duration::from_secs(10));
+        let left = list(&dir).unwrap().into_iter().map(|(at, _)| at).collect();
+        let _ = std::fs::remove_dir_all(&dir);
+        left
+    }
+
+    #[test]
+    fn the_newest_checkpoint_every_process_holds_is_never_removed() {
+        assert_eq!(written(&[10, 20, 30, 40], 0), vec![40], "keep 1");
+        assert_eq!(
+            written(&[10, 20, 30, 40], 25),
+            vec![40, 20],
+            "another process's newest is at 25: 20 stays"
+        );
     }
 }

@@ -318,6 +318,10 @@ pub struct KafkaSource {
     gaps: GapChecker,
     /// Heartbeats, new partitions and caught-up are looked at by then at the latest.
     next_housekeeping: Instant,
+    /// A catch-up request being read to: (request, end offset by (topic, partition)).
+    catch_up: Option<(u64, HashMap<(usize, i32), i64>)>,
+    /// The latest catch-up request read to.
+    caught_up_to: u64,
 }
 
 /// How often a source that always has records to deliver still looks at idle partitions, new
@@ -346,18 +350,27 @@ pub struct SourceOptions {
 /// of worker `p % workers`, the rule every process of a cluster follows) from their beginning.
 pub struct PartitionWatch {
     counts: [std::sync::atomic::AtomicI32; 2],
+    /// The log's end for the latest catch-up request answered: (request, [(topic, partition,
+    /// high watermark)]).
+    ends: std::sync::Mutex<(u64, Vec<(usize, i32, i64)>)>,
     stop: Arc<std::sync::atomic::AtomicBool>,
 }
 
+/// How often the watch looks for a catch-up request.
+const WATCH_SLICE: Duration = Duration::from_millis(100);
+
 impl PartitionWatch {
-    /// Starts watching (the thread ends when the watch is dropped).
-    pub fn start(k: &KafkaConfig) -> Result<Arc<Self>, KafkaSourceError> {
+    /// Starts watching (the thread ends when the watch is dropped). It also answers catch-up
+    /// requests (`progress.ask_catch_up`): it reads every partition's high watermark, the end
+    /// each worker's source then reads to.
+    pub fn start(k: &KafkaConfig, progress: Arc<Progress>) -> Result<Arc<Self>, KafkaSourceError> {
         use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
         let client: BaseConsumer = client_config(k)
             .create()
             .map_err(kafka("creating the Kafka metadata client"))?;
         let watch = Arc::new(PartitionWatch {
             counts: [AtomicI32::new(0), AtomicI32::new(0)],
+            ends: std::sync::Mutex::new((0, Vec::new())),
             stop: Arc::new(AtomicBool::new(false)),
         });
         let w = Arc::downgrade(&watch);
@@ -367,27 +380,19 @@ impl PartitionWatch {
         std::thread::Builder::new()
             .name("kafka-partitions".into())
             .spawn(move || {
+                let mut next_metadata = Instant::now();
                 while !stop.load(Ordering::Relaxed) {
                     let Some(watch) = w.upgrade() else { return };
-                    for (i, topic) in topics.iter().enumerate() {
-                        match client.fetch_metadata(Some(topic), START_TIMEOUT) {
-                            Ok(meta) => {
-                                let n = meta
-                                    .topics()
-                                    .iter()
-                                    .find(|m| m.name() == topic && m.error().is_none())
-                                    .map_or(0, |m| m.partitions().len() as i32);
-                                watch.counts[i].fetch_max(n, Ordering::AcqRel);
-                                metrics::gauge!("stockflow_kafka_partitions", "topic" => topic.clone())
-                                    .set(f64::from(watch.counts[i].load(Ordering::Acquire)));
-                            }
-                            Err(e) => {
-                                tracing::debug!(%topic, error = %e, "reading the topic's metadata failed; asking again later")
-                            }
-                        }
+                    if Instant::now() >= next_metadata {
+                        next_metadata = Instant::now() + every;
+                        watch.refresh_counts(&client, &topics);
+                    }
+                    let asked = progress.catch_up_asked();
+                    if asked > watch.answered() {
+                        watch.read_ends(&client, &topics, asked);
                     }
                     drop(watch);
-                    std::thread::sleep(every);
+                    std::thread::sleep(WATCH_SLICE);
                 }
             })
             .map_err(|e| KafkaSourceError::Kafka {
@@ -395,6 +400,56 @@ impl PartitionWatch {
                 source: KafkaError::Canceled,
             })?;
         Ok(watch)
+    }
+
+    fn refresh_counts(&self, client: &BaseConsumer, topics: &[String; 2]) {
+        use std::sync::atomic::Ordering;
+        for (i, topic) in topics.iter().enumerate() {
+            match client.fetch_metadata(Some(topic), START_TIMEOUT) {
+                Ok(meta) => {
+                    let n = meta
+                        .topics()
+                        .iter()
+                        .find(|m| m.name() == topic && m.error().is_none())
+                        .map_or(0, |m| m.partitions().len() as i32);
+                    self.counts[i].fetch_max(n, Ordering::AcqRel);
+                    metrics::gauge!("stockflow_kafka_partitions", "topic" => topic.clone())
+                        .set(f64::from(self.counts[i].load(Ordering::Acquire)));
+                }
+                Err(e) => {
+                    tracing::debug!(%topic, error = %e, "reading the topic's metadata failed; asking again later")
+                }
+            }
+        }
+    }
+
+    /// Reads every partition's high watermark for catch-up request `asked` (all or nothing: a
+    /// failure is retried at the next look).
+    fn read_ends(&self, client: &BaseConsumer, topics: &[String; 2], asked: u64) {
+        self.refresh_counts(client, topics);
+        let mut ends = Vec::new();
+        for (i, topic) in topics.iter().enumerate() {
+            for partition in 0..self.count(i) {
+                match client.fetch_watermarks(topic, partition, START_TIMEOUT) {
+                    Ok((_, high)) => ends.push((i, partition, high)),
+                    Err(e) => {
+                        tracing::debug!(%topic, partition, error = %e, "reading the log's end failed; asking again");
+                        return;
+                    }
+                }
+            }
+        }
+        *self.ends.lock().unwrap_or_else(|e| e.into_inner()) = (asked, ends);
+    }
+
+    /// The latest catch-up request whose ends are known.
+    fn answered(&self) -> u64 {
+        self.ends.lock().unwrap_or_else(|e| e.into_inner()).0
+    }
+
+    /// The ends of the latest catch-up request answered.
+    fn ends(&self) -> (u64, Vec<(usize, i32, i64)>) {
+        self.ends.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Partitions of topic `i` (0 inventory, 1 orders) as last seen (0 before the first look).
@@ -585,6 +640,8 @@ impl KafkaSource {
             watch,
             gaps,
             next_housekeeping: Instant::now(),
+            catch_up: None,
+            caught_up_to: 0,
         })
     }
 
@@ -692,11 +749,14 @@ impl KafkaSource {
     /// partition whose last records are a transaction's commit marker (never delivered) counts
     /// by the consumer's position, which librdkafka moves past markers and aborted records.
     fn read_to_start_end(&mut self) -> bool {
-        if self
-            .parts
-            .iter()
-            .all(|p| p.next >= p.end_at_start || p.stopped)
-        {
+        self.read_to(|p| Some(p.end_at_start))
+    }
+
+    /// Whether every partition has been read to its `end` (none: no end to reach), counting the
+    /// consumer's position, which librdkafka moves past markers and aborted records.
+    fn read_to(&mut self, end: impl Fn(&Part) -> Option<i64>) -> bool {
+        let reached = |p: &Part, at: i64| p.stopped || end(p).is_none_or(|e| at >= e);
+        if self.parts.iter().all(|p| reached(p, p.next)) {
             return true;
         }
         let Ok(positions) = self.consumer.position() else {
@@ -713,7 +773,37 @@ impl KafkaSource {
         }
         self.parts
             .iter()
-            .all(|p| p.next.max(p.position) >= p.end_at_start || p.stopped)
+            .all(|p| reached(p, p.next.max(p.position)))
+    }
+
+    /// Takes up the latest catch-up request the watch has the log's ends for, and notes when
+    /// this source has read to them.
+    fn follow_catch_up(&mut self) {
+        let Some(watch) = &self.watch else {
+            return;
+        };
+        let answered = watch.answered();
+        let pending = self
+            .catch_up
+            .as_ref()
+            .map_or(self.caught_up_to, |(r, _)| *r);
+        if answered > pending {
+            let (request, ends) = watch.ends();
+            let ends = ends
+                .into_iter()
+                .filter(|(topic, partition, _)| self.index.contains_key(&(*topic, *partition)))
+                .map(|(topic, partition, end)| ((topic, partition), end))
+                .collect();
+            self.catch_up = Some((request, ends));
+        }
+        let Some((request, ends)) = self.catch_up.take() else {
+            return;
+        };
+        if self.read_to(|p| ends.get(&(p.topic, p.partition)).copied()) {
+            self.caught_up_to = request;
+        } else {
+            self.catch_up = Some((request, ends));
+        }
     }
 
     /// Writes a heartbeat into every partition that delivered nothing for the idle interval
@@ -934,6 +1024,7 @@ impl Source for KafkaSource {
             if !self.caught_up {
                 self.caught_up = self.read_to_start_end();
             }
+            self.follow_catch_up();
         }
         if n > 0 {
             Polled::Records
@@ -944,6 +1035,13 @@ impl Source for KafkaSource {
 
     fn caught_up(&self) -> bool {
         self.caught_up
+    }
+
+    fn caught_up_to(&self, asked: u64) -> u64 {
+        if self.watch.is_none() {
+            return asked; // nothing to ask the broker with: as before requests
+        }
+        self.caught_up_to
     }
 
     fn log_frontier(&self) -> Millis {

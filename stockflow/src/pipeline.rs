@@ -112,6 +112,7 @@ pub fn run_worker(
     let mut counters = Counters::new(&opts.window_names);
     let mut had_sources = !inputs.is_empty();
     let mut caught_up = false;
+    let mut catch_up_reported = 0;
     let mut durability = Durability::default();
     let mut next_durable = Instant::now();
     let mut next_checkpoint = Instant::now() + opts.checkpoint_every;
@@ -155,6 +156,19 @@ pub fn run_worker(
             // Everything the sources held at start is admitted at or before `t`.
             io.progress.set_caught_up(worker.index(), t);
             caught_up = true;
+        }
+        let asked = io.progress.catch_up_asked();
+        if asked > catch_up_reported {
+            let answered = inputs
+                .iter()
+                .map(|i| i.source.caught_up_to(asked))
+                .min()
+                .unwrap_or(asked);
+            if answered > catch_up_reported {
+                // Everything up to the log's end as of that request is admitted at `t`.
+                io.progress.set_caught_up_to(worker.index(), answered, t);
+                catch_up_reported = answered;
+            }
         }
         if had_sources && inputs.iter().all(|i| i.done) {
             tracing::info!(

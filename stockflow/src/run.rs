@@ -429,7 +429,7 @@ fn open_sources(
             all[0].push(Box::new(JsonLinesSource::open(path, resume)?));
         }
         SourceKind::Kafka => {
-            let watch = PartitionWatch::start(&settings.kafka)
+            let watch = PartitionWatch::start(&settings.kafka, Arc::clone(progress))
                 .context("watching the topics for partitions added while running")?;
             for (w, sources) in all.iter_mut().enumerate() {
                 let opts = SourceOptions {

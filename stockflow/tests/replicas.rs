@@ -15,7 +15,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 fn replica(names: &Names, name: &str, port: u16) -> Pipeline {
-    let sets = [
+    replica_with(names, name, port, &[])
+}
+
+fn replica_with(names: &Names, name: &str, port: u16, extra: &[&str]) -> Pipeline {
+    let mut sets = vec![
         format!("kafka.group_id={}_{name}", names.prefix),
         format!("http.listen=127.0.0.1:{port}"),
         format!(
@@ -26,6 +30,7 @@ fn replica(names: &Names, name: &str, port: u16) -> Pipeline {
         "clickhouse.writer_lease=true".into(),
         "clickhouse.lease_ttl=3s".into(),
     ];
+    sets.extend(extra.iter().map(|s| s.to_string()));
     let sets: Vec<&str> = sets.iter().map(String::as_str).collect();
     let (child, base) = support::start_serving(args(names, &sets));
     Pipeline { child, base }
@@ -177,5 +182,111 @@ fn a_replica_killed_under_lookup_load_costs_no_request_after_the_check() {
     assert_eq!(survivor.metric("stockflow_clickhouse_writer"), 1.0);
     survivor.terminate();
     drop(lb);
+    names.clean_up();
+}
+
+fn signal(p: &Pipeline, sig: &str) {
+    let ok = Command::new("kill")
+        .args([sig, &p.child.id().to_string()])
+        .status()
+        .expect("kill runs")
+        .success();
+    assert!(ok, "kill {sig}");
+}
+
+/// ClickHouse's on_hand of (sku, location), if the row is there.
+fn on_hand_in_clickhouse(names: &Names, sku: &str, loc: &str) -> Option<i64> {
+    let views = clickhouse_views(&names.prefix).ok()?;
+    views
+        .stock
+        .get(&(sku.to_string(), loc.to_string()))
+        .map(|s| s.0)
+}
+
+/// A standby that has read less than the writer (here: stopped while the writer went on) must
+/// not take over by writing its older rows above the writer's newer ones: on winning the lease
+/// it first reads the log to its end as of then. A SKU that only receives makes any step back
+/// visible in ClickHouse.
+#[test]
+fn a_lagging_standby_takes_over_only_once_it_has_read_what_the_writer_had() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let names = Names::new("takeover");
+    let a = replica(&names, "a", free_port());
+    a.wait_ready();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while a.metric("stockflow_clickhouse_writer") != 1.0 {
+        assert!(Instant::now() < deadline, "a never became the writer");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // b reads slowly (ten records per look of its sink): it is still behind when it wins the
+    // lease.
+    let b = replica_with(
+        &names,
+        "b",
+        free_port(),
+        &["clickhouse.buffer_rows=10", "clickhouse.batch_rows=10"],
+    );
+    b.wait_ready();
+    let receipts = |from: usize, n: usize| {
+        let mut w = Workload::default();
+        let now = now_ms();
+        for i in from..from + n {
+            w.valid(
+                false,
+                serde_json::json!({"event_id": format!("rcv-{i}"), "type": "received",
+                "sku": "TAKE", "ts": now, "location": "L", "qty": 1}),
+            );
+        }
+        w
+    };
+    produce(&names, &receipts(0, 100).records);
+    let wait_for = |what: &str, f: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !f() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let on_hand = |p: &Pipeline| p.get("/v1/stock/TAKE/L").1["on_hand"].as_i64();
+    wait_for("b to read the first receipts", &|| on_hand(&b) == Some(100));
+    signal(&b, "-STOP");
+    // The writer goes on alone; then it is lost, and the stopped standby wakes up behind it.
+    let more = 3000;
+    produce(&names, &receipts(100, more).records);
+    let last = 100 + more as i64;
+    wait_for("a to write every receipt", &|| {
+        on_hand_in_clickhouse(&names, "TAKE", "L") == Some(last)
+    });
+    a.kill9();
+    // Its lease lapses (lease_ttl 3 s) while b sleeps: b wins it at its first look.
+    std::thread::sleep(Duration::from_secs(4));
+    signal(&b, "-CONT");
+    let woke = Instant::now();
+    let mut seen = Vec::new();
+    loop {
+        let ch = on_hand_in_clickhouse(&names, "TAKE", "L");
+        if let Some(v) = ch {
+            if seen.last() != Some(&v) {
+                seen.push(v);
+            }
+        }
+        if b.metric("stockflow_clickhouse_writer") == 1.0
+            && on_hand(&b) == Some(last)
+            && woke.elapsed() > Duration::from_secs(3)
+        {
+            break;
+        }
+        assert!(
+            woke.elapsed() < Duration::from_secs(60),
+            "b never took over: {seen:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        seen,
+        vec![last],
+        "ClickHouse never goes back while the standby takes over"
+    );
+    b.terminate();
     names.clean_up();
 }

@@ -24,6 +24,12 @@ pub struct Progress {
     checkpoint_problem: Mutex<Option<String>>,
     /// The newest checkpoint this process has written (0: none).
     checkpoint_written: AtomicU64,
+    /// Catch-up requests asked (a count): each asks every worker to read to the log's end as
+    /// of the request (the sink asks before it takes over writing from another replica).
+    catch_up_asked: AtomicU64,
+    /// Per local worker: (the latest request answered, the pipeline time by which it had
+    /// admitted everything up to that request's end).
+    caught_up_to: Mutex<Vec<(u64, Millis)>>,
     /// The newest checkpoint time every process of the cluster has written one at or after
     /// (0: not known yet): no process removes its newest checkpoint at or before it.
     checkpoint_common: AtomicU64,
@@ -52,6 +58,8 @@ impl Progress {
             clickhouse: clickhouse.then(|| AtomicBool::new(false)),
             checkpoint_problem: Mutex::new(None),
             checkpoint_written: AtomicU64::new(0),
+            catch_up_asked: AtomicU64::new(0),
+            caught_up_to: Mutex::new(vec![(0, 0); workers.max(1)]),
             checkpoint_common: AtomicU64::new(0),
             source_problems: Mutex::new(Vec::new()),
             log_notes: Mutex::new(vec![None; workers.max(1)]),
@@ -82,6 +90,35 @@ impl Progress {
             .checkpoint_problem
             .lock()
             .unwrap_or_else(|e| e.into_inner()) = problem;
+    }
+
+    /// Asks every worker to read to the log's end as of now; returns the request's number.
+    pub fn ask_catch_up(&self) -> u64 {
+        self.catch_up_asked.fetch_add(1, Ordering::AcqRel) + 1
+    }
+
+    /// The latest catch-up request (0: none).
+    pub fn catch_up_asked(&self) -> u64 {
+        self.catch_up_asked.load(Ordering::Acquire)
+    }
+
+    /// Worker `w` had admitted, by pipeline time `t`, everything up to the log's end as of
+    /// request `request`.
+    pub fn set_caught_up_to(&self, w: usize, request: u64, t: Millis) {
+        let mut all = self.caught_up_to.lock().unwrap_or_else(|e| e.into_inner());
+        let n = all.len();
+        if request > all[w % n].0 {
+            all[w % n] = (request, t);
+        }
+    }
+
+    /// The pipeline time by which every local worker had admitted everything up to the log's
+    /// end as of request `request`, once each has.
+    pub fn caught_up_to(&self, request: u64) -> Option<Millis> {
+        let all = self.caught_up_to.lock().unwrap_or_else(|e| e.into_inner());
+        all.iter()
+            .all(|(r, _)| *r >= request)
+            .then(|| all.iter().map(|(_, t)| *t).max().unwrap_or(0))
     }
 
     /// This process wrote the checkpoint of time `at`.
@@ -253,6 +290,19 @@ impl Progress {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_catch_up_request_is_answered_once_every_worker_has() {
+        let p = Progress::new(2, true, false);
+        let r = p.ask_catch_up();
+        assert_eq!(p.caught_up_to(r), None);
+        p.set_caught_up_to(0, r, 30);
+        assert_eq!(p.caught_up_to(r), None);
+        p.set_caught_up_to(1, r, 20);
+        assert_eq!(p.caught_up_to(r), Some(30));
+        let r2 = p.ask_catch_up();
+        assert_eq!(p.caught_up_to(r2), None, "a newer request waits again");
+    }
 
     #[test]
     fn caught_up_waits_for_every_worker() {

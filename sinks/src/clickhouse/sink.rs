@@ -108,6 +108,7 @@ impl ClickHouseSink {
                 .writer_lease
                 .then(|| Lease::new(replica.to_owned(), cfg.lease_ttl)),
             writer: false,
+            takeover: None,
             mirror: HashMap::new(),
             version_floor: 0,
             unseen: HashSet::new(),
@@ -290,6 +291,8 @@ struct Writer {
     lease: Option<Lease>,
     /// Whether this replica held the lease at the last look.
     writer: bool,
+    /// The catch-up request made on winning the lease: the takeover waits for its answer.
+    takeover: Option<u64>,
     /// With a lease: every key's latest row (and whether it is deleted), so that a replica that
     /// takes over can write all of it above its predecessor's versions.
     mirror: HashMap<Key, (Change, bool)>,
@@ -576,7 +579,20 @@ impl Writer {
             return;
         };
         let writer = lease.refresh(&self.client).await;
+        if !writer {
+            self.takeover = None;
+        }
         if writer && !self.writer {
+            // Not before this replica has read what the previous writer may have: everything
+            // in the log as of now (else its older rows would go above the newer ones).
+            let request = *self
+                .takeover
+                .get_or_insert_with(|| self.progress.ask_catch_up());
+            match self.progress.caught_up_to(request) {
+                Some(t) if self.staged_through > t => {}
+                _ => return, // the lease is held, and nobody writes meanwhile
+            }
+            self.takeover = None;
             match self.highest_version().await {
                 Ok(highest) => {
                     self.version_floor = highest + 1;

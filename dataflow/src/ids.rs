@@ -36,17 +36,7 @@ use timely::dataflow::operators::vec::Broadcast;
 use timely::dataflow::operators::Capability;
 use timely::dataflow::StreamVec;
 
-/// A reservation id's hash: it decides the id's owner worker (`ledger::owner`).
-pub fn id_hash(id: &str) -> u64 {
-    // Another seed than the SKUs': an id and a SKU of the same name need not meet.
-    xxhash_rust::xxh3::xxh3_64_with_seed(id.as_bytes(), 0x1d5)
-}
-
-/// The process (of a cluster of processes of `workers` workers each) whose worker owns
-/// reservation id `id`: where HTTP asks which SKU it belongs to.
-pub fn id_owner_process(id: &str, processes: usize, workers: usize) -> usize {
-    crate::ledger::owner(id_hash(id), processes * workers) / workers.max(1)
-}
+pub use stockflow_types::topology::id_hash;
 
 /// Where a record came from, to dead-letter it if the id owner rejects it.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

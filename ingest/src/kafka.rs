@@ -55,12 +55,13 @@ use rdkafka::Timestamp;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use stockflow_sinks::kafka::client_config;
+use stockflow_kafka::client_config;
 use stockflow_types::config::KafkaConfig;
 use stockflow_types::event::Stream;
 use stockflow_types::log_time::next_log_time;
 use stockflow_types::progress::Progress;
 use stockflow_types::resume::{self, Resume};
+use stockflow_types::topology::reader;
 use stockflow_types::Millis;
 use thiserror::Error;
 
@@ -526,7 +527,7 @@ impl KafkaSource {
             known[ti] = m.partitions().len() as i32;
             for p in m.partitions() {
                 let partition = p.id();
-                if partition as usize % workers != worker {
+                if reader(partition, workers) != worker {
                     continue;
                 }
                 let (first, end) = consumer
@@ -702,7 +703,7 @@ impl KafkaSource {
                 continue;
             }
             for partition in self.known[ti]..now {
-                if partition as usize % self.workers != self.worker {
+                if reader(partition, self.workers) != self.worker {
                     continue;
                 }
                 tracing::info!(topic = %self.topics[ti].0, partition, "reading a partition added while running, from its beginning");

@@ -3,7 +3,7 @@
 //! Every source yields [`RawRecord`]s (key, bytes, position, log time). [`admit`] decodes and
 //! validates one against the contract; a valid event goes into the dataflow with its log time,
 //! a rejected one to the dead-letter output with its reason (the loop that does both, and ties
-//! sources, dataflow and sinks together, is the binary's: `stockflow/src/pipeline.rs`). The
+//! sources, dataflow and sinks together, is the runtime's: `runtime/src/pipeline.rs`). The
 //! sources: the workload [`generator`], JSON lines ([`jsonl`]) and Kafka ([`kafka`]), where a
 //! Kafka message becomes a [`RawRecord`].
 //!

@@ -1,6 +1,6 @@
 //! Lookups across processes, and read-your-writes.
 //!
-//! In a cluster each SKU has one owner worker (`dataflow::ledger::owner`, the function the
+//! In a cluster each SKU has one owner worker (`types::topology`, the rules the
 //! dataflow's exchange follows), so one process holds its stock, windows and reservations. A
 //! lookup that reaches another process is forwarded to the owner's (one loopback or LAN hop,
 //! measured in docs/benchmarks.md); a reservation id carries no SKU, so a process that does not
@@ -17,10 +17,9 @@ use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use stockflow_dataflow::ids::id_owner_process;
-use stockflow_dataflow::ledger::owner_process;
 use stockflow_dataflow::views::ViewStore;
 use stockflow_types::admissions::{Admission, Admissions};
+use stockflow_types::topology::Topology;
 use stockflow_types::Millis;
 use warp::http::{header, StatusCode};
 use warp::reply::Response;
@@ -85,25 +84,30 @@ impl Cluster {
         }
     }
 
-    fn peers(&self) -> usize {
-        self.http.len() * self.workers
+    /// The cluster's shape, as this process sees it.
+    pub fn topology(&self) -> Topology {
+        Topology {
+            process: self.process,
+            processes: self.http.len(),
+            workers: self.workers,
+        }
     }
 
     /// The process that owns `sku`, if it is another one.
     pub fn owner_elsewhere(&self, sku: &str) -> Option<usize> {
-        let p = owner_process(sku, self.http.len(), self.workers);
+        let p = self.topology().sku_process(sku);
         (p != self.process).then_some(p)
     }
 
     /// The process whose worker owns reservation id `id`: it knows the id's SKU.
     pub fn id_owner(&self, id: &str) -> usize {
-        id_owner_process(id, self.http.len(), self.workers)
+        self.topology().id_process(id)
     }
 
     /// The process that reads `partition` (every topic spreads its partitions the same way
-    /// over the cluster's workers, `ingest::kafka`).
+    /// over the cluster's workers).
     pub fn reader_of(&self, partition: i32) -> usize {
-        (partition.max(0) as usize % self.peers()) / self.workers
+        self.topology().reader_process(partition)
     }
 
     /// The other processes.

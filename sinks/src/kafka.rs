@@ -1,5 +1,4 @@
-//! Kafka clients: the one helper that configures every rdkafka client of stockflow, and the
-//! dead-letter topic.
+//! The dead-letter topic (its clients are configured by `stockflow_kafka::client_config`).
 //!
 //! A dead letter is produced to `kafka.dead_letter_topic` with the original key and bytes and
 //! these headers (UTF-8 values):
@@ -13,46 +12,14 @@
 //! | `stockflow.source.offset` | its offset |
 
 use crate::dead_letter::{DeadLetter, DeadLetters};
-use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::ClientContext;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+use stockflow_kafka::client_config;
 use stockflow_types::config::KafkaConfig;
-
-/// The base configuration of every Kafka client stockflow creates: brokers, client id, TLS and
-/// SASL, and the user's extra `kafka.options` (which may not touch what stockflow owns; see
-/// `stockflow_types::config::RESERVED_KAFKA_OPTIONS` and `SECURITY_KAFKA_OPTIONS`).
-pub fn client_config(k: &KafkaConfig) -> ClientConfig {
-    let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", &k.brokers)
-        .set("client.id", "stockflow")
-        .set("security.protocol", k.security_protocol.as_librdkafka());
-    let path = |p: &std::path::Path| p.to_string_lossy().into_owned();
-    if k.security_protocol.tls() {
-        if let Some(ca) = &k.tls.ca_file {
-            c.set("ssl.ca.location", path(ca));
-        }
-        if let (Some(cert), Some(key)) = (&k.tls.cert_file, &k.tls.key_file) {
-            c.set("ssl.certificate.location", path(cert))
-                .set("ssl.key.location", path(key));
-        }
-        if !k.tls.key_password.is_empty() {
-            c.set("ssl.key.password", k.tls.key_password.expose());
-        }
-    }
-    if k.security_protocol.sasl() {
-        c.set("sasl.mechanism", k.sasl.mechanism.as_librdkafka())
-            .set("sasl.username", &k.sasl.username)
-            .set("sasl.password", k.sasl.password.expose());
-    }
-    for (key, value) in &k.options {
-        c.set(key, value);
-    }
-    c
-}
 
 /// Delivery reports of the dead-letter producer.
 #[derive(Default)]

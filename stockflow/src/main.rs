@@ -2,9 +2,7 @@
 
 mod config;
 mod healthcheck;
-mod pipeline;
 mod produce;
-mod restore;
 mod run;
 
 use anyhow::Result;

@@ -14,7 +14,7 @@ use stockflow_ingest::generator::Generator;
 use stockflow_ingest::jsonl::JsonLinesSource;
 use stockflow_ingest::kafka::{check_brokers, ensure_topics};
 use stockflow_ingest::{Polled, RawRecord, Source};
-use stockflow_sinks::kafka::client_config;
+use stockflow_kafka::client_config;
 use stockflow_types::config::Settings;
 use stockflow_types::event::{decode, Stream};
 

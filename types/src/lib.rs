@@ -20,6 +20,7 @@ pub mod resume;
 pub mod rows;
 pub mod schema;
 pub mod timefmt;
+pub mod topology;
 
 /// Epoch milliseconds: business time (`ts`, `expires_at`) and pipeline time (`as_of`).
 pub type Millis = u64;

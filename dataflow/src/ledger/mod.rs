@@ -37,22 +37,9 @@ use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::Capability;
 use timely::dataflow::StreamVec;
 
-/// A SKU's hash: it decides the SKU's owner ([`owner`]) and routes work to it.
-pub fn sku_hash(sku: &str) -> u64 {
-    xxhash_rust::xxh3::xxh3_64(sku.as_bytes())
-}
-
-/// The worker (of `peers`) that owns the SKU of hash `hash`: the one function both the
-/// exchange (timely sends `hash % peers`) and a restore's routing follow.
-pub fn owner(hash: u64, peers: usize) -> usize {
-    (hash % peers.max(1) as u64) as usize
-}
-
-/// The process (of a cluster of processes of `workers` workers each) whose worker owns `sku`:
-/// where HTTP routes its lookups.
-pub fn owner_process(sku: &str, processes: usize, workers: usize) -> usize {
-    owner(sku_hash(sku), processes * workers) / workers.max(1)
-}
+// The placing rules live in one place (`stockflow_types::topology`): the exchange below and a
+// restore's routing follow them.
+pub use stockflow_types::topology::{owner, sku_hash};
 
 /// How long one activation may spend writing a checkpoint.
 const CHECKPOINT_SLICE: Duration = Duration::from_millis(1);

@@ -54,7 +54,7 @@ pub fn fingerprint(cfg: &EngineConfig) -> Fingerprint {
 pub fn load(
     settings: &Settings,
     cfg: &EngineConfig,
-    topology: crate::run::Topology,
+    topology: stockflow_types::topology::Topology,
 ) -> Result<Option<Restored>> {
     let workers = topology.workers;
     let started = Instant::now();
@@ -154,14 +154,14 @@ fn describe(f: &Fingerprint) -> String {
 /// run of one worker per process on the cluster's own addresses (before the dataflow's).
 fn agree(
     settings: &Settings,
-    topology: crate::run::Topology,
+    topology: stockflow_types::topology::Topology,
     held: Vec<Millis>,
 ) -> Result<Option<Millis>> {
     use std::cell::RefCell;
     use std::rc::Rc;
     use timely::dataflow::operators::vec::Broadcast;
     use timely::dataflow::operators::{Input, Inspect, Probe};
-    let config = topology.timely(&settings.cluster.addresses, 1);
+    let config = crate::timely_config(topology, &settings.cluster.addresses, 1);
     tracing::info!(held = ?held, "agreeing with the other processes on the checkpoint to restore");
     let guards = timely::execute(config, move |worker| {
         let seen: Rc<RefCell<Vec<Vec<Millis>>>> = Rc::default();

@@ -73,6 +73,12 @@ pub struct Binding {
     /// The deciding `reserved` event's (ts, event_id): the first by both, as in the ledger.
     reserved: Option<(Millis, String)>,
     horizon: Horizon,
+    /// The event ids applied to this id (any incarnation) and their log times, within the
+    /// ledger's de-duplication horizon: a repeat the ledger drops changes nothing here either.
+    applied: Vec<(String, Millis)>,
+    /// Forgotten by the log (another SKU may take the id): kept only while `applied` may still
+    /// make a record of its SKU a repeat.
+    gone: bool,
 }
 
 impl Binding {
@@ -81,11 +87,14 @@ impl Binding {
         sku: Name,
         reserved: Option<(Millis, String)>,
         horizon: Horizon,
+        applied: Vec<(String, Millis)>,
     ) -> Self {
         Binding {
             sku,
             reserved,
             horizon,
+            applied,
+            gone: false,
         }
     }
 
@@ -94,11 +103,51 @@ impl Binding {
             sku,
             reserved: None,
             horizon: Horizon::default(),
+            applied: Vec::new(),
+            gone: false,
         }
     }
 
+    /// The log time from which it may be dropped: nothing of the reservation is left, and no
+    /// record of its SKU can be a repeat of one it applied.
+    fn drop_at(&self, retention: u64, window: u64) -> Millis {
+        let window = window.max(1);
+        let repeats_until = self
+            .applied
+            .iter()
+            .map(|(_, at)| (at / window + 2).saturating_mul(window))
+            .max()
+            .unwrap_or(0);
+        if self.gone {
+            repeats_until
+        } else {
+            self.horizon.gone_at(retention).max(repeats_until)
+        }
+    }
+
+    /// A new incarnation of the same SKU's id: the applied event ids stay (the ledger's
+    /// de-duplication does not know incarnations).
+    fn reincarnate(&mut self) {
+        self.reserved = None;
+        self.horizon = Horizon::default();
+        self.gone = false;
+    }
+
+    /// Whether the ledger drops `event_id` at log time `lt` as a repeat: an applied sighting in
+    /// `lt`'s de-duplication generation or the one before (`ledger::dedup`).
+    fn repeats(&self, event_id: &str, lt: Millis, window: u64) -> bool {
+        let from = (lt / window.max(1)).saturating_sub(1);
+        self.applied
+            .iter()
+            .any(|(id, at)| id == event_id && at / window.max(1) >= from)
+    }
+
     /// Takes in an accepted record of this incarnation (the ledger's rule for its facts).
-    fn record(&mut self, lt: Millis, r: &Record) {
+    fn record(&mut self, lt: Millis, r: &Record, window: u64) {
+        // A partition's log times only grow: sightings two generations back repeat nothing.
+        let from = (lt / window.max(1)).saturating_sub(1);
+        self.applied.retain(|(_, at)| at / window.max(1) >= from);
+        self.applied.push((r.event.event_id.clone(), lt));
         match &r.event.kind {
             EventKind::Reserved { expires_at, .. } => {
                 self.horizon.reserved_lt.get_or_insert(lt);
@@ -160,6 +209,7 @@ fn forget(sku: &str, id: &str, at: Millis) -> Control {
 /// The bindings of one worker.
 pub(crate) struct Ids {
     retention: u64,
+    dedup_window: u64,
     forget_per_time: usize,
     store: Arc<ViewStore>,
     bindings: HashMap<Name, Binding>,
@@ -174,6 +224,7 @@ impl Ids {
     pub(crate) fn new(cfg: &EngineConfig, store: Arc<ViewStore>, peers: usize) -> Self {
         Ids {
             retention: cfg.retention_ms,
+            dedup_window: cfg.dedup_window_ms,
             forget_per_time: cfg.forget_per_time,
             store,
             bindings: HashMap::new(),
@@ -192,8 +243,10 @@ impl Ids {
     /// Takes in a binding rebuilt from a restored reservation.
     fn bind(&mut self, id: Name, b: Binding) {
         self.store.registry().insert(&id, &b.sku);
-        self.timers
-            .insert((b.horizon.gone_at(self.retention), Arc::clone(&id)));
+        self.timers.insert((
+            b.drop_at(self.retention, self.dedup_window),
+            Arc::clone(&id),
+        ));
         self.bindings.insert(id, b);
     }
 
@@ -221,29 +274,32 @@ impl Ids {
         let Some(id) = r.event.kind.reservation_id() else {
             return Ok(None);
         };
-        let lt = r.log_time;
-        let mut released = None;
+        let (lt, sku, window) = (r.log_time, r.event.sku.as_str(), self.dedup_window);
         // What the log has forgotten by this record's log time (as the ledger does).
         if let Some(b) = self.bindings.get_mut(id) {
-            while b.horizon.forget_at(self.retention) <= lt {
+            while !b.gone && b.horizon.forget_at(self.retention) <= lt {
                 match b.horizon.forgotten() {
                     Some(tomb) => {
                         b.horizon = tomb;
                         b.reserved = None;
                     }
-                    None => {
-                        released = self.bindings.remove(id).map(|b| b.sku);
-                        self.store.registry().remove(id);
-                        break;
-                    }
+                    None => b.gone = true,
                 }
             }
         }
-        let sku = r.event.sku.as_str();
+        let mut released = None;
         let fresh = match self.bindings.get_mut(id) {
+            Some(b) if b.gone && *b.sku != *sku => {
+                // Another SKU takes the id over: its old SKU's ledger is told.
+                released = Some(std::mem::replace(b, Binding::new(Name::from(sku))).sku);
+                self.store.registry().insert(&Name::from(id), &b.sku);
+                true
+            }
             Some(b) if *b.sku != *sku => return Err(Arc::clone(&b.sku)),
-            Some(b) if b.horizon.forgotten.is_some() => {
-                *b = Binding::new(Arc::clone(&b.sku)); // a new incarnation
+            // A repeat the ledger drops (`ledger::dedup`): nothing changes.
+            Some(b) if b.repeats(&r.event.event_id, lt, window) => return Ok(None),
+            Some(b) if b.gone || b.horizon.forgotten.is_some() => {
+                b.reincarnate();
                 true
             }
             Some(_) => false,
@@ -255,13 +311,13 @@ impl Ids {
             }
         };
         let (name, b) = self.bindings.get_key_value_mut(id).expect("bound above");
-        let before = b.horizon.gone_at(self.retention);
-        b.record(lt, r);
-        let after = b.horizon.gone_at(self.retention);
+        let before = b.drop_at(self.retention, window);
+        b.record(lt, r, window);
+        let after = b.drop_at(self.retention, window);
         if fresh || after != before {
             self.timers.insert((after, Arc::clone(name)));
         }
-        Ok(released.filter(|old| **old != *sku))
+        Ok(released)
     }
 
     /// Forgets the bindings of which nothing is left at the log frontier, at most
@@ -279,7 +335,7 @@ impl Ids {
             if self
                 .bindings
                 .get(&id)
-                .is_some_and(|b| b.horizon.gone_at(self.retention) <= self.frontier)
+                .is_some_and(|b| b.drop_at(self.retention, self.dedup_window) <= self.frontier)
             {
                 let b = self.bindings.remove(&id).expect("present");
                 self.store.registry().remove(&id);
@@ -306,15 +362,13 @@ pub(crate) fn id_owner<'s>(
     peers: usize,
     restored_frontier: Option<Millis>,
 ) -> StreamVec<'s, Time, Verdict> {
-    let scope = records.scope();
     records.binary_frontier(
         control.broadcast(),
         Exchange::new(|r: &ToOwner| id_hash(r.id())),
         Pipeline,
         "IdOwner",
-        move |initial, info| {
+        move |initial, _info| {
             drop(initial);
-            let activator = scope.activator_for(info.address);
             let mut ids = Ids::new(&cfg, store, peers);
             if let Some(frontier) = restored_frontier {
                 ids.restore_frontier(frontier);
@@ -384,22 +438,21 @@ pub(crate) fn id_owner<'s>(
                     drop(session);
                     slice = more.then(|| cap.delayed(&(t + tick)));
                 }
+                // The next slice once its time is complete (its records checked first), one
+                // per tick: never ahead of a record not yet checked.
                 if let Some(cap) = slice.as_mut() {
-                    if stash.keys().next().is_none_or(|t| t > cap.time()) {
+                    let s = *cap.time();
+                    if !records_frontier.less_equal(&s) && !control_frontier.less_equal(&s) {
                         let more = ids.forget(&mut notices);
                         output
                             .session(&*cap)
                             .give_iterator(notices.drain(..).map(|n| Err(Ok(n))));
                         if more {
-                            let next = *cap.time() + tick;
-                            cap.downgrade(&next);
+                            cap.downgrade(&(s + tick));
                         } else {
                             slice = None;
                         }
                     }
-                }
-                if slice.is_some() {
-                    activator.activate();
                 }
             }
         },
@@ -412,6 +465,10 @@ mod tests {
     use stockflow_types::event::Event;
 
     fn rec(sku: &str, id: &str, lt: Millis, kind: u8) -> Record {
+        rec_e(sku, id, lt, kind, &format!("{sku}-{id}-{lt}"))
+    }
+
+    fn rec_e(sku: &str, id: &str, lt: Millis, kind: u8, event_id: &str) -> Record {
         let reservation_id = id.to_string();
         let kind = match kind {
             0 => EventKind::Reserved {
@@ -426,7 +483,7 @@ mod tests {
         Record {
             log_time: lt,
             event: Event {
-                event_id: format!("{sku}-{id}-{lt}"),
+                event_id: event_id.into(),
                 sku: sku.into(),
                 ts: lt,
                 kind,
@@ -437,6 +494,7 @@ mod tests {
     fn ids(retention: u64) -> Ids {
         let mut cfg = EngineConfig::for_tests(1);
         cfg.retention_ms = retention;
+        cfg.dedup_window_ms = 50;
         let store = Arc::new(ViewStore::new(1, cfg.windows.clone(), cfg.top_k));
         Ids::new(&cfg, store, 1)
     }
@@ -463,6 +521,21 @@ mod tests {
         assert_eq!(ids.check(&rec("B", "o", 109, 0)), Err(Name::from("A")));
         assert_eq!(ids.check(&rec("B", "o", 110, 0)), Ok(Some(Name::from("A"))));
         assert_eq!(ids.check(&rec("B", "o", 300, 1)), Ok(None), "its own");
+    }
+
+    #[test]
+    fn a_repeat_the_ledger_drops_changes_nothing_even_in_a_later_incarnation() {
+        let mut ids = ids(100);
+        ids.dedup_window = 1000;
+        assert_eq!(ids.check(&rec_e("A", "r", 10, 0, "a1")), Ok(None));
+        assert_eq!(ids.check(&rec_e("A", "r", 20, 1, "a2")), Ok(None)); // gone from 220
+        assert_eq!(ids.check(&rec_e("A", "r", 300, 0, "a3")), Ok(None)); // held until 500
+                                                                         // The first incarnation's release again, within the de-duplication window: the ledger
+                                                                         // drops it, so the second incarnation still ends at its expiry…
+        assert_eq!(ids.check(&rec_e("A", "r", 310, 1, "a2")), Ok(None));
+        // …and is a tombstone until 700: another SKU is still refused at 650.
+        assert_eq!(ids.check(&rec("B", "r", 650, 0)), Err(Name::from("A")));
+        assert_eq!(ids.check(&rec("B", "r", 700, 0)), Ok(Some(Name::from("A"))));
     }
 
     #[test]

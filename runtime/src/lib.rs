@@ -40,13 +40,14 @@ use stockflow_types::progress::{Progress, NOT_YET};
 pub struct Pipeline {
     settings: Settings,
     runtime: tokio::runtime::Runtime,
-    listener: tokio::net::TcpListener,
+    listener: Option<tokio::net::TcpListener>,
     state: Arc<ServeState>,
     shutdown: Arc<AtomicBool>,
-    guards: timely::communication::WorkerGuards<()>,
+    /// The timely workers, until stopped (dropping them joins them).
+    guards: Option<timely::communication::WorkerGuards<()>>,
     writer: Option<CheckpointWriter>,
     sink: Option<ClickHouseSink>,
-    dead_letters: Arc<dyn DeadLetters>,
+    dead_letters: Option<Arc<dyn DeadLetters>>,
     dead_letter_file: Option<DeadLetterFile>,
 }
 
@@ -249,13 +250,13 @@ impl Pipeline {
         Ok(Pipeline {
             settings,
             runtime,
-            listener,
+            listener: Some(listener),
             state,
             shutdown,
-            guards,
+            guards: Some(guards),
             writer,
             sink,
-            dead_letters,
+            dead_letters: Some(dead_letters),
             dead_letter_file,
         })
     }
@@ -263,8 +264,9 @@ impl Pipeline {
     /// The address HTTP listens on.
     pub fn addr(&self) -> SocketAddr {
         self.listener
-            .local_addr()
-            .expect("a bound listener has an address")
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+            .expect("a bound listener has an address until served")
     }
 
     /// What HTTP serves: the views, progress, routing.
@@ -275,44 +277,51 @@ impl Pipeline {
     /// Answers HTTP until `stop` resolves, then stops: the workers drain (what they read
     /// becomes durable, their offsets are committed), the last checkpoint is written, the sink
     /// writes its last batch. An error if the dataflow had stopped (a cluster peer lost).
-    pub fn serve_until(self, stop: impl Future<Output = ()> + Send + 'static) -> Result<()> {
-        let Pipeline {
-            settings,
-            runtime,
-            listener,
-            state,
-            shutdown,
-            guards,
-            writer,
-            sink,
-            dead_letters,
-            dead_letter_file,
-        } = self;
-        let progress = Arc::clone(&state.progress);
-        runtime.block_on(stockflow_serve::serve(
-            listener,
-            state,
-            stockflow_serve::ServeOptions::of(&settings),
-            stop,
-        ));
+    pub fn serve_until(mut self, stop: impl Future<Output = ()> + Send + 'static) -> Result<()> {
+        if let Some(listener) = self.listener.take() {
+            self.runtime.block_on(stockflow_serve::serve(
+                listener,
+                Arc::clone(&self.state),
+                stockflow_serve::ServeOptions::of(&self.settings),
+                stop,
+            ));
+        }
+        self.stop()
+    }
+
+    /// Stops everything in order (once; also when dropped without serving).
+    fn stop(&mut self) -> Result<()> {
+        let Some(guards) = self.guards.take() else {
+            return Ok(());
+        };
         tracing::info!("shutting down");
-        shutdown.store(true, Ordering::Relaxed);
+        self.shutdown.store(true, Ordering::Relaxed);
         // Joins the workers, which wait for durability and commit their offsets.
         let panicked = guards.join().into_iter().filter(Result::is_err).count();
-        if let Some(writer) = writer {
+        if let Some(writer) = self.writer.take() {
             writer.finish(Duration::from_secs(30));
         }
-        if let Some(sink) = sink {
-            runtime.block_on(sink.finish(Duration::from_secs(10)));
+        if let Some(sink) = self.sink.take() {
+            self.runtime.block_on(sink.finish(Duration::from_secs(10)));
         }
-        drop(dead_letters);
-        if let Some(file) = dead_letter_file {
+        self.dead_letters.take();
+        if let Some(file) = self.dead_letter_file.take() {
             file.close();
         }
-        if let Some(why) = progress.stopped() {
+        if let Some(why) = self.state.progress.stopped() {
             anyhow::bail!("the dataflow stopped ({panicked} workers failed): {why}");
         }
         Ok(())
+    }
+}
+
+impl Drop for Pipeline {
+    /// A pipeline dropped without [`Pipeline::serve_until`] (an error, a panic) stops its
+    /// workers rather than wait for them forever.
+    fn drop(&mut self) {
+        if let Err(e) = self.stop() {
+            tracing::warn!(error = %e, "stopping the pipeline");
+        }
     }
 }
 

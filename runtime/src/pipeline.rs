@@ -69,7 +69,7 @@ pub struct WorkerIo<'a> {
     pub dead_letters: &'a dyn DeadLetters,
     /// Shared progress: caught-up times, durability, sink fill.
     pub progress: &'a Progress,
-    /// The views: which SKU each reservation id belongs to (checked at admission), `as_of`.
+    /// The views (`as_of`: how far every local worker has completed).
     pub store: &'a ViewStore,
     /// Which pipeline time each offset was admitted at (read-your-writes); `None` without a
     /// Kafka source (nothing to ask for).

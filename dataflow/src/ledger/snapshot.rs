@@ -96,10 +96,26 @@ impl ResState {
             forgotten: self.forgotten,
             ..Res::default()
         };
+        // The deciding events stand for the records applied (with the first records' log
+        // times): what a checkpoint keeps of the ledger's de-duplication per id.
+        let applied = [
+            self.reserved
+                .as_ref()
+                .zip(self.reserved_lt)
+                .map(|(r, lt)| (r.event_id.clone(), lt)),
+            self.terminal
+                .as_ref()
+                .zip(self.terminal_lt)
+                .map(|(t, lt)| (t.event_id.clone(), lt)),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
         Binding::restored(
             Arc::clone(sku),
             self.reserved.as_ref().map(|r| (r.ts, r.event_id.clone())),
             res.horizon(),
+            applied,
         )
     }
 }

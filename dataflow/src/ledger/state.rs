@@ -327,7 +327,7 @@ impl LedgerState {
     /// takes its id over at this time): if this worker owns `sku`, it forgets it now.
     fn forget_notice(&mut self, t: Time, sku: &str, id: &str, lt: Millis, fold_before: Millis) {
         let Some(&sku) = self.index.get(sku) else {
-            return; // another worker's SKU (the notice is broadcast)
+            return; // not a SKU of this worker (or already forgotten)
         };
         if !self.skus[sku as usize].res.contains_key(id) {
             return;

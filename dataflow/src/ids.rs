@@ -71,23 +71,27 @@ pub struct Rejected {
 pub struct Binding {
     sku: Name,
     /// The deciding `reserved` event's (ts, event_id): the first by both, as in the ledger.
-    reserved: Option<(Millis, String)>,
+    reserved: Option<(Millis, Box<str>)>,
     horizon: Horizon,
-    /// The event ids applied to this id (any incarnation) and their log times, within the
-    /// ledger's de-duplication horizon: a repeat the ledger drops changes nothing here either.
-    applied: Vec<(String, Millis)>,
+    /// The event ids applied to this id (any incarnation, as the ledger's de-duplication hashes
+    /// them) and their log times, within the ledger's de-duplication horizon: a repeat the
+    /// ledger drops changes nothing here either.
+    applied: Vec<(u64, Millis)>,
     /// Forgotten by the log (another SKU may take the id): kept only while `applied` may still
     /// make a record of its SKU a repeat.
     gone: bool,
+    /// When its timer is due (one per binding: a later `drop_at` is rescheduled when it fires).
+    #[serde(skip)]
+    scheduled: Millis,
 }
 
 impl Binding {
     /// The binding of a reservation restored from a checkpoint.
     pub(crate) fn restored(
         sku: Name,
-        reserved: Option<(Millis, String)>,
+        reserved: Option<(Millis, Box<str>)>,
         horizon: Horizon,
-        applied: Vec<(String, Millis)>,
+        applied: Vec<(u64, Millis)>,
     ) -> Self {
         Binding {
             sku,
@@ -95,6 +99,7 @@ impl Binding {
             horizon,
             applied,
             gone: false,
+            scheduled: 0,
         }
     }
 
@@ -105,6 +110,7 @@ impl Binding {
             horizon: Horizon::default(),
             applied: Vec::new(),
             gone: false,
+            scheduled: 0,
         }
     }
 
@@ -137,9 +143,10 @@ impl Binding {
     /// `lt`'s de-duplication generation or the one before (`ledger::dedup`).
     fn repeats(&self, event_id: &str, lt: Millis, window: u64) -> bool {
         let from = (lt / window.max(1)).saturating_sub(1);
+        let event = event_hash(&self.sku, event_id);
         self.applied
             .iter()
-            .any(|(id, at)| id == event_id && at / window.max(1) >= from)
+            .any(|(e, at)| *e == event && at / window.max(1) >= from)
     }
 
     /// Takes in an accepted record of this incarnation (the ledger's rule for its facts).
@@ -147,7 +154,8 @@ impl Binding {
         // A partition's log times only grow: sightings two generations back repeat nothing.
         let from = (lt / window.max(1)).saturating_sub(1);
         self.applied.retain(|(_, at)| at / window.max(1) >= from);
-        self.applied.push((r.event.event_id.clone(), lt));
+        self.applied
+            .push((event_hash(&self.sku, &r.event.event_id), lt));
         match &r.event.kind {
             EventKind::Reserved { expires_at, .. } => {
                 self.horizon.reserved_lt.get_or_insert(lt);
@@ -155,9 +163,9 @@ impl Binding {
                 if self
                     .reserved
                     .as_ref()
-                    .is_none_or(|(ts, id)| key < (*ts, id.as_str()))
+                    .is_none_or(|(ts, id)| key < (*ts, &**id))
                 {
-                    self.reserved = Some((r.event.ts, r.event.event_id.clone()));
+                    self.reserved = Some((r.event.ts, r.event.event_id.as_str().into()));
                     self.horizon.expires_at = Some(*expires_at);
                 }
             }
@@ -167,6 +175,11 @@ impl Binding {
             }
         }
     }
+}
+
+/// An event id as the ledger's de-duplication identifies it within its SKU.
+pub(crate) fn event_hash(sku: &str, event_id: &str) -> u64 {
+    crate::ledger::dedup::key(crate::ledger::sku_hash(sku), event_id) as u64
 }
 
 /// What reaches an id's owner: a reservation record to check (with where it came from), or,
@@ -241,12 +254,10 @@ impl Ids {
     }
 
     /// Takes in a binding rebuilt from a restored reservation.
-    fn bind(&mut self, id: Name, b: Binding) {
+    fn bind(&mut self, id: Name, mut b: Binding) {
         self.store.registry().insert(&id, &b.sku);
-        self.timers.insert((
-            b.drop_at(self.retention, self.dedup_window),
-            Arc::clone(&id),
-        ));
+        b.scheduled = b.drop_at(self.retention, self.dedup_window);
+        self.timers.insert((b.scheduled, Arc::clone(&id)));
         self.bindings.insert(id, b);
     }
 
@@ -311,11 +322,13 @@ impl Ids {
             }
         };
         let (name, b) = self.bindings.get_key_value_mut(id).expect("bound above");
-        let before = b.drop_at(self.retention, window);
         b.record(lt, r, window);
-        let after = b.drop_at(self.retention, window);
-        if fresh || after != before {
-            self.timers.insert((after, Arc::clone(name)));
+        // One timer per binding: an earlier drop is scheduled now, a later one when the timer
+        // fires.
+        let at = b.drop_at(self.retention, window);
+        if fresh || at < b.scheduled {
+            b.scheduled = at;
+            self.timers.insert((at, Arc::clone(name)));
         }
         Ok(released)
     }
@@ -332,14 +345,18 @@ impl Ids {
                 return false;
             }
             self.timers.pop_first();
-            if self
-                .bindings
-                .get(&id)
-                .is_some_and(|b| b.drop_at(self.retention, self.dedup_window) <= self.frontier)
-            {
+            let Some(b) = self.bindings.get_mut(&id) else {
+                continue;
+            };
+            let drop_at = b.drop_at(self.retention, self.dedup_window);
+            if drop_at <= self.frontier {
                 let b = self.bindings.remove(&id).expect("present");
                 self.store.registry().remove(&id);
                 out.push(forget(&b.sku, &id, self.frontier));
+            } else if b.scheduled <= at {
+                // Its drop moved later since: due again then.
+                b.scheduled = drop_at;
+                self.timers.insert((drop_at, id));
             }
         }
         self.timers

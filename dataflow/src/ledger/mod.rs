@@ -12,7 +12,7 @@
 //! (the operator re-activates itself until done), and handed to the worker in [`LedgerIo`].
 //! A restored worker starts from a [`WorkerRestore`] and emits the restored rows at its time.
 
-mod dedup;
+pub(crate) mod dedup;
 pub(crate) mod reservation;
 mod snapshot;
 mod state;

@@ -20,7 +20,7 @@ use super::stock::{CountRec, LocId};
 use super::timers::{LogTimer, PipelineTimer, SkuId};
 use super::windows::final_at;
 use crate::clock::tick_ceil;
-use crate::ids::Binding;
+use crate::ids::{event_hash, Binding};
 use crate::views::ViewStore;
 use crate::{Diff, EngineConfig, Time};
 use hashbrown::{HashMap, HashSet};
@@ -102,18 +102,20 @@ impl ResState {
             self.reserved
                 .as_ref()
                 .zip(self.reserved_lt)
-                .map(|(r, lt)| (r.event_id.clone(), lt)),
+                .map(|(r, lt)| (event_hash(sku, &r.event_id), lt)),
             self.terminal
                 .as_ref()
                 .zip(self.terminal_lt)
-                .map(|(t, lt)| (t.event_id.clone(), lt)),
+                .map(|(t, lt)| (event_hash(sku, &t.event_id), lt)),
         ]
         .into_iter()
         .flatten()
         .collect();
         Binding::restored(
             Arc::clone(sku),
-            self.reserved.as_ref().map(|r| (r.ts, r.event_id.clone())),
+            self.reserved
+                .as_ref()
+                .map(|r| (r.ts, r.event_id.as_str().into())),
             res.horizon(),
             applied,
         )

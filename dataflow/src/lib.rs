@@ -33,6 +33,7 @@
 //! ```
 
 pub mod clock;
+pub mod forecast;
 pub mod ids;
 pub mod ledger;
 pub mod topk;

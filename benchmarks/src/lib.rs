@@ -143,6 +143,7 @@ impl HashMapFold {
                     (ev.sku.clone(), location.clone(), *qty),
                 );
             }
+            EventKind::Listed { .. } => {}
             EventKind::Released { reservation_id } => {
                 self.reservations.remove(reservation_id);
             }

@@ -126,6 +126,8 @@ pub struct EngineConfig {
     /// pipeline time at most: a log frontier that jumps hours forgets over many times instead
     /// of stalling one ([`DEFAULT_FORGET_PER_TIME`]).
     pub forget_per_time: usize,
+    /// Forecasting (docs/forecasting.md); off when `None`.
+    pub forecast: Option<Arc<forecast::ForecastConfig>>,
 }
 
 /// Forgetting timers per pipeline time: about 2 µs each (a reservation's retirement, its SKU's
@@ -146,6 +148,7 @@ impl EngineConfig {
             top_k: s.pipeline.top_k,
             top_tick_ms: s.pipeline.top_tick.as_millis() as u64,
             forget_per_time: DEFAULT_FORGET_PER_TIME,
+            forecast: forecast::ForecastConfig::from_settings(s)?.map(Arc::new),
         })
     }
 
@@ -170,6 +173,7 @@ impl EngineConfig {
             top_k: 5,
             top_tick_ms: tick_ms,
             forget_per_time: DEFAULT_FORGET_PER_TIME,
+            forecast: None,
         }
     }
 }

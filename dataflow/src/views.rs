@@ -9,6 +9,8 @@
 //! admitted at or before that time for its keys, and no other. Readers never touch a worker
 //! thread or a timely structure, so lookups scale with HTTP threads and never slow the dataflow.
 
+use crate::forecast::eval::Evaluation;
+use crate::forecast::{AtRisk, ForecastConfig, Forecaster, Issued, Served};
 use crate::Time;
 use dashmap::DashMap;
 use parking_lot::RwLock;
@@ -173,6 +175,102 @@ pub struct ViewStore {
     registry: Registry,
     windows: DashMap<Name, Arc<RwLock<SkuWindows>>, Hasher>,
     top: DashMap<(Millis, Millis), Arc<TopList>, Hasher>,
+    forecast: ForecastViews,
+}
+
+/// What forecasting publishes: the served forecast per key, the at-risk rankings and the
+/// evaluation, per local worker (merged when read).
+#[derive(Debug, Default)]
+pub struct ForecastViews {
+    config: std::sync::OnceLock<Arc<ForecastConfig>>,
+    served: DashMap<Name, BTreeMap<Name, Arc<Served>>, Hasher>,
+    /// Per local worker: per horizon, per location, the keys most likely to run out.
+    at_risk: Vec<RwLock<Vec<BTreeMap<Name, Vec<AtRisk>>>>>,
+    /// Per local worker.
+    evaluation: Vec<RwLock<Evaluation>>,
+    /// Per local worker: keys kept, inputs pending.
+    sizes: Vec<(AtomicU64, AtomicU64)>,
+}
+
+impl ForecastViews {
+    fn new(workers: usize) -> Self {
+        ForecastViews {
+            at_risk: (0..workers).map(|_| RwLock::default()).collect(),
+            evaluation: (0..workers).map(|_| RwLock::default()).collect(),
+            sizes: (0..workers).map(|_| Default::default()).collect(),
+            ..Default::default()
+        }
+    }
+
+    /// The configuration forecasts run with (`None`: forecasting is off).
+    pub fn config(&self) -> Option<&Arc<ForecastConfig>> {
+        self.config.get()
+    }
+
+    /// Sets it (once, before the workers start).
+    pub fn configure(&self, cfg: Arc<ForecastConfig>) {
+        let _ = self.config.set(cfg);
+    }
+
+    /// The forecast served for (sku, location), if issued.
+    pub fn served(&self, sku: &str, location: &str) -> Option<Arc<Served>> {
+        self.served.get(sku)?.get(location).cloned()
+    }
+
+    /// The keys of one horizon (by index) most likely to run out, at `location` or anywhere.
+    pub fn at_risk(&self, horizon: usize, location: Option<&str>, limit: usize) -> Vec<AtRisk> {
+        let mut all = Vec::new();
+        for w in &self.at_risk {
+            let w = w.read();
+            let Some(h) = w.get(horizon) else { continue };
+            match location {
+                Some(l) => all.extend(h.get(l).into_iter().flatten().cloned()),
+                None => all.extend(h.values().flatten().cloned()),
+            }
+        }
+        all.sort_by(AtRisk::rank);
+        all.truncate(limit);
+        all
+    }
+
+    /// The evaluation of every local worker, merged.
+    pub fn evaluation(&self) -> Evaluation {
+        let mut e = Evaluation::default();
+        for w in &self.evaluation {
+            e.merge(&w.read());
+        }
+        e
+    }
+
+    /// Keys kept and inputs pending, over the local workers.
+    pub fn sizes(&self) -> (u64, u64) {
+        self.sizes.iter().fold((0, 0), |(k, p), (a, b)| {
+            (k + a.load(Ordering::Relaxed), p + b.load(Ordering::Relaxed))
+        })
+    }
+
+    /// Publishes what an advance of local worker `w`'s forecaster produced.
+    pub(crate) fn publish(&self, w: usize, f: &Forecaster, issued: Issued) {
+        for (sku, loc, served) in issued.served {
+            self.served
+                .entry(sku)
+                .or_default()
+                .insert(loc, Arc::new(served));
+        }
+        for (sku, loc) in issued.forgotten {
+            if let Some(mut m) = self.served.get_mut(&sku) {
+                m.remove(&loc);
+            }
+        }
+        if let Some(at_risk) = issued.at_risk {
+            *self.at_risk[w].write() = at_risk;
+        }
+        if issued.scored || issued.late {
+            self.evaluation[w].write().clone_from(&f.eval);
+        }
+        self.sizes[w].0.store(f.keys() as u64, Ordering::Relaxed);
+        self.sizes[w].1.store(f.pending() as u64, Ordering::Relaxed);
+    }
 }
 
 impl ViewStore {
@@ -192,7 +290,13 @@ impl ViewStore {
             registry: Registry::default(),
             windows: DashMap::default(),
             top: DashMap::default(),
+            forecast: ForecastViews::new(workers),
         }
+    }
+
+    /// What forecasting publishes.
+    pub fn forecast(&self) -> &ForecastViews {
+        &self.forecast
     }
 
     /// The configured windows.

@@ -747,6 +747,7 @@ fn config(retention_ms: u64) -> EngineConfig {
         top_k: 2,
         top_tick_ms: 3 * TICK,
         forget_per_time: usize::MAX,
+        forecast: None,
     }
 }
 

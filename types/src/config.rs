@@ -41,6 +41,187 @@ pub struct Settings {
     /// Several processes as one timely cluster (docs/cluster.md); one process when empty.
     #[serde(default)]
     pub cluster: ClusterConfig,
+    /// Forecasts of demand and stock-out risk (docs/forecasting.md).
+    #[serde(default)]
+    pub forecast: ForecastSettings,
+}
+
+/// Forecasting: buckets, horizons, the model file and the experiment.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForecastSettings {
+    /// Off: no forecast is kept, issued or served (the routes answer a problem).
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// A bucket of business time (UTC), a whole number of seconds.
+    #[serde(default = "default_bucket", with = "humantime_serde")]
+    pub bucket: Duration,
+    /// Horizons, in buckets.
+    #[serde(default = "default_horizons")]
+    pub horizons: Vec<u32>,
+    /// Buckets of history the models read (1 to 28).
+    #[serde(default = "default_lookback")]
+    pub lookback: usize,
+    /// A bucket out of stock (log time) for at least this share is censored demand.
+    #[serde(default = "default_censor_share")]
+    pub censor_share: f64,
+    /// A key with no event for this many buckets is forgotten.
+    #[serde(default = "default_key_retention")]
+    pub key_retention: u32,
+    /// Keys kept per location and horizon in the at-risk ranking (the largest `limit`).
+    #[serde(default = "default_at_risk_keep")]
+    pub at_risk_keep: usize,
+    /// The model file (TOML, written by `stockflow forecast fit`); the built-in parameters
+    /// when absent.
+    #[serde(default)]
+    pub model_file: Option<std::path::PathBuf>,
+    /// Which model serves which key.
+    #[serde(default)]
+    pub experiment: ExperimentSettings,
+}
+
+/// `[forecast.experiment]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExperimentSettings {
+    /// Mixed into the assignment hash; a new experiment takes a new salt.
+    #[serde(default = "default_salt")]
+    pub salt: String,
+    /// The arms: name, model (`snaive`, `tsb`, `pooled`) and share (the shares sum to 1).
+    #[serde(default = "default_arms")]
+    pub arms: Vec<ArmSettings>,
+}
+
+/// One arm.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArmSettings {
+    /// Its name.
+    pub name: String,
+    /// Its model.
+    pub model: String,
+    /// Its share of the keys.
+    pub share: f64,
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_bucket() -> Duration {
+    Duration::from_secs(86_400)
+}
+fn default_horizons() -> Vec<u32> {
+    vec![1, 7]
+}
+fn default_lookback() -> usize {
+    28
+}
+fn default_censor_share() -> f64 {
+    0.5
+}
+fn default_key_retention() -> u32 {
+    56
+}
+fn default_at_risk_keep() -> usize {
+    100
+}
+fn default_salt() -> String {
+    "stockflow".into()
+}
+fn default_arms() -> Vec<ArmSettings> {
+    vec![ArmSettings {
+        name: "A".into(),
+        model: "pooled".into(),
+        share: 1.0,
+    }]
+}
+
+impl Default for ForecastSettings {
+    fn default() -> Self {
+        ForecastSettings {
+            enabled: true,
+            bucket: default_bucket(),
+            horizons: default_horizons(),
+            lookback: default_lookback(),
+            censor_share: default_censor_share(),
+            key_retention: default_key_retention(),
+            at_risk_keep: default_at_risk_keep(),
+            model_file: None,
+            experiment: ExperimentSettings::default(),
+        }
+    }
+}
+
+impl Default for ExperimentSettings {
+    fn default() -> Self {
+        ExperimentSettings {
+            salt: default_salt(),
+            arms: default_arms(),
+        }
+    }
+}
+
+/// Buckets a forecast key's ring holds (the look-back, the horizon and the labels' delay must
+/// fit in it).
+pub const FORECAST_RING: u64 = 32;
+
+impl ForecastSettings {
+    /// Checks the section against the windows' finality delay.
+    pub fn validate(&self, window_retention: Duration) -> Result<(), ConfigError> {
+        let b = self.bucket.as_millis();
+        if b == 0 || !b.is_multiple_of(1000) {
+            return Err(bad("forecast.bucket", "must be a whole number of seconds"));
+        }
+        if self.horizons.is_empty() || self.horizons.contains(&0) || self.horizons.len() > 8 {
+            return Err(bad(
+                "forecast.horizons",
+                "1 to 8 horizons, each at least 1 bucket",
+            ));
+        }
+        if !(1..=28).contains(&self.lookback) {
+            return Err(bad("forecast.lookback", "must be 1 to 28 buckets"));
+        }
+        let delay = window_retention.as_millis().div_ceil(b) as u64;
+        let longest = u64::from(*self.horizons.iter().max().unwrap_or(&1));
+        if longest.max(7) + delay + 1 >= FORECAST_RING {
+            return Err(bad(
+                "forecast.horizons",
+                format!(
+                    "the longest horizon (at least 7) plus pipeline.window_retention in buckets ({delay}) must stay below {}",
+                    FORECAST_RING - 1
+                ),
+            ));
+        }
+        if !(self.censor_share > 0.0 && self.censor_share <= 1.0) {
+            return Err(bad("forecast.censor_share", "must be in (0, 1]"));
+        }
+        if self.key_retention == 0 {
+            return Err(bad("forecast.key_retention", "must be at least 1 bucket"));
+        }
+        if self.at_risk_keep == 0 || self.at_risk_keep > 10_000 {
+            return Err(bad("forecast.at_risk_keep", "must be 1 to 10000"));
+        }
+        let e = &self.experiment;
+        if e.arms.is_empty() {
+            return Err(bad("forecast.experiment.arms", "at least one arm"));
+        }
+        let total: f64 = e.arms.iter().map(|a| a.share).sum();
+        if e.arms.iter().any(|a| !(a.share > 0.0 && a.share <= 1.0)) || (total - 1.0).abs() > 1e-9 {
+            return Err(bad(
+                "forecast.experiment.arms",
+                "each share in (0, 1], and the shares sum to 1",
+            ));
+        }
+        for a in &e.arms {
+            if !["snaive", "tsb", "pooled"].contains(&a.model.as_str()) {
+                return Err(bad(
+                    "forecast.experiment.arms",
+                    format!("model {:?} is not one of snaive, tsb, pooled", a.model),
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Several processes running one dataflow over timely's own TCP connections: each runs
@@ -901,6 +1082,7 @@ impl Settings {
                 "must be a whole number of milliseconds, at least 1ms",
             ));
         }
+        self.forecast.validate(p.window_retention)?;
         let windows = self.window_specs()?;
         let largest = windows.iter().map(|w| w.size_ms).max().unwrap_or(0);
         for (field, d) in [

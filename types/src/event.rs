@@ -48,6 +48,12 @@ pub enum EventKind {
         /// Signed change.
         qty: i64,
     },
+    /// The SKU's catalogue category (contract 1.2): no effect on stock; forecasts use it as
+    /// the prior of a SKU with little or no history. The latest by `ts`, then `event_id`, wins.
+    Listed {
+        /// The category.
+        category: String,
+    },
     /// A cycle count: `on_hand` as of `ts` is `qty` (qty >= 0).
     Counted {
         /// Where.
@@ -88,7 +94,7 @@ pub enum EventKind {
 /// The two input streams (Kafka topics) of the contract.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Stream {
-    /// `received`, `adjusted`, `counted`.
+    /// `received`, `adjusted`, `counted`, `listed`.
     Inventory,
     /// `sold`, `reserved`, `released`, `fulfilled`.
     Orders,
@@ -111,6 +117,7 @@ impl EventKind {
             EventKind::Received { .. } => "received",
             EventKind::Adjusted { .. } => "adjusted",
             EventKind::Counted { .. } => "counted",
+            EventKind::Listed { .. } => "listed",
             EventKind::Sold { .. } => "sold",
             EventKind::Reserved { .. } => "reserved",
             EventKind::Released { .. } => "released",
@@ -131,9 +138,10 @@ impl EventKind {
     /// The stream (topic) the type belongs to.
     pub fn stream(&self) -> Stream {
         match self {
-            EventKind::Received { .. } | EventKind::Adjusted { .. } | EventKind::Counted { .. } => {
-                Stream::Inventory
-            }
+            EventKind::Received { .. }
+            | EventKind::Adjusted { .. }
+            | EventKind::Counted { .. }
+            | EventKind::Listed { .. } => Stream::Inventory,
             _ => Stream::Orders,
         }
     }
@@ -245,6 +253,8 @@ struct RawEvent<'a> {
     reservation_id: Option<&'a RawValue>,
     #[serde(borrow)]
     expires_at: Option<&'a RawValue>,
+    #[serde(borrow)]
+    category: Option<&'a RawValue>,
 }
 
 fn required<'a>(field: &str, v: Option<&'a RawValue>) -> Result<&'a RawValue, Rejection> {
@@ -390,6 +400,9 @@ pub fn decode(bytes: &[u8]) -> Result<Event, Rejection> {
                 qty: check_qty("qty", qty, qty >= 0, "0 or more for `counted`")?,
             }
         }
+        "listed" => EventKind::Listed {
+            category: id_field("category", raw.category)?,
+        },
         "sold" => {
             let qty = int_field("qty", raw.qty)?;
             EventKind::Sold {
@@ -415,7 +428,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, Rejection> {
         other => {
             return Err(Rejection::new(
                 RejectReason::UnknownType,
-                format!("`type` {other:?} is not one of received, adjusted, counted, sold, reserved, released, fulfilled"),
+                format!("`type` {other:?} is not one of received, adjusted, counted, listed, sold, reserved, released, fulfilled"),
             ))
         }
     };
@@ -472,6 +485,9 @@ pub fn encode(ev: &Event) -> String {
         EventKind::Released { reservation_id } | EventKind::Fulfilled { reservation_id } => {
             m.insert("reservation_id".into(), json!(reservation_id));
         }
+        EventKind::Listed { category } => {
+            m.insert("category".into(), json!(category));
+        }
     }
     v.to_string()
 }
@@ -482,6 +498,29 @@ mod tests {
 
     fn reason(json: &str) -> &'static str {
         decode(json.as_bytes()).unwrap_err().reason.code()
+    }
+
+    #[test]
+    fn listed_names_a_category_for_every_location() {
+        let ev =
+            decode(br#"{"event_id":"e","type":"listed","sku":"S","ts":5,"category":"FOODS_3"}"#)
+                .unwrap();
+        assert_eq!(
+            ev.kind,
+            EventKind::Listed {
+                category: "FOODS_3".into()
+            }
+        );
+        assert_eq!(ev.kind.stream(), Stream::Inventory);
+        assert_eq!(decode(encode(&ev).as_bytes()).unwrap(), ev);
+        assert_eq!(
+            reason(r#"{"event_id":"e","type":"listed","sku":"S","ts":5}"#),
+            "missing_field"
+        );
+        assert_eq!(
+            reason(r#"{"event_id":"e","type":"listed","sku":"S","ts":5,"category":""}"#),
+            "out_of_range"
+        );
     }
 
     #[test]

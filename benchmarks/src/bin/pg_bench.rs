@@ -104,6 +104,7 @@ fn apply(c: &mut Client, s: &Stmts, ev: &Event) -> Result<(), postgres::Error> {
         EventKind::Counted { location, qty } => {
             tx.execute(&s.count, &[&ev.sku, location, qty, &ts])?;
         }
+        EventKind::Listed { .. } => {}
         EventKind::Reserved {
             reservation_id,
             location,

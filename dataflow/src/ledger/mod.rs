@@ -88,7 +88,7 @@ pub fn ledger<'s>(
                 if restore.is_some() {
                     activator.activate(); // emit the restored rows before anything else
                 }
-                let (mut state, mut restored) = match restore {
+                let (mut state, mut restored): (LedgerState, _) = match restore {
                     Some(r) => {
                         let at = r.at;
                         let (state, rows) =
@@ -104,6 +104,7 @@ pub fn ledger<'s>(
                         )
                     }
                 };
+                state.local_worker = local_worker;
                 type Stashed = (Capability<Time>, Vec<Record>, Vec<Control>);
                 let mut stash: BTreeMap<Time, Stashed> = BTreeMap::new();
                 let mut timer_cap: Option<Capability<Time>> = None;

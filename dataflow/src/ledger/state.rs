@@ -19,6 +19,7 @@ use super::sku_hash;
 use super::snapshot::Snapshot;
 use super::stock::{CountRec, Loc, LocId};
 use super::timers::{LogTimer, PipelineTimer, SkuId, Timers};
+use crate::forecast::Forecaster;
 use crate::views::{ReservationView, SkuWindows, ViewStore};
 use crate::{Control, Diff, EngineConfig, Record, Time};
 use hashbrown::HashMap;
@@ -92,6 +93,10 @@ pub(crate) struct Sku {
     /// (size, start, location) → delta.
     pub window_deltas: Vec<((Millis, Millis, LocId), WindowFigures)>,
     pub evict_windows: bool,
+    /// This time's units sold for the forecaster: (location, business time, units, log time).
+    pub demand: Vec<(LocId, Millis, i64, Millis)>,
+    /// The latest log time of this time's records of the SKU.
+    pub max_lt: Millis,
 }
 
 impl Sku {
@@ -111,6 +116,8 @@ impl Sku {
             gone: Vec::new(),
             window_deltas: Vec::new(),
             evict_windows: false,
+            demand: Vec::new(),
+            max_lt: 0,
         }
     }
 
@@ -169,12 +176,16 @@ pub struct LedgerState {
     emit_scratch: Vec<Name>,
     pipeline_due: Vec<(SkuId, PipelineTimer)>,
     log_due: Vec<(SkuId, LogTimer)>,
+    /// Forecasting, when configured: fed from here, advanced with the log frontier.
+    pub(crate) forecast: Option<Forecaster>,
+    pub(crate) local_worker: usize,
 }
 
 impl LedgerState {
     /// Empty state publishing into `store`, in a dataflow of `peers` workers.
     pub fn new(cfg: Arc<EngineConfig>, store: Arc<ViewStore>, peers: usize) -> Self {
         let dedup = Dedup::new(cfg.dedup_window_ms);
+        let cfg_forecast = cfg.forecast.clone();
         let stats = LedgerStats {
             late_window_events: vec![0; cfg.windows.len()],
             ..LedgerStats::default()
@@ -196,6 +207,8 @@ impl LedgerState {
             emit_scratch: Vec::new(),
             pipeline_due: Vec::new(),
             log_due: Vec::new(),
+            forecast: cfg_forecast.map(Forecaster::new),
+            local_worker: 0,
         }
     }
 
@@ -294,6 +307,10 @@ impl LedgerState {
             self.settle(t, fold_before, sku, out);
         }
         self.dirty = dirty; // keeps its capacity
+        if let Some(f) = self.forecast.as_mut() {
+            let issued = f.advance(self.frontier);
+            self.store.forecast().publish(self.local_worker, f, issued);
+        }
         checkpoint
     }
 
@@ -381,8 +398,14 @@ impl LedgerState {
             sku,
         };
         let s = &mut self.skus[sku as usize];
+        s.max_lt = s.max_lt.max(lt);
         let fulfilled = matches!(ev.kind, EventKind::Fulfilled { .. });
         match ev.kind {
+            EventKind::Listed { category } => {
+                if let Some(f) = self.forecast.as_mut() {
+                    f.listed(&s.name, ev.ts, &ev.event_id, &category, lt);
+                }
+            }
             EventKind::Received { location, qty } => {
                 let loc = s.touch_loc(&location);
                 s.locs[loc as usize].add_movement(ev.ts, qty, fold_before);
@@ -521,6 +544,21 @@ impl LedgerState {
         if stock_changed {
             store.publish_stock(&sku_name, &s.loc_names, &s.figures, t);
         }
+        // The forecaster hears this time's demand and stock changes, stamped with the latest log
+        // time of the SKU's records now (or the frontier, for an expiry).
+        if let Some(f) = self.forecast.as_mut() {
+            let lt = s.max_lt.max(self.frontier);
+            for loc_id in &dirty_locs {
+                let loc = &s.locs[*loc_id as usize];
+                if let Some((on_hand, reserved)) = loc.published {
+                    f.available(&sku_name, &loc.name, on_hand.saturating_sub(reserved), lt);
+                }
+            }
+            for (loc, ts, units, lt) in s.demand.drain(..) {
+                f.demand(&sku_name, &s.locs[loc as usize].name, ts, units, lt);
+            }
+        }
+        s.max_lt = 0;
 
         // 3. Reservation rows: statuses after allocation; tombstones and removals.
         if !bracketed && !emit_res.is_empty() {

@@ -32,6 +32,10 @@ impl Sku {
         f: &WindowFigures,
         sign: Diff,
     ) {
+        if f.units_sold != 0 && ctx.cfg.forecast.is_some() {
+            self.demand
+                .push((loc, ts, f.units_sold.saturating_mul(sign), lt));
+        }
         for (i, w) in ctx.cfg.windows.iter().enumerate() {
             let start = ts - ts % w.size_ms;
             if final_at(ctx.cfg, w.size_ms, start) <= lt {

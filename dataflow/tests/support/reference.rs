@@ -288,6 +288,7 @@ pub fn reference(all: &[Admitted], t: Time, partitions: usize, cfg: &EngineConfi
                 locations.insert(key(location));
                 moves.push((key(location), e.ts, *qty));
             }
+            EventKind::Listed { .. } => {}
             EventKind::Sold { location, qty } => {
                 locations.insert(key(location));
                 moves.push((key(location), e.ts, -qty));

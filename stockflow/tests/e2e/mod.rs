@@ -258,6 +258,7 @@ impl Workload {
             top_k: 100,
             top_tick_ms: 100,
             forget_per_time: usize::MAX,
+            forecast: None,
         };
         // As of an hour from now: expiries are a day after `ts` or already past, either way.
         let now = SystemTime::now()

@@ -26,6 +26,14 @@ impl GammaRate {
         self.b += weight;
     }
 
+    /// Takes in `units` seen over an exposure of `weight` buckets (a bucket's seasonal factor
+    /// times the share of it the key was in stock): a stock-out shortens the exposure instead
+    /// of reading as zero demand.
+    pub fn observe_scaled(&mut self, units: f64, weight: f64) {
+        self.a += units;
+        self.b += weight;
+    }
+
     /// The mean rate per bucket of factor 1.
     pub fn mean(&self) -> f64 {
         self.a / self.b

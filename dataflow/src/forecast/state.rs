@@ -1,0 +1,698 @@
+//! The forecaster of one worker: the keys of the SKUs it owns, their inputs waiting for the log
+//! frontier, the issuing at each bucket boundary and the scoring of final labels.
+
+use super::eval::{Evaluation, Scored, Segment};
+use super::key::{rmsse_scale, KeyState};
+use super::model::{self, KeyPrior, Model, Prediction, SEASON};
+use super::{AtRisk, ForecastConfig, Served, ServedHorizon};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use stockflow_types::{Millis, Name};
+
+/// An input waiting for the log frontier to pass its log time.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+enum Input {
+    /// Units sold (or un-sold: a fulfilment undone) at business time `ts`.
+    Demand {
+        location: Name,
+        ts: Millis,
+        units: i64,
+    },
+    /// The key's `available` from now on.
+    Available { location: Name, available: i64 },
+    /// The SKU's category (the latest by `ts`, then `event_id`, wins).
+    Listed {
+        ts: Millis,
+        event_id: Box<str>,
+        category: Name,
+    },
+}
+
+/// The keys of one SKU.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+struct SkuKeys {
+    /// (ts, event_id, category) of the deciding `listed`.
+    category: Option<(Millis, Box<str>, Name)>,
+    locs: BTreeMap<Name, KeyState>,
+}
+
+/// A forecast as a row: issued (no label yet) or scored.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ForecastRow {
+    /// The SKU.
+    pub sku: Name,
+    /// The location.
+    pub location: Name,
+    /// Index in [`Model::ALL`].
+    pub model: u8,
+    /// The key's arm.
+    pub arm: u8,
+    /// The boundary it was issued at, epoch ms.
+    pub issued_at: Millis,
+    /// Horizon in buckets.
+    pub buckets: u32,
+    /// Mean.
+    pub mean: f64,
+    /// Quantiles 0.5, 0.9, 0.95, 0.99.
+    pub q: [u32; 4],
+    /// Stock-out probability.
+    pub stockout: f64,
+    /// `available` when issued.
+    pub available: i64,
+    /// The key was cold when issued.
+    pub cold_start: bool,
+    /// The label, once final.
+    pub actual: Option<u64>,
+    /// The label is censored (a bucket of it out of stock): not scored.
+    pub censored: bool,
+}
+
+/// What an advance of the frontier produced, for the views.
+#[derive(Debug, Default)]
+pub struct Issued {
+    /// Forecasts served, per key.
+    pub served: Vec<(Name, Name, Served)>,
+    /// When issued: per horizon, per location, the keys most likely to run out.
+    pub at_risk: Option<Vec<BTreeMap<Name, Vec<AtRisk>>>>,
+    /// Keys forgotten.
+    pub forgotten: Vec<(Name, Name)>,
+    /// Some forecast was scored.
+    pub scored: bool,
+    /// Some demand arrived for a final bucket.
+    pub late: bool,
+}
+
+/// The forecaster's state on one worker (what its checkpoint part holds).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Forecaster {
+    #[serde(skip)]
+    cfg: Option<Arc<ForecastConfig>>,
+    skus: BTreeMap<Name, SkuKeys>,
+    /// Inputs by (log time, arrival), until the frontier passes them.
+    pending: BTreeMap<(Millis, u64), (Name, Input)>,
+    seq: u64,
+    /// The next boundary to issue at (bucket index), once anything was seen.
+    next_k: Option<i64>,
+    /// Log times at which some label becomes final.
+    due: BTreeSet<Millis>,
+    frontier: Millis,
+    /// The evaluation so far.
+    pub eval: Evaluation,
+    /// Rows issued and scored since the last take (when `keep_rows`).
+    #[serde(skip)]
+    pub rows: Vec<ForecastRow>,
+}
+
+impl Forecaster {
+    /// Empty.
+    pub fn new(cfg: Arc<ForecastConfig>) -> Self {
+        Forecaster {
+            cfg: Some(cfg),
+            skus: BTreeMap::new(),
+            pending: BTreeMap::new(),
+            seq: 0,
+            next_k: None,
+            due: BTreeSet::new(),
+            frontier: 0,
+            eval: Evaluation::default(),
+            rows: Vec::new(),
+        }
+    }
+
+    /// Restored from a checkpoint, with the configuration it runs with now (a new model file is
+    /// fine: models are functions of the features).
+    pub fn with_config(mut self, cfg: Arc<ForecastConfig>) -> Self {
+        self.cfg = Some(cfg);
+        self
+    }
+
+    fn cfg(&self) -> Arc<ForecastConfig> {
+        Arc::clone(self.cfg.as_ref().expect("configured"))
+    }
+
+    fn push(&mut self, lt: Millis, sku: &Name, input: Input) {
+        // Nothing below the frontier can arrive; clamp defensively so an input is never lost.
+        let lt = lt.max(self.frontier);
+        self.seq += 1;
+        self.pending
+            .insert((lt, self.seq), (Arc::clone(sku), input));
+    }
+
+    /// `units` sold at `location` at business time `ts`, by a record of log time `lt`.
+    pub fn demand(&mut self, sku: &Name, location: &Name, ts: Millis, units: i64, lt: Millis) {
+        let location = Arc::clone(location);
+        self.push(
+            lt,
+            sku,
+            Input::Demand {
+                location,
+                ts,
+                units,
+            },
+        );
+    }
+
+    /// The key's `available` changed at log time `lt`.
+    pub fn available(&mut self, sku: &Name, location: &Name, available: i64, lt: Millis) {
+        let location = Arc::clone(location);
+        self.push(
+            lt,
+            sku,
+            Input::Available {
+                location,
+                available,
+            },
+        );
+    }
+
+    /// A `listed` event.
+    pub fn listed(&mut self, sku: &Name, ts: Millis, event_id: &str, category: &str, lt: Millis) {
+        let input = Input::Listed {
+            ts,
+            event_id: event_id.into(),
+            category: category.into(),
+        };
+        self.push(lt, sku, input);
+    }
+
+    /// Keys kept.
+    pub fn keys(&self) -> usize {
+        self.skus.values().map(|s| s.locs.len()).sum()
+    }
+
+    /// Inputs waiting for the frontier.
+    pub fn pending(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// The features of a key (tests and the reference).
+    pub fn key(&self, sku: &str, location: &str) -> Option<&KeyState> {
+        self.skus.get(sku)?.locs.get(location)
+    }
+
+    /// Applies every input before log time `to`, in log-time order.
+    fn apply_before(&mut self, to: Millis) -> bool {
+        let mut late = false;
+        let cfg = self.cfg();
+        let b = cfg.bucket_ms;
+        while let Some(entry) = self.pending.first_entry() {
+            let lt = entry.key().0;
+            if lt >= to {
+                break;
+            }
+            let (sku, input) = entry.remove();
+            let keys = self.skus.entry(sku).or_default();
+            match input {
+                Input::Demand {
+                    location,
+                    ts,
+                    units,
+                } => {
+                    let k = (ts / b) as i64;
+                    let final_at = (ts / b + 1)
+                        .saturating_mul(b)
+                        .saturating_add(cfg.window_retention_ms);
+                    let key = keys
+                        .locs
+                        .entry(location)
+                        .or_insert_with(|| KeyState::new(lt, b));
+                    if final_at <= lt || !key.add_units(k, units, lt) {
+                        self.eval.late_labels += 1;
+                        late = true;
+                    }
+                }
+                Input::Available {
+                    location,
+                    available,
+                } => {
+                    keys.locs
+                        .entry(location)
+                        .or_insert_with(|| KeyState::new(lt, b))
+                        .set_available(lt, available, b);
+                }
+                Input::Listed {
+                    ts,
+                    event_id,
+                    category,
+                } => {
+                    let newer = keys
+                        .category
+                        .as_ref()
+                        .is_none_or(|(t, e, _)| (ts, &*event_id) > (*t, &**e));
+                    if newer {
+                        keys.category = Some((ts, event_id, category));
+                    }
+                }
+            }
+        }
+        late
+    }
+
+    /// The log frontier is now `frontier`: issues at every boundary it passed, scores every
+    /// label that became final, and says what changed.
+    pub fn advance(&mut self, frontier: Millis) -> Issued {
+        let mut out = Issued::default();
+        if frontier <= self.frontier {
+            return out;
+        }
+        let cfg = self.cfg();
+        let b = cfg.bucket_ms;
+        loop {
+            // The first boundary is the one after the first input.
+            if self.next_k.is_none() {
+                self.next_k = self
+                    .pending
+                    .first_key_value()
+                    .map(|((lt, _), _)| (lt / b) as i64 + 1);
+            }
+            // The next event in log time: a boundary to issue at, or a label becoming final.
+            let issue = self
+                .next_k
+                .map(|k| k as u64 * b)
+                .filter(|at| *at <= frontier);
+            let score = self.due.first().copied().filter(|at| *at <= frontier);
+            match (issue, score) {
+                (Some(i), s) if s.is_none_or(|s| i <= s) => {
+                    out.late |= self.apply_before(i);
+                    self.frontier = self.frontier.max(i);
+                    self.issue(i / b, &mut out);
+                    self.next_k = Some((i / b) as i64 + 1);
+                }
+                (_, Some(s)) => {
+                    out.late |= self.apply_before(s);
+                    self.frontier = self.frontier.max(s);
+                    self.due.pop_first();
+                    self.score(s, &mut out);
+                }
+                _ => {
+                    out.late |= self.apply_before(frontier);
+                    break;
+                }
+            }
+        }
+        self.frontier = frontier;
+        out
+    }
+
+    /// Issues at the boundary of bucket `k`: every key, every model, every horizon.
+    fn issue(&mut self, k: u64, out: &mut Issued) {
+        let cfg = self.cfg();
+        let b = cfg.bucket_ms;
+        let k = k as i64;
+        let at = k as u64 * b;
+        let mut at_risk: Vec<BTreeMap<Name, Vec<AtRisk>>> =
+            vec![BTreeMap::new(); cfg.horizons.len()];
+        for (sku, keys) in self.skus.iter_mut() {
+            let category = keys.category.as_ref().map_or("", |c| &*c.2);
+            // Forget keys quiet for `key_retention` buckets with nothing awaiting a label.
+            keys.locs.retain(|loc, key| {
+                let keep = !key.open.is_empty()
+                    || key.last_event / b + cfg.key_retention as u64 > k as u64;
+                if !keep {
+                    out.forgotten.push((Arc::clone(sku), Arc::clone(loc)));
+                }
+                keep
+            });
+            // Histories first: the SKU's other locations move each key's prior.
+            let mut hs = Vec::with_capacity(keys.locs.len());
+            for (loc, key) in keys.locs.iter_mut() {
+                key.advance(at, b);
+                let h = key.history(k, cfg.lookback, b, cfg.censor_share);
+                let group = cfg.model.prior(loc, category);
+                // What the key sold against what its group would have, over its usable buckets.
+                let (mut seen, mut expected) = (0.0, 0.0);
+                for i in 0..h.y.len() {
+                    if !h.censored[i] {
+                        seen += h.y[i] as f64;
+                        expected += group.rate * group.weekday[h.season[i]] * (1.0 - h.exposure[i]);
+                    }
+                }
+                hs.push((h, seen, expected));
+            }
+            let (all_seen, all_expected) = hs
+                .iter()
+                .fold((0.0, 0.0), |(s, e), (_, s1, e1)| (s + s1, e + e1));
+            for ((loc, key), (h, seen, expected)) in keys.locs.iter_mut().zip(hs) {
+                let group = cfg.model.prior(loc, category);
+                let kappa = cfg.model.sku_strength * group.rate;
+                let sku_factor = if kappa > 0.0 {
+                    (all_seen - seen + kappa) / (all_expected - expected + kappa)
+                } else {
+                    1.0
+                };
+                let prior = KeyPrior { group, sku_factor };
+                let cold = h.age < cfg.lookback;
+                let segment = if cold {
+                    Segment::ColdStart
+                } else if h.adi() >= 1.32 {
+                    Segment::Intermittent
+                } else {
+                    Segment::Smooth
+                };
+                let scale = rmsse_scale(&h);
+                let arm = cfg.experiment.arm_of(sku, loc);
+                let served_model = cfg
+                    .experiment
+                    .arms
+                    .get(arm)
+                    .map_or(Model::Pooled, |a| a.model);
+                for (mi, m) in Model::ALL.into_iter().enumerate() {
+                    let p = model::predict(m, &cfg.model, &h, prior, &cfg.horizons, key.available);
+                    for (hi, pr) in p.horizons.iter().enumerate() {
+                        let open = super::key::Open {
+                            k,
+                            horizon: hi as u8,
+                            model: mi as u8,
+                            segment: segment as u8,
+                            mean: pr.mean as f32,
+                            q: pr.q.map(|q| q.min(u32::MAX as u64) as u32),
+                            stockout: pr.stockout as f32,
+                            available: key.available,
+                            scale: scale as f32,
+                        };
+                        if cfg.keep_rows {
+                            self.rows.push(row(
+                                sku,
+                                loc,
+                                &open,
+                                arm,
+                                cfg.horizons[hi],
+                                at,
+                                cold,
+                                None,
+                                false,
+                            ));
+                        }
+                        key.open.push(open);
+                    }
+                    if m == served_model {
+                        let served = served(&cfg, m, arm, at, cold, &p, key.available);
+                        for (hi, sh) in served.horizons.iter().enumerate() {
+                            at_risk[hi]
+                                .entry(Arc::clone(loc))
+                                .or_default()
+                                .push(AtRisk {
+                                    sku: Arc::clone(sku),
+                                    location: Arc::clone(loc),
+                                    stockout: sh.stockout,
+                                    days_of_cover: served.days_of_cover,
+                                    available: key.available,
+                                });
+                        }
+                        out.served.push((Arc::clone(sku), Arc::clone(loc), served));
+                    }
+                }
+            }
+        }
+        self.skus
+            .retain(|_, keys| !keys.locs.is_empty() || keys.category.is_some());
+        for (hi, &h) in cfg.horizons.iter().enumerate() {
+            let done = (k as u64 + h as u64) * b + cfg.window_retention_ms;
+            self.due.insert(done);
+            for list in at_risk[hi].values_mut() {
+                list.sort_by(AtRisk::rank);
+                list.truncate(cfg.at_risk_keep);
+            }
+        }
+        out.at_risk = Some(at_risk);
+    }
+
+    /// Scores every forecast whose label is final at log time `at`.
+    fn score(&mut self, at: Millis, out: &mut Issued) {
+        let cfg = self.cfg();
+        let b = cfg.bucket_ms;
+        let r = cfg.window_retention_ms;
+        let n = Model::ALL.len();
+        for (sku, keys) in self.skus.iter_mut() {
+            for (loc, key) in keys.locs.iter_mut() {
+                if key.open.is_empty() {
+                    continue;
+                }
+                key.advance(at, b);
+                let arm = cfg.experiment.arm_of(sku, loc) as u8;
+                let mut losses: BTreeMap<(i64, u8), Vec<Option<f64>>> = BTreeMap::new();
+                let open = std::mem::take(&mut key.open);
+                for o in open {
+                    let h = cfg.horizons[o.horizon as usize] as i64;
+                    if (o.k + h) as u64 * b + r > at {
+                        key.open.push(o);
+                        continue;
+                    }
+                    out.scored = true;
+                    let actual: u64 = (o.k..o.k + h).map(|j| key.units_at(j) as u64).sum();
+                    let censored =
+                        (o.k..o.k + h).any(|j| key.exposure_at(j, b) >= cfg.censor_share);
+                    let ek = (o.model, arm, o.horizon, o.segment);
+                    let sums = self.eval.sums.entry(ek).or_default();
+                    if cfg.keep_rows {
+                        let cold = o.segment == Segment::ColdStart as u8;
+                        self.rows.push(row(
+                            sku,
+                            loc,
+                            &o,
+                            arm as usize,
+                            h as u32,
+                            o.k as u64 * b,
+                            cold,
+                            Some(actual),
+                            censored,
+                        ));
+                    }
+                    if censored {
+                        sums.censored += 1;
+                        continue;
+                    }
+                    let s = Scored {
+                        actual,
+                        mean: o.mean as f64,
+                        q: o.q,
+                        stockout: o.stockout as f64,
+                        available: o.available,
+                        scale: o.scale as f64,
+                        buckets: h as u32,
+                    };
+                    sums.add(&s);
+                    losses
+                        .entry((o.k, o.horizon))
+                        .or_insert_with(|| vec![None; n])[o.model as usize] = s.sq_scaled();
+                }
+                for ((_, hi), l) in losses {
+                    for a in 0..n {
+                        for c in a + 1..n {
+                            if let (Some(x), Some(y)) = (l[a], l[c]) {
+                                self.eval
+                                    .paired
+                                    .entry((hi, a as u8, c as u8))
+                                    .or_default()
+                                    .add(x - y);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn row(
+    sku: &Name,
+    loc: &Name,
+    o: &super::key::Open,
+    arm: usize,
+    buckets: u32,
+    issued_at: Millis,
+    cold_start: bool,
+    actual: Option<u64>,
+    censored: bool,
+) -> ForecastRow {
+    ForecastRow {
+        sku: Arc::clone(sku),
+        location: Arc::clone(loc),
+        model: o.model,
+        arm: arm as u8,
+        issued_at,
+        buckets,
+        mean: o.mean as f64,
+        q: o.q,
+        stockout: o.stockout as f64,
+        available: o.available,
+        cold_start,
+        actual,
+        censored,
+    }
+}
+
+fn served(
+    cfg: &ForecastConfig,
+    m: Model,
+    arm: usize,
+    at: Millis,
+    cold_start: bool,
+    p: &Prediction,
+    available: i64,
+) -> Served {
+    let b = cfg.bucket_ms;
+    let horizons = p
+        .horizons
+        .iter()
+        .zip(&cfg.horizons)
+        .map(|(pr, &h)| ServedHorizon {
+            buckets: h,
+            start: at,
+            end: at + h as u64 * b,
+            mean: pr.mean,
+            q: pr.q,
+            stockout: pr.stockout,
+        })
+        .collect();
+    Served {
+        model: cfg.model_name(m),
+        arm: cfg
+            .experiment
+            .arms
+            .get(arm)
+            .map_or_else(|| "A".into(), |a| a.name.clone()),
+        issued_at: at,
+        cold_start,
+        horizons,
+        available,
+        days_of_cover: days_of_cover(&p.per_bucket, available, cfg.lookback),
+    }
+}
+
+/// Whole buckets before the cumulative mean demand exceeds `available` (0 when nothing is
+/// available; `None` if it does not within `cap` buckets).
+pub fn days_of_cover(per_bucket: &[f64; SEASON], available: i64, cap: usize) -> Option<u32> {
+    if available <= 0 {
+        return Some(0);
+    }
+    let mut cum = 0.0;
+    for i in 0..cap {
+        cum += per_bucket[i % SEASON];
+        if cum > available as f64 {
+            return Some(i as u32);
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DAY: u64 = 86_400_000;
+
+    fn name(s: &str) -> Name {
+        Arc::from(s)
+    }
+
+    fn cfg() -> Arc<ForecastConfig> {
+        let mut c = ForecastConfig::daily(0);
+        c.keep_rows = true;
+        Arc::new(c)
+    }
+
+    #[test]
+    fn issues_at_each_boundary_and_scores_when_the_label_is_final() {
+        let mut f = Forecaster::new(cfg());
+        let (s, l) = (name("S"), name("L"));
+        f.available(&s, &l, 1000, 0);
+        // 3 units a day for 40 days, each sale at noon of its day.
+        for d in 0..40u64 {
+            let ts = d * DAY + DAY / 2;
+            f.demand(&s, &l, ts, 3, ts);
+        }
+        let out = f.advance(40 * DAY);
+        assert!(out.scored);
+        let served = &out.served.last().unwrap().2;
+        assert_eq!(served.issued_at, 40 * DAY);
+        assert!(!served.cold_start);
+        // The pooled posterior: the global prior (1 a day, worth 7 days) and 28 days of 3.
+        let day = &served.horizons[0];
+        assert!((day.mean - (7.0 + 84.0) / 35.0).abs() < 1e-9, "{day:?}");
+        assert!((served.horizons[1].mean - 7.0 * day.mean).abs() < 1e-9);
+        assert_eq!(
+            served.days_of_cover, None,
+            "1000 units last beyond the look-back"
+        );
+        // Every model scored every final 1-bucket label: boundaries 1..=39 (39 labels each).
+        let scored_1: u64 = f
+            .eval
+            .sums
+            .iter()
+            .filter(|(k, _)| k.0 == 0 && k.2 == 0)
+            .map(|(_, s)| s.n)
+            .sum();
+        assert_eq!(scored_1, 39);
+        let labelled = f
+            .rows
+            .iter()
+            .filter(|r| r.actual == Some(3) && r.buckets == 1)
+            .count();
+        assert_eq!(labelled, 3 * 39);
+    }
+
+    #[test]
+    fn an_out_of_stock_bucket_is_censored_not_zero_demand() {
+        let mut f = Forecaster::new(cfg());
+        let (s, l) = (name("S"), name("L"));
+        f.available(&s, &l, 1000, 0);
+        for d in 0..30u64 {
+            let ts = d * DAY + 1;
+            if d < 20 {
+                f.demand(&s, &l, ts, 5, ts);
+            }
+        }
+        // Out of stock from day 20 on: no sale can happen.
+        f.available(&s, &l, 0, 20 * DAY);
+        let out = f.advance(30 * DAY);
+        let served = &out.served.last().unwrap().2;
+        // Days 2–19 in the window are usable (18 × 5 units); 20–29 are censored, not zeros.
+        let mean = served.horizons[0].mean;
+        assert!((mean - (7.0 + 90.0) / 25.0).abs() < 1e-9, "{mean}");
+        assert_eq!(served.horizons[0].stockout, 1.0, "nothing available");
+        assert_eq!(served.days_of_cover, Some(0));
+        let censored: u64 = f.eval.sums.values().map(|s| s.censored).sum();
+        assert!(censored > 0);
+    }
+
+    #[test]
+    fn a_new_key_starts_from_its_sku_elsewhere_and_a_forecast_sees_only_the_log_before_it() {
+        let mut f = Forecaster::new(cfg());
+        let s = name("S");
+        // A is stocked from day 0; B only from day 27.
+        f.available(&s, &name("A"), 100, 0);
+        f.available(&s, &name("B"), 100, 27 * DAY);
+        for d in 0..28u64 {
+            let ts = d * DAY + 1;
+            f.demand(&s, &name("A"), ts, 20, ts);
+        }
+        // A sale of the next day, read early (a fast partition): not in the boundary's features.
+        f.demand(&s, &name("A"), 28 * DAY + 5, 1000, 28 * DAY + 5);
+        let out = f.advance(28 * DAY + 1);
+        let get = |loc: &str| {
+            out.served
+                .iter()
+                .rfind(|(_, l, _)| &**l == loc)
+                .map(|(_, _, s)| s.clone())
+                .unwrap()
+        };
+        let a = get("A");
+        // A: 28 days of 20 (not the 1000 of the next day) over a prior worth 7 days at the global
+        // rate moved by B's one quiet day: (0 + 14) / (1 + 14).
+        let prior = 14.0 / 15.0;
+        assert!(
+            (a.horizons[0].mean - (prior * 7.0 + 560.0) / 35.0).abs() < 1e-9,
+            "{:?}",
+            a.horizons[0]
+        );
+        let b = get("B");
+        assert!(
+            b.horizons[0].mean > 5.0,
+            "B is new; the SKU's 20 a day at A lifts its prior far above the global 1: {:?}",
+            b.horizons[0]
+        );
+    }
+}

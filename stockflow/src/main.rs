@@ -1,6 +1,7 @@
 //! `stockflow`: the thin binary that wires sources, the dataflow, HTTP and the sinks.
 
 mod config;
+mod forecast_fit;
 mod healthcheck;
 mod produce;
 mod run;
@@ -41,9 +42,32 @@ enum Command {
     Openapi,
     /// Print the JSON Schema of the events producers send (docs/events.md).
     Schema,
+    /// Forecasting's offline commands.
+    #[command(subcommand)]
+    Forecast(ForecastCommand),
     /// Exit 0 if a running stockflow is ready (`/readyz` answers 200), else 1: for container
     /// health checks.
     Healthcheck(HealthcheckArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum ForecastCommand {
+    /// Fit a model file (TOML, for `forecast.model_file`) on a JSON-lines log: the group priors
+    /// (location × category rate, weekday profile, strength) by empirical Bayes.
+    Fit {
+        /// The log: JSON-lines events (`-` for stdin), e.g. a replay of the topics.
+        #[arg(long, value_name = "PATH")]
+        input_file: PathBuf,
+        /// Fit on the buckets before this time (RFC 3339 or epoch ms).
+        #[arg(long, value_name = "TIME")]
+        until: String,
+        /// The model file's version, carried by every forecast made with it.
+        #[arg(long, value_name = "VERSION")]
+        version: String,
+        /// Where to write it.
+        #[arg(long, value_name = "PATH")]
+        out: PathBuf,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -87,6 +111,15 @@ fn main() -> Result<()> {
         Some(Command::Healthcheck(h)) => {
             let s = config::load(cli.config.as_deref(), &cli.sets)?;
             return healthcheck::check(&s.http.listen, h.url.as_deref());
+        }
+        Some(Command::Forecast(ForecastCommand::Fit {
+            input_file,
+            until,
+            version,
+            out,
+        })) => {
+            let s = config::load(cli.config.as_deref(), &cli.sets)?;
+            return forecast_fit::run(&s, &input_file, &until, &version, &out);
         }
         Some(Command::Schema) => {
             let schema = stockflow_types::schema::event_schema();

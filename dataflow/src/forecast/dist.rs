@@ -78,17 +78,30 @@ impl NegBin {
             return 0;
         }
         let q = 1.0 - self.p;
-        // P(0) = p^r, in logs so that a large r does not underflow before the walk starts.
+        // P(0) = p^r, in logs so that a large r does not underflow before the walk starts; once
+        // a probability is representable the walk multiplies (no logarithm per step).
         let mut log_pk = self.r * self.p.ln();
+        let mut pk = log_pk.exp();
         let mut cdf = 0.0;
         let mut k = 0u64;
         loop {
-            cdf += log_pk.exp();
+            cdf += pk;
             if stop(k, cdf) || k >= MAX_COUNT {
                 return k;
             }
-            log_pk += ((k as f64 + self.r) / (k as f64 + 1.0)).ln() + q.ln();
+            let step = (k as f64 + self.r) / (k as f64 + 1.0) * q;
+            if pk > 0.0 {
+                pk *= step;
+            } else {
+                log_pk += step.ln();
+                pk = log_pk.exp();
+            }
             k += 1;
+            if pk < 1e-300 && k as f64 > self.mean() {
+                // Past the mean and below any representable mass: the rest of the tail is 0.
+                stop(k, 1.0);
+                return k;
+            }
         }
     }
 
@@ -99,12 +112,13 @@ impl NegBin {
         self.walk(|_, cdf| cdf >= level)
     }
 
-    /// `P(X ≤ n)`.
+    /// `P(X ≤ n)`. The walk stops early once the mass left is below `1e-12` (so a tail far
+    /// beyond the mean, such as a large `available`, costs the walk to the mean, not to `n`).
     pub fn cdf(&self, n: u64) -> f64 {
         let mut at = 0.0;
         self.walk(|k, cdf| {
             at = cdf;
-            k >= n
+            k >= n || (k as f64 > self.mean() && cdf >= 1.0 - 1e-12)
         });
         at.min(1.0)
     }
@@ -185,6 +199,16 @@ mod tests {
         assert!(q50 <= q90 && q90 <= q99, "{q50} {q90} {q99}");
         assert!((55..=65).contains(&q50), "about 7 × 8.8: {q50}");
         assert!(week.exceeds(0) > 0.999 && week.exceeds(200) < 1e-6);
+    }
+
+    #[test]
+    fn a_tail_far_beyond_the_mean_ends_at_the_mean_not_at_the_bound() {
+        let d = GammaRate { a: 7.5, b: 8.0 }.predictive(7.0);
+        // A walk to the bound would take a million steps per call; this ends past the mean.
+        for _ in 0..1000 {
+            assert!(d.exceeds(1_000_000) < 1e-9);
+        }
+        assert!(d.exceeds(3) > 0.1);
     }
 
     #[test]

@@ -61,13 +61,17 @@ pub struct KeyState {
 
 impl KeyState {
     /// A key first seen at log time `lt`.
+    /// The part of its first bucket before it was seen counts as out of stock: a key listed
+    /// late in a bucket has not been exposed to that bucket's demand.
     pub fn new(lt: Millis, bucket_ms: u64) -> Self {
         let k = (lt / bucket_ms) as i64;
+        let mut out_ms = [0; RING];
+        out_ms[Self::slot(k)] = (lt % bucket_ms) as u32;
         KeyState {
             first: k,
             top: k,
             units: [0; RING],
-            out_ms: [0; RING],
+            out_ms,
             available: 0,
             at: lt,
             last_event: lt,

@@ -11,6 +11,7 @@
 
 pub mod dist;
 pub mod eval;
+pub mod fit;
 pub mod key;
 pub mod model;
 mod state;

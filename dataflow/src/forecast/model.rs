@@ -16,6 +16,10 @@ pub struct Prior {
     pub rate: f64,
     /// Seasonal factors, Monday first when buckets are days.
     pub weekday: [f64; SEASON],
+    /// How many buckets of a key's own history the prior is worth (the file's `strength` when
+    /// absent): the group's gamma rate, `mean / variance` of its keys' rates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strength: Option<f64>,
 }
 
 impl Default for Prior {
@@ -23,6 +27,7 @@ impl Default for Prior {
         Prior {
             rate: 1.0,
             weekday: [1.0; SEASON],
+            strength: None,
         }
     }
 }
@@ -122,6 +127,9 @@ impl ModelFile {
         }
         let prior = |name: &str, p: &Prior| {
             pos(&format!("{name}.rate"), p.rate)?;
+            if let Some(s) = p.strength {
+                pos(&format!("{name}.strength"), s)?;
+            }
             for w in p.weekday {
                 pos(&format!("{name}.weekday"), w)?;
             }
@@ -314,7 +322,13 @@ pub fn predict(
                 .iter()
                 .map(|&n| {
                     let exposure: f64 = (0..n as usize).map(|i| w[season_of(i)]).sum();
-                    from_negbin(g.predictive(exposure), available)
+                    // The posterior's uncertainty about the rate (shape a) and the buckets' own
+                    // overdispersion beyond Poisson (shape `dispersion` per bucket, so n times
+                    // that over n buckets), matched to one negative binomial by its variance:
+                    // μ + μ²/a + μ²/(n·k).
+                    let post = g.predictive(exposure);
+                    let r = 1.0 / (1.0 / post.r + 1.0 / (n as f64 * file.dispersion));
+                    from_negbin(negbin(post.mean(), r), available)
                 })
                 .collect();
             Prediction {
@@ -329,9 +343,10 @@ pub fn predict(
 /// bucket of the window (demand corrected for a partial stock-out; weight its seasonal factor).
 pub fn pooled_posterior(file: &ModelFile, h: &History, prior: KeyPrior<'_>) -> GammaRate {
     let w = &prior.group.weekday;
+    let strength = prior.group.strength.unwrap_or(file.strength);
     let mut g = GammaRate {
-        a: prior.rate() * file.strength,
-        b: file.strength,
+        a: prior.rate() * strength,
+        b: strength,
     };
     for i in h.usable() {
         let seen = 1.0 - h.exposure[i];

@@ -60,6 +60,9 @@ impl Pipeline {
         let workers = settings.pipeline.workers;
         let topology = Topology::of(&settings);
         let store = Arc::new(ViewStore::new(workers, cfg.windows.clone(), cfg.top_k));
+        if let Some(f) = &cfg.forecast {
+            store.forecast().configure(Arc::clone(f)); // before the first request is answered
+        }
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         let shutdown = Arc::new(AtomicBool::new(false));
         let kafka = settings.source.kind == SourceKind::Kafka;

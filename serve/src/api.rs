@@ -173,6 +173,9 @@ pub struct Health {
         reservations_of_sku,
         analytics,
         top,
+        crate::forecast_api::forecast,
+        crate::forecast_api::at_risk,
+        crate::forecast_api::evaluation,
         healthz,
         readyz
     ),
@@ -186,6 +189,14 @@ pub struct Health {
         Bucket,
         TopResponse,
         TopItem,
+        crate::forecast_api::ForecastResponse,
+        crate::forecast_api::ForecastHorizon,
+        crate::forecast_api::Quantiles,
+        crate::forecast_api::AtRiskResponse,
+        crate::forecast_api::AtRiskItem,
+        crate::forecast_api::EvaluationResponse,
+        crate::forecast_api::EvaluationRow,
+        crate::forecast_api::Comparison,
         Health,
         Problem
     ))
@@ -591,6 +602,14 @@ pub fn openapi_document(
                 ("/v1/reservations", Some("limit")) => {
                     json!({"type": "integer", "minimum": 1, "maximum": 1000})
                 }
+                ("/v1/forecast/at-risk", Some("limit")) => match store.forecast().config() {
+                    Some(c) => json!({"type": "integer", "minimum": 1, "maximum": c.at_risk_keep}),
+                    None => continue,
+                },
+                ("/v1/forecast/at-risk", Some("buckets")) => match store.forecast().config() {
+                    Some(c) => json!({"type": "integer", "enum": c.horizons}),
+                    None => continue,
+                },
                 _ => continue,
             };
             p["schema"] = schema;

@@ -14,6 +14,7 @@
 
 pub mod api;
 pub mod cluster;
+pub mod forecast_api;
 mod help;
 pub mod problem;
 
@@ -333,6 +334,32 @@ pub fn routes(
             l.answer("/v1/analytics/top", None, |s, q| api::top(&s.store, q))
                 .await
         });
+    // Forecasts: a key's from its SKU's owner; the ranking and the evaluation of this process.
+    let forecast = warp::path!("v1" / "forecast" / String / String)
+        .and(lookup())
+        .then(|sku: String, loc: String, l: Lookup| async move {
+            let (sku, loc) = (segment(sku), segment(loc));
+            l.answer("/v1/forecast/{sku}/{location}", Some(&sku), |s, _| {
+                forecast_api::forecast(&s.store, &sku, &loc)
+            })
+            .await
+        });
+    let at_risk = warp::path!("v1" / "forecast" / "at-risk")
+        .and(lookup())
+        .then(|l: Lookup| async move {
+            l.answer("/v1/forecast/at-risk", None, |s, q| {
+                forecast_api::at_risk(&s.store, q, s.routing.cluster.is_some())
+            })
+            .await
+        });
+    let evaluation = warp::path!("v1" / "forecast" / "evaluation")
+        .and(lookup())
+        .then(|l: Lookup| async move {
+            l.answer("/v1/forecast/evaluation", None, |s, _| {
+                forecast_api::evaluation(&s.store, s.routing.cluster.is_some())
+            })
+            .await
+        });
     // For the other processes of a cluster: when this one admitted an offset (read-your-writes).
     let admitted = warp::path!("internal" / "v1" / "admitted")
         .and(query())
@@ -398,6 +425,12 @@ pub fn routes(
                 .or(analytics)
                 .unify()
                 .or(top)
+                .unify()
+                .or(at_risk)
+                .unify()
+                .or(evaluation)
+                .unify()
+                .or(forecast)
                 .unify()
                 .or(admitted)
                 .unify()

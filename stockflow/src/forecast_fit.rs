@@ -10,12 +10,14 @@ use stockflow_types::event::decode;
 
 /// Reads `input` (`-` for stdin), fits on the buckets before `until`, writes `out`.
 pub fn run(s: &Settings, input: &Path, until: &str, version: &str, out: &Path) -> Result<()> {
-    let until_ms = stockflow_types::timefmt::parse_param(until)
-        .with_context(|| format!("--until {until:?} is not an RFC 3339 time or epoch milliseconds"))?;
+    let until_ms = stockflow_types::timefmt::parse_param(until).with_context(|| {
+        format!("--until {until:?} is not an RFC 3339 time or epoch milliseconds")
+    })?;
     let reader: Box<dyn BufRead> = if input == Path::new("-") {
         Box::new(std::io::stdin().lock())
     } else {
-        let f = std::fs::File::open(input).with_context(|| format!("cannot open {}", input.display()))?;
+        let f = std::fs::File::open(input)
+            .with_context(|| format!("cannot open {}", input.display()))?;
         Box::new(std::io::BufReader::new(f))
     };
     let mut events = Vec::new();

@@ -42,7 +42,12 @@ fn args() -> Result<Args, String> {
     let mut positional = Vec::new();
     while let Some(x) = it.next() {
         match x.as_str() {
-            "--workers" => a.workers = it.next().and_then(|v| v.parse().ok()).ok_or("--workers N")?,
+            "--workers" => {
+                a.workers = it
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .ok_or("--workers N")?
+            }
             "--model-file" => a.model_file = Some(it.next().ok_or("--model-file F")?),
             "--arms" => a.arms = Some(it.next().ok_or("--arms NAME:MODEL:SHARE,…")?),
             _ => positional.push(x),
@@ -82,7 +87,12 @@ type Round = (Vec<Vec<Event>>, u64);
 
 /// Replays `rounds` (every worker takes part in every round, so that their clocks and log
 /// frontiers move together) and returns the seconds it took and every forecast row.
-fn replay(cfg: &Arc<EngineConfig>, workers: usize, rounds: &[Round], end: u64) -> (f64, Vec<ForecastRow>, Arc<ViewStore>) {
+fn replay(
+    cfg: &Arc<EngineConfig>,
+    workers: usize,
+    rounds: &[Round],
+    end: u64,
+) -> (f64, Vec<ForecastRow>, Arc<ViewStore>) {
     let store = Arc::new(ViewStore::new(workers, cfg.windows.clone(), cfg.top_k));
     let rounds = Arc::new(rounds.to_vec());
     let rows = Arc::new(Mutex::new(Vec::new()));
@@ -96,7 +106,10 @@ fn replay(cfg: &Arc<EngineConfig>, workers: usize, rounds: &[Round], end: u64) -
         let mut mine = Vec::new();
         for (shares, lt) in rounds.iter() {
             for ev in &shares[me] {
-                engine.send(Record { log_time: ev.ts, event: ev.clone() });
+                engine.send(Record {
+                    log_time: ev.ts,
+                    event: ev.clone(),
+                });
             }
             engine.advance_log(*lt);
             t += 1;
@@ -193,7 +206,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             r.sku,
             r.location,
             Model::ALL[r.model as usize].name(),
-            fc.experiment.arms.get(r.arm as usize).map_or("A", |a| &a.name),
+            fc.experiment
+                .arms
+                .get(r.arm as usize)
+                .map_or("A", |a| &a.name),
             r.issued_at / DAY,
             r.buckets,
             r.mean,

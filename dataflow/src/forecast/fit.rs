@@ -67,10 +67,19 @@ impl Acc {
         // Between-key variance of rates, less each key's Poisson noise (rate / buckets).
         let k = self.keys.len() as f64;
         let strength = if k >= 2.0 {
-            let var = self.keys.iter().map(|(y, n)| (y / n - rate).powi(2)).sum::<f64>() / (k - 1.0);
+            let var = self
+                .keys
+                .iter()
+                .map(|(y, n)| (y / n - rate).powi(2))
+                .sum::<f64>()
+                / (k - 1.0);
             let noise = self.keys.iter().map(|(_, n)| rate / n).sum::<f64>() / k;
             let v = var - noise;
-            Some(if v > 0.0 { (rate / v).clamp(0.1, 1000.0) } else { 1000.0 })
+            Some(if v > 0.0 {
+                (rate / v).clamp(0.1, 1000.0)
+            } else {
+                1000.0
+            })
         } else {
             None
         };
@@ -124,7 +133,10 @@ pub fn fit(events: impl IntoIterator<Item = Event>, o: &FitOptions) -> ModelFile
                 ..
             } => {
                 add(&ev.sku, location, ev.ts, 0.0);
-                reserved.insert(reservation_id.clone(), (ev.sku.clone(), location.clone(), *qty));
+                reserved.insert(
+                    reservation_id.clone(),
+                    (ev.sku.clone(), location.clone(), *qty),
+                );
             }
             EventKind::Fulfilled { reservation_id } => {
                 if let Some((sku, loc, qty)) = reserved.get(reservation_id) {
@@ -178,7 +190,11 @@ mod tests {
     #[test]
     fn a_group_prior_is_its_mean_rate_and_profile() {
         let day = 86_400_000u64;
-        let mut evs = vec![decode(br#"{"event_id":"l","type":"listed","sku":"A","ts":0,"category":"C"}"#).unwrap()];
+        let mut evs =
+            vec![
+                decode(br#"{"event_id":"l","type":"listed","sku":"A","ts":0,"category":"C"}"#)
+                    .unwrap(),
+            ];
         // A sells 2 a day at L for 14 days, 4 on Mondays (days 4 and 11 since 1970-01-01 were Mondays).
         for d in 0..14u64 {
             let qty = if d % 7 == 4 { 4 } else { 2 };
@@ -187,10 +203,21 @@ mod tests {
         }
         // A later sale is past `until`: not read.
         evs.push(decode(format!(r#"{{"event_id":"late","type":"sold","sku":"A","ts":{},"location":"L","qty":99}}"#, 20 * day).as_bytes()).unwrap());
-        let f = fit(evs, &FitOptions { bucket_ms: day, until_ms: 14 * day, version: "t".into() });
+        let f = fit(
+            evs,
+            &FitOptions {
+                bucket_ms: day,
+                until_ms: 14 * day,
+                version: "t".into(),
+            },
+        );
         let p = f.prior("L", "C");
         assert!((p.rate - 32.0 / 14.0).abs() < 1e-9, "{}", p.rate);
-        assert!(p.weekday[0] > 1.1 && p.weekday[1] < 1.0, "Mondays sell more: {:?}", p.weekday);
+        assert!(
+            p.weekday[0] > 1.1 && p.weekday[1] < 1.0,
+            "Mondays sell more: {:?}",
+            p.weekday
+        );
         assert!(f.validate().is_ok());
         assert_eq!(f.prior("elsewhere", "other"), &f.global);
     }

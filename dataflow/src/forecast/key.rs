@@ -27,11 +27,11 @@ pub struct Open {
     /// Its segment when issued.
     pub segment: u8,
     /// Mean demand over the horizon.
-    pub mean: f32,
+    pub mean: f64,
     /// Quantiles 0.5, 0.9, 0.95, 0.99.
     pub q: [u32; 4],
     /// Stock-out probability.
-    pub stockout: f32,
+    pub stockout: f64,
     /// `available` when issued.
     pub available: i64,
     /// The key's RMSSE scale when issued (0: none).
@@ -57,6 +57,8 @@ pub struct KeyState {
     pub last_event: Millis,
     /// Forecasts awaiting labels.
     pub open: Vec<Open>,
+    /// The days of cover of the served forecast of the latest boundary.
+    pub cover: Option<u32>,
 }
 
 impl KeyState {
@@ -76,6 +78,7 @@ impl KeyState {
             at: lt,
             last_event: lt,
             open: Vec::new(),
+            cover: None,
         }
     }
 

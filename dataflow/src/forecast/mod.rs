@@ -16,7 +16,7 @@ pub mod key;
 pub mod model;
 mod state;
 
-pub use state::{ForecastRow, Forecaster, Issued};
+pub use state::{forecast_sku, ForecastRow, Forecaster, Issued, KeyIssue};
 
 use model::{Model, ModelFile};
 use serde::{Deserialize, Serialize};

@@ -3,7 +3,7 @@
 
 use super::eval::{Evaluation, Scored, Segment};
 use super::key::{rmsse_scale, KeyState};
-use super::model::{self, KeyPrior, Model, Prediction, SEASON};
+use super::model::{self, History, KeyPrior, Model, Prediction, SEASON};
 use super::{AtRisk, ForecastConfig, Served, ServedHorizon};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -88,6 +88,9 @@ pub struct Issued {
 pub struct Forecaster {
     #[serde(skip)]
     cfg: Option<Arc<ForecastConfig>>,
+    /// The bucket and horizons (in buckets) it ran with: what its state is indexed by.
+    bucket_ms: u64,
+    horizons: Vec<u32>,
     skus: BTreeMap<Name, SkuKeys>,
     /// Inputs by (log time, arrival), until the frontier passes them.
     pending: BTreeMap<(Millis, u64), (Name, Input)>,
@@ -108,6 +111,8 @@ impl Forecaster {
     /// Empty.
     pub fn new(cfg: Arc<ForecastConfig>) -> Self {
         Forecaster {
+            bucket_ms: cfg.bucket_ms,
+            horizons: cfg.horizons.clone(),
             cfg: Some(cfg),
             skus: BTreeMap::new(),
             pending: BTreeMap::new(),
@@ -122,7 +127,33 @@ impl Forecaster {
 
     /// Restored from a checkpoint, with the configuration it runs with now (a new model file is
     /// fine: models are functions of the features).
+    /// A new bucket size starts afresh (the features are per bucket); horizons no longer
+    /// configured lose their open forecasts and their evaluation, the others keep both.
     pub fn with_config(mut self, cfg: Arc<ForecastConfig>) -> Self {
+        if cfg.bucket_ms != self.bucket_ms {
+            return Forecaster::new(cfg);
+        }
+        if cfg.horizons != self.horizons {
+            let now = |i: u8| {
+                let h = self.horizons.get(i as usize)?;
+                cfg.horizons.iter().position(|x| x == h).map(|j| j as u8)
+            };
+            for key in self.skus.values_mut().flat_map(|k| k.locs.values_mut()) {
+                key.open
+                    .retain_mut(|o| now(o.horizon).map(|j| o.horizon = j).is_some());
+            }
+            let sums = std::mem::take(&mut self.eval.sums);
+            self.eval.sums = sums
+                .into_iter()
+                .filter_map(|((m, a, h, s), v)| Some(((m, a, now(h)?, s), v)))
+                .collect();
+            let paired = std::mem::take(&mut self.eval.paired);
+            self.eval.paired = paired
+                .into_iter()
+                .filter_map(|((h, a, b), v)| Some(((now(h)?, a, b), v)))
+                .collect();
+            self.horizons = cfg.horizons.clone();
+        }
         self.cfg = Some(cfg);
         self
     }
@@ -315,59 +346,41 @@ impl Forecaster {
                 keep
             });
             // Histories first: the SKU's other locations move each key's prior.
-            let mut hs = Vec::with_capacity(keys.locs.len());
-            for (loc, key) in keys.locs.iter_mut() {
-                key.advance(at, b);
-                let h = key.history(k, cfg.lookback, b, cfg.censor_share);
-                let group = cfg.model.prior(loc, category);
-                // What the key sold against what its group would have, over its usable buckets.
-                let (mut seen, mut expected) = (0.0, 0.0);
-                for i in 0..h.y.len() {
-                    if !h.censored[i] {
-                        seen += h.y[i] as f64;
-                        expected += group.rate * group.weekday[h.season[i]] * (1.0 - h.exposure[i]);
-                    }
-                }
-                hs.push((h, seen, expected));
-            }
-            let (all_seen, all_expected) = hs
-                .iter()
-                .fold((0.0, 0.0), |(s, e), (_, s1, e1)| (s + s1, e + e1));
-            for ((loc, key), (h, seen, expected)) in keys.locs.iter_mut().zip(hs) {
-                let group = cfg.model.prior(loc, category);
-                let kappa = cfg.model.sku_strength * group.rate;
-                let sku_factor = if kappa > 0.0 {
-                    (all_seen - seen + kappa) / (all_expected - expected + kappa)
-                } else {
-                    1.0
-                };
-                let prior = KeyPrior { group, sku_factor };
-                let cold = h.age < cfg.lookback;
-                let segment = if cold {
-                    Segment::ColdStart
-                } else if h.adi() >= 1.32 {
-                    Segment::Intermittent
-                } else {
-                    Segment::Smooth
-                };
-                let scale = rmsse_scale(&h);
-                let arm = cfg.experiment.arm_of(sku, loc);
+            let hs: Vec<History> = keys
+                .locs
+                .values_mut()
+                .map(|key| {
+                    key.advance(at, b);
+                    key.history(k, cfg.lookback, b, cfg.censor_share)
+                })
+                .collect();
+            let issues = {
+                let inputs: Vec<(&str, &History, i64)> = keys
+                    .locs
+                    .iter()
+                    .zip(&hs)
+                    .map(|((loc, key), h)| (&**loc, h, key.available))
+                    .collect();
+                forecast_sku(&cfg, sku, category, &inputs)
+            };
+            for ((loc, key), x) in keys.locs.iter_mut().zip(issues) {
+                let (arm, cold, segment, scale) =
+                    (x.arm, x.segment == Segment::ColdStart, x.segment, x.scale);
                 let served_model = cfg
                     .experiment
                     .arms
                     .get(arm)
                     .map_or(Model::Pooled, |a| a.model);
-                for (mi, m) in Model::ALL.into_iter().enumerate() {
-                    let p = model::predict(m, &cfg.model, &h, prior, &cfg.horizons, key.available);
+                for (mi, (m, p)) in Model::ALL.into_iter().zip(&x.predictions).enumerate() {
                     for (hi, pr) in p.horizons.iter().enumerate() {
                         let open = super::key::Open {
                             k,
                             horizon: hi as u8,
                             model: mi as u8,
                             segment: segment as u8,
-                            mean: pr.mean as f32,
+                            mean: pr.mean,
                             q: pr.q.map(|q| q.min(u32::MAX as u64) as u32),
-                            stockout: pr.stockout as f32,
+                            stockout: pr.stockout,
                             available: key.available,
                             scale: scale as f32,
                         };
@@ -387,35 +400,89 @@ impl Forecaster {
                         key.open.push(open);
                     }
                     if m == served_model {
-                        let served = served(&cfg, m, arm, at, cold, &p, key.available);
-                        for (hi, sh) in served.horizons.iter().enumerate() {
-                            at_risk[hi]
-                                .entry(Arc::clone(loc))
-                                .or_default()
-                                .push(AtRisk {
-                                    sku: Arc::clone(sku),
-                                    location: Arc::clone(loc),
-                                    stockout: sh.stockout,
-                                    days_of_cover: served.days_of_cover,
-                                    available: key.available,
-                                });
-                        }
-                        out.served.push((Arc::clone(sku), Arc::clone(loc), served));
+                        key.cover = days_of_cover(&p.per_bucket, key.available, cfg.lookback);
                     }
+                }
+                if let Some(served) = served(&cfg, sku, loc, key, k) {
+                    rank(&mut at_risk, sku, loc, &served);
+                    out.served.push((Arc::clone(sku), Arc::clone(loc), served));
                 }
             }
         }
         self.skus
             .retain(|_, keys| !keys.locs.is_empty() || keys.category.is_some());
-        for (hi, &h) in cfg.horizons.iter().enumerate() {
-            let done = (k as u64 + h as u64) * b + cfg.window_retention_ms;
-            self.due.insert(done);
-            for list in at_risk[hi].values_mut() {
-                list.sort_by(AtRisk::rank);
-                list.truncate(cfg.at_risk_keep);
+        for &h in &cfg.horizons {
+            self.due
+                .insert((k as u64 + h as u64) * b + cfg.window_retention_ms);
+        }
+        out.at_risk = Some(ranked(at_risk, cfg.at_risk_keep));
+    }
+
+    /// What the views show as of the latest boundary issued at, rebuilt from the forecasts
+    /// awaiting their labels (each waits at least a bucket past its boundary): a restored
+    /// forecaster publishes it, so a restart serves what was served.
+    pub fn republish(&self) -> Issued {
+        let mut out = Issued {
+            scored: true, // and the evaluation
+            ..Issued::default()
+        };
+        let Some(k) = self.next_k.map(|n| n - 1).filter(|k| *k >= 0) else {
+            return out;
+        };
+        let cfg = self.cfg();
+        let mut at_risk = vec![BTreeMap::new(); cfg.horizons.len()];
+        for (sku, keys) in &self.skus {
+            for (loc, key) in &keys.locs {
+                if let Some(served) = served(&cfg, sku, loc, key, k) {
+                    rank(&mut at_risk, sku, loc, &served);
+                    out.served.push((Arc::clone(sku), Arc::clone(loc), served));
+                }
             }
         }
-        out.at_risk = Some(at_risk);
+        out.at_risk = Some(ranked(at_risk, cfg.at_risk_keep));
+        out
+    }
+
+    /// Splits a restored forecaster among `workers` by the owner of each SKU. Inputs waiting for
+    /// the frontier go with their SKU; the evaluation (sums over all keys) goes to the first.
+    pub fn split(mut self, workers: usize, owner: impl Fn(&Name) -> usize) -> Vec<Forecaster> {
+        let mut out: Vec<Forecaster> = (0..workers.max(1))
+            .map(|_| Forecaster {
+                cfg: self.cfg.clone(),
+                bucket_ms: self.bucket_ms,
+                horizons: self.horizons.clone(),
+                skus: BTreeMap::new(),
+                pending: BTreeMap::new(),
+                seq: self.seq,
+                next_k: self.next_k,
+                due: self.due.clone(),
+                frontier: self.frontier,
+                eval: Evaluation::default(),
+                rows: Vec::new(),
+            })
+            .collect();
+        out[0].eval = std::mem::take(&mut self.eval);
+        for (sku, keys) in self.skus {
+            out[owner(&sku)].skus.insert(sku, keys);
+        }
+        for (at, (sku, input)) in self.pending {
+            out[owner(&sku)].pending.insert(at, (sku, input));
+        }
+        out
+    }
+
+    /// Takes in another worker's split part (disjoint SKUs, the same frontier). Waiting inputs
+    /// keep their log-time order; those of different SKUs at one log time commute.
+    pub fn merge(&mut self, other: Forecaster) {
+        self.next_k = self.next_k.max(other.next_k);
+        self.due.extend(other.due);
+        self.frontier = self.frontier.max(other.frontier);
+        self.eval.merge(&other.eval);
+        self.skus.extend(other.skus);
+        for ((lt, _), v) in other.pending {
+            self.seq += 1;
+            self.pending.insert((lt, self.seq), v);
+        }
     }
 
     /// Scores every forecast whose label is final at log time `at`.
@@ -465,9 +532,9 @@ impl Forecaster {
                     }
                     let s = Scored {
                         actual,
-                        mean: o.mean as f64,
+                        mean: o.mean,
                         q: o.q,
-                        stockout: o.stockout as f64,
+                        stockout: o.stockout,
                         available: o.available,
                         scale: o.scale as f64,
                         buckets: h as u32,
@@ -514,9 +581,9 @@ fn row(
         arm: arm as u8,
         issued_at,
         buckets,
-        mean: o.mean as f64,
+        mean: o.mean,
         q: o.q,
-        stockout: o.stockout as f64,
+        stockout: o.stockout,
         available: o.available,
         cold_start,
         actual,
@@ -524,30 +591,108 @@ fn row(
     }
 }
 
-fn served(
+/// What one key is issued at a boundary.
+#[derive(Clone, Debug, PartialEq)]
+pub struct KeyIssue {
+    /// Its arm.
+    pub arm: usize,
+    /// Its segment.
+    pub segment: Segment,
+    /// Its RMSSE scale (0: none).
+    pub scale: f64,
+    /// Per model of [`Model::ALL`].
+    pub predictions: Vec<Prediction>,
+}
+
+/// The forecasts of one SKU's keys at a boundary, from each key's (location, history,
+/// `available`) as of that boundary: a pure function of the features, which the operator and
+/// its oracle test share. A key's prior is its group's, moved by how the SKU sells at its other
+/// locations against their groups (`sku_strength` weighs that evidence).
+pub fn forecast_sku(
     cfg: &ForecastConfig,
-    m: Model,
-    arm: usize,
-    at: Millis,
-    cold_start: bool,
-    p: &Prediction,
-    available: i64,
-) -> Served {
-    let b = cfg.bucket_ms;
-    let horizons = p
-        .horizons
+    sku: &str,
+    category: &str,
+    keys: &[(&str, &History, i64)],
+) -> Vec<KeyIssue> {
+    // What each key sold against what its group would have, over its usable buckets.
+    let evidence: Vec<(f64, f64)> = keys
         .iter()
-        .zip(&cfg.horizons)
-        .map(|(pr, &h)| ServedHorizon {
-            buckets: h,
-            start: at,
-            end: at + h as u64 * b,
-            mean: pr.mean,
-            q: pr.q,
-            stockout: pr.stockout,
+        .map(|(loc, h, _)| {
+            let group = cfg.model.prior(loc, category);
+            let (mut seen, mut expected) = (0.0, 0.0);
+            for i in 0..h.y.len() {
+                if !h.censored[i] {
+                    seen += h.y[i] as f64;
+                    expected += group.rate * group.weekday[h.season[i]] * (1.0 - h.exposure[i]);
+                }
+            }
+            (seen, expected)
         })
         .collect();
-    Served {
+    let (all_seen, all_expected) = evidence
+        .iter()
+        .fold((0.0, 0.0), |(s, e), (s1, e1)| (s + s1, e + e1));
+    keys.iter()
+        .zip(evidence)
+        .map(|((loc, h, available), (seen, expected))| {
+            let group = cfg.model.prior(loc, category);
+            let kappa = cfg.model.sku_strength * group.rate;
+            let sku_factor = if kappa > 0.0 {
+                (all_seen - seen + kappa) / (all_expected - expected + kappa)
+            } else {
+                1.0
+            };
+            let prior = KeyPrior { group, sku_factor };
+            let segment = if h.age < cfg.lookback {
+                Segment::ColdStart
+            } else if h.adi() >= 1.32 {
+                Segment::Intermittent
+            } else {
+                Segment::Smooth
+            };
+            KeyIssue {
+                arm: cfg.experiment.arm_of(sku, loc),
+                segment,
+                scale: rmsse_scale(h),
+                predictions: Model::ALL
+                    .into_iter()
+                    .map(|m| model::predict(m, &cfg.model, h, prior, &cfg.horizons, *available))
+                    .collect(),
+            }
+        })
+        .collect()
+}
+
+/// The forecast key (`sku`, `loc`) serves as of boundary `k`: its arm's model's forecasts
+/// issued there, if it has them.
+fn served(cfg: &ForecastConfig, sku: &Name, loc: &Name, key: &KeyState, k: i64) -> Option<Served> {
+    let arm = cfg.experiment.arm_of(sku, loc);
+    let m = cfg
+        .experiment
+        .arms
+        .get(arm)
+        .map_or(Model::Pooled, |a| a.model);
+    let mi = Model::ALL.iter().position(|x| *x == m)? as u8;
+    let at = k as u64 * cfg.bucket_ms;
+    let mut horizons = Vec::with_capacity(cfg.horizons.len());
+    let (mut cold_start, mut available) = (false, key.available);
+    for (hi, &h) in cfg.horizons.iter().enumerate() {
+        let o = key
+            .open
+            .iter()
+            .find(|o| o.k == k && o.model == mi && o.horizon as usize == hi)?;
+        cold_start = o.segment == Segment::ColdStart as u8;
+        available = o.available;
+        horizons.push(ServedHorizon {
+            buckets: h,
+            start: at,
+            end: at + h as u64 * cfg.bucket_ms,
+            mean: o.mean,
+            q: o.q.map(u64::from),
+            stockout: o.stockout,
+        });
+    }
+    Some(Served {
         model: cfg.model_name(m),
         arm: cfg
             .experiment
@@ -558,8 +703,36 @@ fn served(
         cold_start,
         horizons,
         available,
-        days_of_cover: days_of_cover(&p.per_bucket, available, cfg.lookback),
+        days_of_cover: key.cover,
+    })
+}
+
+/// Adds a served forecast to the per-horizon, per-location candidates of the at-risk ranking.
+fn rank(at_risk: &mut [BTreeMap<Name, Vec<AtRisk>>], sku: &Name, loc: &Name, served: &Served) {
+    for (hi, sh) in served.horizons.iter().enumerate() {
+        at_risk[hi]
+            .entry(Arc::clone(loc))
+            .or_default()
+            .push(AtRisk {
+                sku: Arc::clone(sku),
+                location: Arc::clone(loc),
+                stockout: sh.stockout,
+                days_of_cover: served.days_of_cover,
+                available: served.available,
+            });
     }
+}
+
+/// The candidates ranked, the first `keep` of each location.
+fn ranked(
+    mut at_risk: Vec<BTreeMap<Name, Vec<AtRisk>>>,
+    keep: usize,
+) -> Vec<BTreeMap<Name, Vec<AtRisk>>> {
+    for list in at_risk.iter_mut().flat_map(|h| h.values_mut()) {
+        list.sort_by(AtRisk::rank);
+        list.truncate(keep);
+    }
+    at_risk
 }
 
 /// Whole buckets before the cumulative mean demand exceeds `available` (0 when nothing is

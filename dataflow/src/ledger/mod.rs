@@ -107,6 +107,9 @@ pub fn ledger<'s>(
                     }
                 };
                 state.local_worker = local_worker;
+                if let Some(f) = &state.forecast {
+                    store.forecast().publish(local_worker, f, f.republish()); // restored
+                }
                 type Stashed = (Capability<Time>, Vec<Record>, Vec<Control>);
                 let mut stash: BTreeMap<Time, Stashed> = BTreeMap::new();
                 let mut timer_cap: Option<Capability<Time>> = None;

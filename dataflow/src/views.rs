@@ -188,8 +188,8 @@ pub struct ForecastViews {
     at_risk: Vec<RwLock<Vec<BTreeMap<Name, Vec<AtRisk>>>>>,
     /// Per local worker.
     evaluation: Vec<RwLock<Evaluation>>,
-    /// Per local worker: keys kept, inputs pending.
-    sizes: Vec<(AtomicU64, AtomicU64)>,
+    /// Per local worker: keys kept, inputs pending, bytes the keys hold.
+    sizes: Vec<(AtomicU64, AtomicU64, AtomicU64)>,
 }
 
 impl ForecastViews {
@@ -242,15 +242,26 @@ impl ForecastViews {
         e
     }
 
-    /// Keys kept and inputs pending, over the local workers.
-    pub fn sizes(&self) -> (u64, u64) {
-        self.sizes.iter().fold((0, 0), |(k, p), (a, b)| {
-            (k + a.load(Ordering::Relaxed), p + b.load(Ordering::Relaxed))
+    /// Keys kept, inputs pending and the bytes the keys hold (counted, `Forecaster::key_bytes`),
+    /// over the local workers.
+    pub fn sizes(&self) -> (u64, u64, u64) {
+        self.sizes.iter().fold((0, 0, 0), |(k, p, m), (a, b, c)| {
+            (
+                k + a.load(Ordering::Relaxed),
+                p + b.load(Ordering::Relaxed),
+                m + c.load(Ordering::Relaxed),
+            )
         })
     }
 
     /// Publishes what an advance of local worker `w`'s forecaster produced.
     pub(crate) fn publish(&self, w: usize, f: &Forecaster, issued: Issued) {
+        if issued.at_risk.is_some() {
+            // Counted once per boundary: a walk over the keys.
+            self.sizes[w]
+                .2
+                .store(f.key_bytes() as u64, Ordering::Relaxed);
+        }
         for (sku, loc, served) in issued.served {
             self.served
                 .entry(sku)

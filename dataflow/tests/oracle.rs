@@ -747,7 +747,18 @@ fn config(retention_ms: u64) -> EngineConfig {
         top_k: 2,
         top_tick_ms: 3 * TICK,
         forget_per_time: usize::MAX,
-        forecast: None,
+        // On, in 50 ms buckets: its hooks in the ledger and its checkpoint item go through
+        // every run and restart here, and must leave every row above exact (its own
+        // exactness is tests/forecast_oracle.rs).
+        forecast: Some(Arc::new({
+            let mut f = stockflow_dataflow::forecast::ForecastConfig::daily(if bounded {
+                retention_ms - 3 * TICK
+            } else {
+                1 << 30
+            });
+            f.bucket_ms = 50;
+            f
+        })),
     }
 }
 

@@ -5,7 +5,7 @@
 use crate::problem::Problem;
 use serde::Serialize;
 use std::collections::HashMap;
-use stockflow_dataflow::forecast::eval::{Segment, Verdict};
+use stockflow_dataflow::forecast::eval::{Segment, Sums, Verdict};
 use stockflow_dataflow::forecast::model::Model;
 use stockflow_dataflow::forecast::ForecastConfig;
 use stockflow_dataflow::views::ViewStore;
@@ -381,4 +381,37 @@ pub fn evaluation(store: &ViewStore, cluster: bool) -> Result<EvaluationResponse
         scope: scope(cluster),
         as_of,
     })
+}
+
+/// Sets the forecast metrics of `/metrics` (docs/forecasting.md): sizes, late labels, and per
+/// model and horizon the forecasts scored and their running RMSSE and WAPE (all arms and
+/// segments together).
+pub fn record_metrics(store: &ViewStore) {
+    let Some(cfg) = store.forecast().config() else {
+        return;
+    };
+    let (keys, pending, bytes) = store.forecast().sizes();
+    metrics::gauge!("stockflow_forecast_keys").set(keys as f64);
+    metrics::gauge!("stockflow_forecast_pending_inputs").set(pending as f64);
+    metrics::gauge!("stockflow_forecast_key_bytes").set(bytes as f64);
+    let e = store.forecast().evaluation();
+    metrics::counter!("stockflow_forecast_late_labels_total").absolute(e.late_labels);
+    let mut by: std::collections::BTreeMap<(u8, u8), Sums> = Default::default();
+    for ((m, _, h, _), s) in &e.sums {
+        by.entry((*m, *h)).or_default().merge(s);
+    }
+    for ((m, h), s) in by {
+        let labels = [
+            ("model", cfg.model_name(Model::ALL[m as usize])),
+            ("horizon", cfg.horizons[h as usize].to_string()),
+        ];
+        metrics::counter!("stockflow_forecast_scored_total", &labels).absolute(s.n);
+        let x = s.metrics();
+        if let Some(v) = x.rmsse {
+            metrics::gauge!("stockflow_forecast_rmsse", &labels).set(v);
+        }
+        if let Some(v) = x.wape {
+            metrics::gauge!("stockflow_forecast_wape", &labels).set(v);
+        }
+    }
 }

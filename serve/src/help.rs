@@ -26,6 +26,8 @@ pub fn describe_metrics() {
         ("stockflow_http_connections_refused_total", "HTTP connections closed at once because http.max_connections were open."),
         ("stockflow_http_write_timeouts_total", "HTTP connections closed because an answer was not taken within http.write_timeout."),
         ("stockflow_http_forwarded_total", "Lookups forwarded to the cluster process that holds the key, by outcome (ok, timeout, unreachable)."),
+        ("stockflow_forecast_late_labels_total", "Demand that arrived for a forecast bucket already final: in no label."),
+        ("stockflow_forecast_scored_total", "Forecasts scored on a final label, by model (name:model-file version) and horizon (buckets)."),
         ("stockflow_http_read_your_writes_timeouts_total", "Lookups whose min_offsets were not reflected within http.max_wait (answered 504)."),
     ] {
         describe_counter!(name, help);
@@ -60,6 +62,11 @@ pub fn describe_metrics() {
             "stockflow_kafka_consumer_lag",
             "Records after the committed offset, per partition.",
         ),
+        ("stockflow_forecast_keys", "(sku, location) keys the forecaster keeps."),
+        ("stockflow_forecast_pending_inputs", "Forecaster inputs waiting for the log frontier to pass their log time."),
+        ("stockflow_forecast_key_bytes", "Bytes the forecaster's keys hold (counted from its structures at the latest bucket boundary)."),
+        ("stockflow_forecast_rmsse", "Running RMSSE of the scored forecasts, by model and horizon (all arms and segments)."),
+        ("stockflow_forecast_wape", "Running WAPE of the scored forecasts, by model and horizon (all arms and segments)."),
         (
             "stockflow_clickhouse_buffered_changes",
             "Changes waiting for ClickHouse; past clickhouse.buffer_rows Kafka is read no further.",

@@ -474,6 +474,7 @@ fn render_metrics(s: &ServeState) -> String {
     metrics::gauge!("stockflow_freshness_seconds").set(now.saturating_sub(as_of) as f64 / 1000.0);
     metrics::gauge!("stockflow_view_skus").set(s.store.sku_count() as f64);
     metrics::gauge!("stockflow_view_reservations").set(s.store.reservation_count() as f64);
+    forecast_api::record_metrics(&s.store);
     match &s.metrics {
         Some(h) => {
             static PROCESS: std::sync::OnceLock<metrics_process::Collector> =

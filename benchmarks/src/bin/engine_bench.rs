@@ -305,6 +305,12 @@ fn bench(name: &str, events: usize, tick: u64) {
         rows.push((workers, events as f64 / run.seconds));
     }
     drop(one);
+    // What forecasting costs ingest (on by default: `[forecast]`): the same events, 2 workers,
+    // with it off. The log time of these workloads spans minutes, not days, so no bucket
+    // boundary is passed: this is the cost of feeding the features.
+    let mut off = (*cfg).clone();
+    off.forecast = None;
+    let off_rate = events as f64 / run_shares(&Arc::new(off), two.clone(), pace).seconds;
 
     // The differential peer keeps every movement and every reservation (it has no horizons)
     // and runs at a few tens of thousands of events/s: it and stockflow run on the first
@@ -352,6 +358,23 @@ fn bench(name: &str, events: usize, tick: u64) {
         head_rate / dd_rate
     );
     let rate = rows[1].1;
+    println!(
+        "{:<52} {:>12.0} {:>9.2}x",
+        "stockflow, 2 workers, forecasting off",
+        off_rate,
+        off_rate / fold_rate
+    );
+    println!(
+        "forecasting's cost to ingest, 2 workers: {:+.1}% ({rate:.0} against {off_rate:.0} events/s)",
+        (off_rate / rate - 1.0) * 100.0
+    );
+    summary::record(
+        &format!("engine, {name} workload, 2 workers: forecasting on vs off"),
+        &format!("{rate:.0} events/s"),
+        &format!("{off_rate:.0} events/s"),
+        rate / off_rate,
+        "≥ 0.87x (adds ≤ 15%)",
+    );
 
     summary::record(
         &format!("engine, {name} workload, 2 workers vs a 1-thread HashMap fold of stock only"),

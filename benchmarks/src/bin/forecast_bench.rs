@@ -185,7 +185,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let (off_s, _, _) = replay(&base, a.workers, &rounds, end);
     let (on_s, rows, store) = replay(&with, a.workers, &rounds, end);
-    let (keys, pending) = store.forecast().sizes();
+    let (keys, pending, bytes) = store.forecast().sizes();
     println!("events {n}, workers {}", a.workers);
     println!(
         "replay without forecasting: {off_s:.2} s ({:.0} events/s); with: {on_s:.2} s ({:.0} events/s): {:+.1}%",
@@ -194,7 +194,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         (on_s / off_s - 1.0) * 100.0
     );
     println!(
-        "forecast keys {keys} (inputs pending {pending}), forecasts issued and scored: {} rows",
+        "forecast keys {keys} (inputs pending {pending}), {:.0} B per key (counted), forecasts issued and scored: {} rows",
+        bytes as f64 / keys.max(1) as f64,
         rows.len()
     );
     let mut out = std::io::BufWriter::new(std::fs::File::create(&a.rows)?);

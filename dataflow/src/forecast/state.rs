@@ -212,6 +212,19 @@ impl Forecaster {
         self.skus.values().map(|s| s.locs.len()).sum()
     }
 
+    /// The bytes its keys hold, counted from the structures (each key's state and its open
+    /// forecasts, its location's name pointer and a share of the map's node), not measured.
+    pub fn key_bytes(&self) -> usize {
+        use std::mem::size_of;
+        // A B-tree node holds up to 11 entries with their keys and values, about 2/3 full.
+        let entry = size_of::<Name>() + size_of::<KeyState>();
+        self.skus
+            .values()
+            .flat_map(|k| k.locs.values())
+            .map(|key| entry * 3 / 2 + key.open.capacity() * size_of::<super::key::Open>())
+            .sum()
+    }
+
     /// Inputs waiting for the frontier.
     pub fn pending(&self) -> usize {
         self.pending.len()

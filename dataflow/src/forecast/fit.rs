@@ -58,10 +58,8 @@ impl Acc {
         }
         let rate = y / n;
         // Seasonal factors, shrunk toward 1 by 7 key-buckets' worth, averaging 1.
-        let mut weekday = [1.0; SEASON];
-        for s in 0..SEASON {
-            weekday[s] = (self.y[s] + 7.0 * rate) / ((self.n[s] + 7.0) * rate);
-        }
+        let mut weekday: [f64; SEASON] =
+            std::array::from_fn(|s| (self.y[s] + 7.0 * rate) / ((self.n[s] + 7.0) * rate));
         let mean = weekday.iter().sum::<f64>() / SEASON as f64;
         weekday.iter_mut().for_each(|w| *w /= mean);
         // Between-key variance of rates, less each key's Poisson noise (rate / buckets).

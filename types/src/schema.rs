@@ -17,12 +17,12 @@ pub fn event_schema() -> serde_json::Value {
     let mut schema = schemars::schema_for!(WireEvent);
     schema.insert(
         "$id".into(),
-        "https://stockflow.dev/schemas/event-1.1.json".into(),
+        "https://stockflow.dev/schemas/event-1.2.json".into(),
     );
     schema.into()
 }
 
-/// One event of the `inventory` or `orders` topic (stockflow contract 1.1). The message key is
+/// One event of the `inventory` or `orders` topic (stockflow contract 1.2). The message key is
 /// the SKU; the value is this object, at most 1 MiB.
 #[derive(JsonSchema)]
 #[schemars(title = "stockflow event")]
@@ -63,6 +63,16 @@ enum WireEvent {
         /// Units counted, 0 or more.
         #[schemars(range(min = 0, max = MAX_QTY))]
         qty: i64,
+    },
+    /// The SKU's catalogue category (topic `inventory`, contract 1.2), for every location: no
+    /// effect on stock; forecasts use it as the prior of a SKU with little or no history. The
+    /// latest (by `ts`, then `event_id`) wins.
+    Listed {
+        #[serde(flatten)]
+        common: Common,
+        /// The category.
+        #[schemars(length(min = 1, max = MAX_ID_LEN))]
+        category: String,
     },
     /// A sale without a reservation (topic `orders`): `on_hand -= qty`.
     Sold {
@@ -220,6 +230,7 @@ mod tests {
             "received",
             "adjusted",
             "counted",
+            "listed",
             "sold",
             "reserved",
             "released",

@@ -1,0 +1,167 @@
+//! Forecasts end to end against the real broker that `scripts/services.sh` starts: events on
+//! Kafka, forecasts issued at each bucket boundary the log frontier passes (1-second buckets
+//! here), served over HTTP, scored once their labels are final, in `/metrics`; and a restart
+//! from the checkpoint brings the forecaster's state back.
+
+#[path = "e2e/mod.rs"]
+mod e2e;
+
+use e2e::*;
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+
+fn wait_for(p: &Pipeline, path: &str, within: Duration, ok: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + within;
+    loop {
+        let (s, body) = p.get(path);
+        if s == 200 && ok(&body) {
+            return body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{path}: not as expected within {within:?}: {s} {body}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn forecasts_are_issued_served_scored_and_restored() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let names = Names::new("forecast");
+    let settings = [
+        "forecast.bucket=1s",
+        "pipeline.window_retention=1s",
+        "kafka.idle_heartbeat=200ms",
+        "clickhouse.enabled=false",
+    ];
+    let p = Pipeline::start_with(&names, &settings);
+    p.wait_ready();
+    // S0 at L0: 100 received, then 2 sold every 300 ms for 3 s; S1 at L0: 1 received, 1 sold.
+    let ev = |v: Value| {
+        (
+            false,
+            v["sku"].as_str().unwrap().to_string(),
+            v.to_string().into_bytes(),
+        )
+    };
+    let now = now_ms();
+    produce(
+        &names,
+        &[
+            ev(json!({"event_id":"c0","type":"listed","sku":"S0","ts":now,"category":"FOODS"})),
+            ev(
+                json!({"event_id":"r0","type":"received","sku":"S0","ts":now,"location":"L0","qty":100}),
+            ),
+            ev(
+                json!({"event_id":"r1","type":"received","sku":"S1","ts":now,"location":"L0","qty":1}),
+            ),
+        ],
+    );
+    for i in 0..10 {
+        std::thread::sleep(Duration::from_millis(300));
+        let mut batch = vec![(
+            true,
+            "S0".to_string(),
+            json!({"event_id":format!("s{i}"),"type":"sold","sku":"S0","ts":now_ms(),"location":"L0","qty":2})
+                .to_string()
+                .into_bytes(),
+        )];
+        if i == 0 {
+            batch.push((
+                true,
+                "S1".to_string(),
+                json!({"event_id":"t0","type":"sold","sku":"S1","ts":now_ms(),"location":"L0","qty":1})
+                    .to_string()
+                    .into_bytes(),
+            ));
+        }
+        produce(&names, &batch);
+    }
+
+    // The served forecast: the default arm's pooled model, every horizon, ordered quantiles.
+    let f = wait_for(&p, "/v1/forecast/S0/L0", Duration::from_secs(30), |b| {
+        b["available"] == 80
+    });
+    assert!(f["model"].as_str().unwrap().starts_with("pooled:"), "{f}");
+    assert_eq!(f["arm"], "A");
+    let horizons = f["horizons"].as_array().unwrap();
+    assert_eq!(
+        horizons
+            .iter()
+            .map(|h| h["buckets"].clone())
+            .collect::<Vec<_>>(),
+        [json!(1), json!(7)]
+    );
+    for h in horizons {
+        let q = &h["quantiles"];
+        let qs: Vec<u64> = ["0.5", "0.9", "0.95", "0.99"]
+            .iter()
+            .map(|l| q[*l].as_u64().unwrap())
+            .collect();
+        assert!(
+            qs.windows(2).all(|w| w[0] <= w[1]),
+            "quantiles in order: {h}"
+        );
+        let p = h["stockout_probability"].as_f64().unwrap();
+        assert!(
+            (0.0..=1.0).contains(&p) && h["mean"].as_f64().unwrap() > 0.0,
+            "{h}"
+        );
+    }
+    // S1 has nothing left: certain to run out, first at risk.
+    let r = wait_for(
+        &p,
+        "/v1/forecast/at-risk?buckets=1&location=L0",
+        Duration::from_secs(30),
+        |b| b["items"][0]["sku"] == "S1",
+    );
+    assert_eq!(r["items"][0]["stockout_probability"], 1.0, "{r}");
+    assert_eq!(r["items"][0]["days_of_cover"], 0, "{r}");
+    assert_eq!(r["scope"], "cluster");
+    // Scored once labels are final (a bucket plus the window retention later).
+    let e = wait_for(
+        &p,
+        "/v1/forecast/evaluation",
+        Duration::from_secs(30),
+        |b| {
+            b["items"].as_array().is_some_and(|i| {
+                i.iter()
+                    .any(|x| x["buckets"] == 7 && x["count"].as_u64() > Some(0))
+            })
+        },
+    );
+    assert!(!e["comparisons"].as_array().unwrap().is_empty(), "{e}");
+    // Bad input: a clear problem.
+    for bad in [
+        "/v1/forecast/at-risk?buckets=5",
+        "/v1/forecast/at-risk?limit=0",
+    ] {
+        let (s, body) = p.get(bad);
+        assert_eq!(s, 400, "{bad}: {body}");
+    }
+    let (s, _) = p.get("/v1/forecast/S9/L0");
+    assert_eq!(s, 404);
+    assert!(p.metric("stockflow_forecast_keys") >= 2.0);
+    assert!(p.metric("stockflow_forecast_scored_total") > 0.0);
+    p.lint_metrics();
+    let scored = p.metric("stockflow_forecast_scored_total");
+    p.terminate();
+
+    // From the checkpoint: the features, the open forecasts and the evaluation come back, and
+    // the served forecast is there at once (republished, not waiting for a boundary).
+    let mut extra = settings.to_vec();
+    extra.push("kafka.idle_heartbeat=0s"); // the log ends where the first run's ends
+    let p = Pipeline::start_with(&names, &extra);
+    p.wait_ready();
+    let (s, f) = p.get("/v1/forecast/S0/L0");
+    assert_eq!((s, &f["available"]), (200, &json!(80)), "{f}");
+    assert!(
+        p.metric("stockflow_forecast_scored_total") >= scored,
+        "the evaluation survives the restart"
+    );
+    let (s, r) = p.get("/v1/forecast/at-risk?buckets=1&location=L0");
+    assert_eq!((s, &r["items"][0]["sku"]), (200, &json!("S1")), "{r}");
+    p.terminate();
+    names.clean_up();
+}

@@ -413,24 +413,24 @@ pub fn routes(
                 r
             });
 
+    // Boxed in groups: one chain of every route is a type too deep for the compiler to check.
+    let lookups = stock
+        .or(location)
+        .unify()
+        .or(reservation)
+        .unify()
+        .or(sku_reservations)
+        .unify()
+        .or(analytics)
+        .unify()
+        .or(top)
+        .unify()
+        .boxed();
+    let forecasts = at_risk.or(evaluation).unify().or(forecast).unify().boxed();
     warp::get()
         .and(
-            stock
-                .or(location)
-                .unify()
-                .or(reservation)
-                .unify()
-                .or(sku_reservations)
-                .unify()
-                .or(analytics)
-                .unify()
-                .or(top)
-                .unify()
-                .or(at_risk)
-                .unify()
-                .or(evaluation)
-                .unify()
-                .or(forecast)
+            lookups
+                .or(forecasts)
                 .unify()
                 .or(admitted)
                 .unify()

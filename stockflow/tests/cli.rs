@@ -361,7 +361,7 @@ fn schema_is_printed() {
         "https://json-schema.org/draft/2020-12/schema"
     );
     assert!(
-        schema["oneOf"].as_array().is_some_and(|v| v.len() == 7),
+        schema["oneOf"].as_array().is_some_and(|v| v.len() == 8),
         "{schema}"
     );
 }

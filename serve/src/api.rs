@@ -437,16 +437,10 @@ pub fn analytics(
     })
 }
 
-/// Best sellers of the latest window.
-#[utoipa::path(get, path = "/v1/analytics/top",
-    params(("window" = Option<String>, Query, description = "A configured window size (default: the last, `1h`)"),
-        ("limit" = Option<usize>, Query, description = "How many SKUs (default 10, at most pipeline.top_k)")),
-    responses((status = 200, body = TopResponse), (status = 400, body = Problem, content_type = "application/problem+json")))]
-pub fn top(store: &ViewStore, q: &HashMap<String, String>) -> Result<TopResponse, Problem> {
-    let (window, size) = window_param(store, q, store.windows_config().len() - 1)?;
-    let max = store.top_k();
-    let limit = match q.get("limit") {
-        None => 10.min(max),
+/// The `limit` query parameter: 10 (or `max`, if smaller) when absent, else 1 to `max`.
+pub(crate) fn limit_param(q: &HashMap<String, String>, max: usize) -> Result<usize, Problem> {
+    match q.get("limit") {
+        None => Ok(10.min(max)),
         Some(l) => l
             .parse::<usize>()
             .ok()
@@ -455,8 +449,19 @@ pub fn top(store: &ViewStore, q: &HashMap<String, String>) -> Result<TopResponse
                 Problem::bad_request(format!(
                     "query parameter `limit` must be an integer from 1 to {max}"
                 ))
-            })?,
-    };
+            }),
+    }
+}
+
+/// Best sellers of the latest window.
+#[utoipa::path(get, path = "/v1/analytics/top",
+    params(("window" = Option<String>, Query, description = "A configured window size (default: the last, `1h`)"),
+        ("limit" = Option<usize>, Query, description = "How many SKUs (default 10, at most pipeline.top_k)")),
+    responses((status = 200, body = TopResponse), (status = 400, body = Problem, content_type = "application/problem+json")))]
+pub fn top(store: &ViewStore, q: &HashMap<String, String>) -> Result<TopResponse, Problem> {
+    let (window, size) = window_param(store, q, store.windows_config().len() - 1)?;
+    let max = store.top_k();
+    let limit = limit_param(q, max)?;
     let g = store.top_as_of();
     let start = g - g % size;
     let entry = store.top(size, start);

@@ -257,18 +257,7 @@ pub fn at_risk(
     };
     let h = cfg.horizons.iter().position(|x| *x == buckets).unwrap_or(0);
     let max = cfg.at_risk_keep;
-    let limit = match q.get("limit") {
-        None => 10.min(max),
-        Some(l) => l
-            .parse::<usize>()
-            .ok()
-            .filter(|l| (1..=max).contains(l))
-            .ok_or_else(|| {
-                Problem::bad_request(format!(
-                    "query parameter `limit` must be an integer from 1 to {max}"
-                ))
-            })?,
-    };
+    let limit = crate::api::limit_param(q, max)?;
     let location = q.get("location").filter(|l| !l.is_empty());
     let as_of = store.as_of();
     let items = store

@@ -381,12 +381,6 @@ impl Engine {
         std::mem::take(&mut self.io.borrow_mut().begun)
     }
 
-    /// The forecasts this worker issued and scored since the last call (only when the forecast
-    /// configuration keeps rows).
-    pub fn take_forecast_rows(&mut self) -> Vec<forecast::ForecastRow> {
-        std::mem::take(&mut self.io.borrow_mut().forecast_rows)
-    }
-
     /// A finished checkpoint part of this worker, if any.
     pub fn take_part(&mut self) -> Option<Part> {
         let mut io = self.io.borrow_mut();

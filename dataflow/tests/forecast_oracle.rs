@@ -12,8 +12,9 @@ use stockflow_dataflow::forecast::eval::{Evaluation, Scored, Segment};
 use stockflow_dataflow::forecast::key::season_of;
 use stockflow_dataflow::forecast::model::{History, Model};
 use stockflow_dataflow::forecast::{
-    forecast_sku, Arm, Experiment, ForecastConfig, ForecastRow, Forecaster,
+    forecast_sku, Arm, Experiment, FeatureRow, ForecastConfig, ForecastRow, Forecaster,
 };
+use stockflow_types::rows::Change;
 use stockflow_types::{Millis, Name};
 
 const B: u64 = 1_000; // bucket
@@ -26,7 +27,7 @@ fn cfg() -> Arc<ForecastConfig> {
     c.horizons = vec![1, 3];
     c.lookback = L;
     c.key_retention = 1_000_000; // forgetting has its own test
-    c.keep_rows = true;
+    c.rows = Some(1.0); // every version's rows
     c.experiment = Experiment {
         salt: "oracle".into(),
         arms: vec![
@@ -301,6 +302,33 @@ impl Reference<'_> {
 
 type RowKey = (Name, Name, u8, Millis, u32);
 
+/// The forecaster's row changes since the last take: the rows issued and scored (the
+/// insertions), and the features.
+fn take_rows(f: &mut Forecaster, rows: &mut Vec<ForecastRow>, features: &mut Vec<FeatureRow>) {
+    for (c, d) in f.rows.drain(..) {
+        match c {
+            Change::Forecast(r) if d > 0 => rows.push(*r),
+            Change::Features(r) if d > 0 => features.push(*r),
+            _ => {}
+        }
+    }
+}
+
+fn model_index(cfg: &ForecastConfig, r: &ForecastRow) -> u8 {
+    Model::ALL
+        .iter()
+        .position(|m| cfg.model_name(*m) == *r.model)
+        .expect("a known model") as u8
+}
+
+fn arm_index(cfg: &ForecastConfig, r: &ForecastRow) -> u8 {
+    cfg.experiment
+        .arms
+        .iter()
+        .position(|a| *a.name == *r.arm)
+        .expect("a known arm") as u8
+}
+
 fn run(steps: Vec<Step>, workers: usize) -> Result<(), TestCaseError> {
     let cfg = cfg();
     let mut fleet: Vec<Forecaster> = (0..workers)
@@ -308,6 +336,7 @@ fn run(steps: Vec<Step>, workers: usize) -> Result<(), TestCaseError> {
         .collect();
     let mut inputs: Vec<(Millis, Input)> = Vec::new();
     let mut rows: Vec<ForecastRow> = Vec::new();
+    let mut features: Vec<FeatureRow> = Vec::new();
     let mut lt: Millis = 5_000;
     let name = |p: &str, i: u8| -> Name { Arc::from(format!("{p}{i}")) };
     for st in steps {
@@ -378,7 +407,7 @@ fn run(steps: Vec<Step>, workers: usize) -> Result<(), TestCaseError> {
             Step::Advance => {
                 for f in &mut fleet {
                     f.advance(lt);
-                    rows.append(&mut f.rows);
+                    take_rows(f, &mut rows, &mut features);
                 }
             }
             Step::Restart { workers } => fleet = restart(fleet, workers),
@@ -388,7 +417,7 @@ fn run(steps: Vec<Step>, workers: usize) -> Result<(), TestCaseError> {
     let end = lt + (2 + 3) * B + R;
     for f in &mut fleet {
         f.advance(end);
-        rows.append(&mut f.rows);
+        take_rows(f, &mut rows, &mut features);
     }
     let reference = Reference { inputs: &inputs };
 
@@ -401,7 +430,7 @@ fn run(steps: Vec<Step>, workers: usize) -> Result<(), TestCaseError> {
                 (
                     r.sku.clone(),
                     r.location.clone(),
-                    r.model,
+                    model_index(&cfg, r),
                     r.issued_at,
                     r.buckets,
                 ),
@@ -416,6 +445,7 @@ fn run(steps: Vec<Step>, workers: usize) -> Result<(), TestCaseError> {
     );
     let first_k = inputs.iter().map(|(lt, _)| lt / B + 1).min();
     let mut expected_issued = 0;
+    let mut expected_features = 0;
     let mut expected_eval = Evaluation::default();
     let mut scales: BTreeMap<(Name, Name, Millis), (f64, Segment)> = BTreeMap::new();
     if let Some(first_k) = first_k {
@@ -443,7 +473,26 @@ fn run(steps: Vec<Step>, workers: usize) -> Result<(), TestCaseError> {
                     .collect();
                 let category = reference.category(&sku, at);
                 let issues = forecast_sku(&cfg, &sku, &category, &keys);
-                for ((loc, x), a) in locs.iter().zip(issues).zip(&avail) {
+                for (((loc, x), a), h) in locs.iter().zip(issues).zip(&avail).zip(&hs) {
+                    // The features row the forecasts were issued from.
+                    let Some(f) = features
+                        .iter()
+                        .find(|f| f.sku == sku && f.location == *loc && f.issued_at == at)
+                    else {
+                        return Err(TestCaseError::fail(format!(
+                            "no features: {sku} {loc} {at}"
+                        )));
+                    };
+                    prop_assert_eq!(&f.demand, &h.y);
+                    prop_assert_eq!(
+                        f.out_of_stock.iter().map(|e| e.0).collect::<Vec<_>>(),
+                        h.exposure.clone()
+                    );
+                    prop_assert_eq!(&f.censored, &h.censored);
+                    prop_assert_eq!(f.age as usize, h.age);
+                    prop_assert_eq!(f.available, *a);
+                    prop_assert_eq!(&*f.category, &*category);
+                    expected_features += 1;
                     scales.insert((sku.clone(), loc.clone(), at), (x.scale, x.segment));
                     for (mi, p) in x.predictions.iter().enumerate() {
                         for (hi, pr) in p.horizons.iter().enumerate() {
@@ -453,12 +502,14 @@ fn run(steps: Vec<Step>, workers: usize) -> Result<(), TestCaseError> {
                                 return Err(TestCaseError::fail(format!("not issued: {key:?}")));
                             };
                             expected_issued += 1;
-                            prop_assert_eq!(r.mean, pr.mean, "mean of {:?}", key);
+                            prop_assert_eq!(r.mean.0, pr.mean, "mean of {:?}", key);
                             prop_assert_eq!(r.q, pr.q.map(|q| q.min(u32::MAX as u64) as u32));
-                            prop_assert_eq!(r.stockout, pr.stockout, "stock-out of {:?}", key);
+                            prop_assert_eq!(r.stockout.0, pr.stockout, "stock-out of {:?}", key);
                             prop_assert_eq!(r.available, *a);
-                            prop_assert_eq!(r.arm as usize, x.arm);
-                            prop_assert_eq!(r.cold_start, x.segment == Segment::ColdStart);
+                            prop_assert_eq!(arm_index(&cfg, r), x.arm as u8);
+                            prop_assert_eq!(&*r.segment, x.segment.name());
+                            prop_assert_eq!(r.scale.0, x.scale as f32 as f64);
+                            prop_assert_eq!(r.end, at + u64::from(h) * B);
                         }
                     }
                 }
@@ -469,6 +520,11 @@ fn run(steps: Vec<Step>, workers: usize) -> Result<(), TestCaseError> {
         issued.len(),
         expected_issued,
         "issued where the reference does not"
+    );
+    prop_assert_eq!(
+        features.len(),
+        expected_features,
+        "features where nothing was issued"
     );
 
     // Every label, censoring and the evaluation, in the order the forecaster scored them.
@@ -499,7 +555,7 @@ fn run(steps: Vec<Step>, workers: usize) -> Result<(), TestCaseError> {
         let hi = cfg.horizons.iter().position(|x| *x == r.buckets).unwrap() as u8;
         let sums = expected_eval
             .sums
-            .entry((r.model, r.arm, hi, segment as u8))
+            .entry((model_index(&cfg, r), arm_index(&cfg, r), hi, segment as u8))
             .or_default();
         if censored {
             sums.censored += 1;
@@ -507,9 +563,9 @@ fn run(steps: Vec<Step>, workers: usize) -> Result<(), TestCaseError> {
         }
         let s = Scored {
             actual,
-            mean: r.mean,
+            mean: r.mean.0,
             q: r.q,
-            stockout: r.stockout,
+            stockout: r.stockout.0,
             available: r.available,
             scale: scale as f32 as f64,
             buckets: r.buckets,
@@ -519,7 +575,7 @@ fn run(steps: Vec<Step>, workers: usize) -> Result<(), TestCaseError> {
             losses
                 .entry((r.sku.clone(), r.location.clone(), r.issued_at, r.buckets))
                 .or_default()
-                .insert(r.model, l);
+                .insert(model_index(&cfg, r), l);
         }
     }
     for ((.., buckets), l) in &losses {

@@ -1,7 +1,8 @@
-//! Forecasts end to end against the real broker that `scripts/services.sh` starts: events on
-//! Kafka, forecasts issued at each bucket boundary the log frontier passes (1-second buckets
-//! here), served over HTTP, scored once their labels are final, in `/metrics`; and a restart
-//! from the checkpoint brings the forecaster's state back.
+//! Forecasts end to end against the real broker and ClickHouse that `scripts/services.sh`
+//! starts: events on Kafka, forecasts issued at each bucket boundary the log frontier passes
+//! (1-second buckets here), served over HTTP, scored once their labels are final, in `/metrics`
+//! and in ClickHouse (every version's rows, their features, and an evaluation view that agrees
+//! with the dataflow's); and a restart from the checkpoint brings the forecaster's state back.
 
 #[path = "e2e/mod.rs"]
 mod e2e;
@@ -34,7 +35,7 @@ fn forecasts_are_issued_served_scored_and_restored() {
         "pipeline.windows=[\"1s\"]", // window_retention may be no shorter than a window
         "pipeline.window_retention=1s",
         "kafka.idle_heartbeat=200ms",
-        "clickhouse.enabled=false",
+        "forecast.clickhouse=all",
     ];
     let p = Pipeline::start_with(&names, &settings);
     p.wait_ready();
@@ -163,6 +164,79 @@ fn forecasts_are_issued_served_scored_and_restored() {
     );
     let (s, r) = p.get("/v1/forecast/at-risk?buckets=1&location=L0");
     assert_eq!((s, &r["items"][0]["sku"]), (200, &json!("S1")), "{r}");
+    // The log has not moved since: this is the evaluation of every forecast the first run
+    // scored, and ClickHouse holds their rows.
+    let (_, e) = p.get("/v1/forecast/evaluation");
     p.terminate();
+    check_clickhouse(&names.prefix, &e);
     names.clean_up();
+}
+
+/// A number of a ClickHouse JSON row (64-bit integers come quoted; NaN and infinities as null).
+fn num(v: &Value) -> Option<f64> {
+    match v {
+        Value::String(s) => s.parse().ok(),
+        v => v.as_f64(),
+    }
+}
+
+/// ClickHouse holds every version's forecasts with their labels and features, and its
+/// evaluation view, computed from those rows alone, agrees with the dataflow's evaluation.
+fn check_clickhouse(db: &str, evaluation: &Value) {
+    let models = clickhouse(&format!(
+        "SELECT model, count() AS n, countIf(isNotNull(actual)) AS scored \
+         FROM {db}.forecasts_current WHERE sku = 'S0' GROUP BY model ORDER BY model"
+    ))
+    .expect("forecasts");
+    assert_eq!(models.len(), 3, "every version is written: {models:?}");
+    for m in &models {
+        assert!(num(&m["scored"]) > Some(0.0), "scored rows: {m}");
+    }
+    let features = clickhouse(&format!(
+        "SELECT length(demand) AS l, arraySum(demand) AS sold, category \
+         FROM {db}.forecast_features FINAL WHERE sku = 'S0' ORDER BY issued_at DESC LIMIT 1"
+    ))
+    .expect("features");
+    assert_eq!(num(&features[0]["l"]), Some(28.0), "{features:?}");
+    assert!(num(&features[0]["sold"]) > Some(0.0), "{features:?}");
+    assert_eq!(features[0]["category"], "FOODS");
+    let rows = clickhouse(&format!(
+        "SELECT model, arm, buckets, segment, scored, rmsse, wape, bias, pinball_q90, \
+         coverage_q90, brier FROM {db}.forecast_evaluation"
+    ))
+    .expect("evaluation view");
+    let items = evaluation["items"].as_array().expect("items");
+    let scored: Vec<&Value> = items
+        .iter()
+        .filter(|i| i["count"].as_u64() > Some(0))
+        .collect();
+    assert_eq!(rows.len(), scored.len(), "{rows:?}\n{evaluation}");
+    for i in scored {
+        let r = rows
+            .iter()
+            .find(|r| {
+                r["model"] == i["model"]
+                    && r["arm"] == i["arm"]
+                    && num(&r["buckets"]) == i["buckets"].as_f64()
+                    && r["segment"] == i["segment"]
+            })
+            .unwrap_or_else(|| panic!("no row for {i} in {rows:?}"));
+        assert_eq!(num(&r["scored"]), i["count"].as_f64(), "{r} {i}");
+        for (col, http) in [
+            ("rmsse", &i["rmsse"]),
+            ("wape", &i["wape"]),
+            ("bias", &i["bias"]),
+            ("pinball_q90", &i["pinball"]["0.9"]),
+            ("coverage_q90", &i["coverage"]["0.9"]),
+            ("brier", &i["brier"]),
+        ] {
+            match (num(&r[col]), http.as_f64()) {
+                (Some(a), Some(b)) => assert!(
+                    (a - b).abs() <= 1e-9 * b.abs().max(1.0),
+                    "{col}: ClickHouse {a}, dataflow {b}"
+                ),
+                (a, b) => assert_eq!(a.is_some(), b.is_some(), "{col}: {r} {i}"),
+            }
+        }
+    }
 }

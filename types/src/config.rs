@@ -78,6 +78,27 @@ pub struct ForecastSettings {
     /// Which model serves which key.
     #[serde(default)]
     pub experiment: ExperimentSettings,
+    /// Which forecasts go to ClickHouse's `forecasts` table (with the features they were issued
+    /// from): `none`, `served` (each key's arm) or `all` (every version).
+    #[serde(default)]
+    pub clickhouse: ForecastRows,
+    /// With `served`: the share of keys (a stable sample by a hash of sku and location) whose
+    /// shadow versions are written too.
+    #[serde(default)]
+    pub clickhouse_shadow_sample: f64,
+}
+
+/// `forecast.clickhouse`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ForecastRows {
+    /// Nothing is written (the evaluation is still kept, exactly, in the dataflow).
+    None,
+    /// The forecast each key is served, plus the shadow sample.
+    #[default]
+    Served,
+    /// Every model version's forecast.
+    All,
 }
 
 /// `[forecast.experiment]`.
@@ -148,6 +169,8 @@ impl Default for ForecastSettings {
             at_risk_keep: default_at_risk_keep(),
             model_file: None,
             experiment: ExperimentSettings::default(),
+            clickhouse: ForecastRows::default(),
+            clickhouse_shadow_sample: 0.0,
         }
     }
 }
@@ -200,6 +223,12 @@ impl ForecastSettings {
         }
         if self.at_risk_keep == 0 || self.at_risk_keep > 10_000 {
             return Err(bad("forecast.at_risk_keep", "must be 1 to 10000"));
+        }
+        if !(0.0..=1.0).contains(&self.clickhouse_shadow_sample) {
+            return Err(bad(
+                "forecast.clickhouse_shadow_sample",
+                "must be in [0, 1]",
+            ));
         }
         let e = &self.experiment;
         if e.arms.is_empty() {

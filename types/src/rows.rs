@@ -125,9 +125,101 @@ pub enum Change {
     Reservation(ReservationRow),
     /// A window row.
     Window(WindowRow),
+    /// A forecast issued, or scored once its label is final (contract §5).
+    Forecast(Box<ForecastRow>),
+    /// The features a key's forecasts were issued from.
+    Features(Box<FeatureRow>),
     /// Not a row: the retraction of this row at the same time is the pipeline *forgetting* it
     /// (a window final and evicted, a reservation forgotten `retention` after it ended), not the
     /// row ceasing to exist. Sinks keep the row's last state as history. Emitted once, never
     /// retracted.
     Forgotten(Box<Change>),
+}
+
+/// An `f64` that can be a dataflow record: equal, ordered and hashed by its bits (`-0.0` and
+/// `0.0` differ; a NaN equals itself), which is what a collection of rows needs.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Float(pub f64);
+
+impl PartialEq for Float {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.to_bits() == other.0.to_bits()
+    }
+}
+impl Eq for Float {}
+impl PartialOrd for Float {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Float {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.total_cmp(&other.0)
+    }
+}
+impl std::hash::Hash for Float {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.to_bits().hash(state);
+    }
+}
+
+/// One forecast of one model version for one (sku, location) and horizon (contract §5): as
+/// issued (`actual` is `None`), then as scored once its label is final.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ForecastRow {
+    /// The SKU.
+    pub sku: Name,
+    /// The location.
+    pub location: Name,
+    /// The model version, `name:file version` (`pooled:1`).
+    pub model: Name,
+    /// The key's arm in the experiment.
+    pub arm: Name,
+    /// `cold_start`, `intermittent` or `smooth`, as the key was when issued.
+    pub segment: Name,
+    /// The bucket boundary it was issued at (the horizon's start), epoch ms.
+    pub issued_at: Millis,
+    /// The horizon's end, epoch ms.
+    pub end: Millis,
+    /// The horizon in buckets.
+    pub buckets: u32,
+    /// The mean demand over the horizon.
+    pub mean: Float,
+    /// The quantiles 0.5, 0.9, 0.95 and 0.99.
+    pub q: [u32; 4],
+    /// The probability that demand exceeds `available` within the horizon.
+    pub stockout: Float,
+    /// `available` when issued.
+    pub available: i64,
+    /// The key's RMSSE scale when issued (M5's mean squared one-step difference).
+    pub scale: Float,
+    /// The demand that happened, once final.
+    pub actual: Option<u64>,
+    /// Some bucket of the horizon was out of stock: the label is censored and not scored.
+    pub censored: bool,
+}
+
+/// What a key's forecasts at one boundary were computed from: its history as the models read
+/// it (point in time: exactly the log before the boundary).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct FeatureRow {
+    /// The SKU.
+    pub sku: Name,
+    /// The location.
+    pub location: Name,
+    /// The boundary, epoch ms.
+    pub issued_at: Millis,
+    /// The SKU's category (empty if none was listed).
+    pub category: Name,
+    /// `available` at the boundary.
+    pub available: i64,
+    /// Buckets since the key was first seen (at most the look-back).
+    pub age: u32,
+    /// Units sold per bucket of the look-back, oldest first.
+    pub demand: Vec<u32>,
+    /// The share of each bucket out of stock (buckets before the key was seen count as 1).
+    pub out_of_stock: Vec<Float>,
+    /// Whether each bucket is censored (left out of every fit).
+    pub censored: Vec<bool>,
 }

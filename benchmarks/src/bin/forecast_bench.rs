@@ -7,7 +7,9 @@
 //!
 //! `forecast-bench EVENTS.jsonl ROWS.csv [--workers N] [--model-file F] [--arms A:pooled:0.5,B:tsb:0.5]`
 
+use std::cell::RefCell;
 use std::io::{BufRead, Write};
+use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use stockflow_dataflow::forecast::model::{Model, ModelFile};
@@ -16,6 +18,7 @@ use stockflow_dataflow::views::ViewStore;
 use stockflow_dataflow::{Engine, EngineConfig, Record};
 use stockflow_types::config::Settings;
 use stockflow_types::event::{decode, Event};
+use stockflow_types::rows::Change;
 use stockflow_types::topology::sku_hash;
 
 const DAY: u64 = 86_400_000;
@@ -100,7 +103,15 @@ fn replay(
     let start = Instant::now();
     timely::execute(timely::Config::process(workers), move |worker| {
         let me = worker.index();
-        let mut engine = Engine::build(worker, Arc::clone(&c), Arc::clone(&s), None, |x| x);
+        // The forecast rows the ledger emits, as the ClickHouse sink would receive them.
+        let kept = Rc::new(RefCell::new(Vec::new()));
+        let sink = Rc::clone(&kept);
+        let mut engine = Engine::build(worker, Arc::clone(&c), Arc::clone(&s), None, |x| {
+            x.inspect(move |(c, _, d)| match c {
+                Change::Forecast(r) if *d > 0 => sink.borrow_mut().push((**r).clone()),
+                _ => {}
+            })
+        });
         let mut t = 1u64;
         engine.advance_to(t);
         let mut mine = Vec::new();
@@ -117,7 +128,7 @@ fn replay(
             while engine.pending(t.saturating_sub(20)) {
                 worker.step();
             }
-            mine.append(&mut engine.take_forecast_rows());
+            mine.append(&mut kept.borrow_mut());
         }
         // Past the last day: every label final.
         engine.advance_log(end);
@@ -126,7 +137,7 @@ fn replay(
         while engine.pending(t) {
             worker.step();
         }
-        mine.append(&mut engine.take_forecast_rows());
+        mine.append(&mut kept.borrow_mut());
         r.lock().unwrap().append(&mut mine);
         engine.shutdown(worker);
     })
@@ -167,7 +178,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     base.forecast = None;
     let base = Arc::new(base);
     let mut fc = ForecastConfig::from_settings(&settings)?.expect("on by default");
-    fc.keep_rows = true;
+    fc.rows = Some(1.0); // every version
     if let Some(path) = &a.model_file {
         fc.model = toml::from_str::<ModelFile>(&std::fs::read_to_string(path)?)?;
         fc.model.validate()?;
@@ -206,21 +217,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
             r.sku,
             r.location,
-            Model::ALL[r.model as usize].name(),
-            fc.experiment
-                .arms
-                .get(r.arm as usize)
-                .map_or("A", |a| &a.name),
+            r.model.split(':').next().unwrap_or_default(),
+            r.arm,
             r.issued_at / DAY,
             r.buckets,
-            r.mean,
+            r.mean.0,
             r.q[0],
             r.q[1],
             r.q[2],
             r.q[3],
-            r.stockout,
+            r.stockout.0,
             r.available,
-            u8::from(r.cold_start),
+            u8::from(&*r.segment == "cold_start"),
             r.actual.map_or(String::new(), |v| v.to_string()),
             u8::from(r.censored),
         )?;

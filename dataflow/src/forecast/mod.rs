@@ -16,11 +16,12 @@ pub mod key;
 pub mod model;
 mod state;
 
-pub use state::{forecast_sku, ForecastRow, Forecaster, Issued, KeyIssue};
+pub use state::{forecast_sku, Forecaster, Issued, KeyIssue};
+pub use stockflow_types::rows::{FeatureRow, ForecastRow};
 
 use model::{Model, ModelFile};
 use serde::{Deserialize, Serialize};
-use stockflow_types::config::{ConfigError, Settings};
+use stockflow_types::config::{ConfigError, ForecastRows, Settings};
 use stockflow_types::{Millis, Name};
 
 /// One arm of the experiment: a share of the keys served by one model.
@@ -61,13 +62,7 @@ impl Experiment {
     /// seed 0) divided by 2⁶⁴ gives `u` in [0, 1); the arm is the first whose cumulative share
     /// exceeds `u` (the last one if rounding leaves `u` above them all).
     pub fn arm_of(&self, sku: &str, location: &str) -> usize {
-        let mut bytes = Vec::with_capacity(self.salt.len() + sku.len() + location.len() + 2);
-        bytes.extend_from_slice(self.salt.as_bytes());
-        bytes.push(0);
-        bytes.extend_from_slice(sku.as_bytes());
-        bytes.push(0);
-        bytes.extend_from_slice(location.as_bytes());
-        let u = xxhash_rust::xxh3::xxh3_64(&bytes) as f64 / 18_446_744_073_709_551_616.0;
+        let u = unit_hash(&self.salt, sku, location);
         let mut cum = 0.0;
         for (i, a) in self.arms.iter().enumerate() {
             cum += a.share;
@@ -101,9 +96,11 @@ pub struct ForecastConfig {
     pub model: ModelFile,
     /// Who is served which model.
     pub experiment: Experiment,
-    /// Keep every issued and scored forecast as a row (for the ClickHouse sink and the
-    /// benchmark); off, only the served forecast and the evaluation are kept.
-    pub keep_rows: bool,
+    /// Emit forecasts and their features as rows (row changes, for the ClickHouse sink and the
+    /// benchmark): `None`, none; `Some(share)`, the served version of every key and every
+    /// version of `share` of the keys (a stable sample, [`ForecastConfig::sampled`]). The
+    /// served forecasts and the evaluation are kept either way.
+    pub rows: Option<f64>,
 }
 
 impl ForecastConfig {
@@ -120,7 +117,7 @@ impl ForecastConfig {
             at_risk_keep: 100,
             model: ModelFile::default(),
             experiment: Experiment::default(),
-            keep_rows: false,
+            rows: None,
         }
     }
 
@@ -168,7 +165,12 @@ impl ForecastConfig {
                 salt: f.experiment.salt.clone(),
                 arms,
             },
-            keep_rows: false,
+            rows: match f.clickhouse {
+                _ if !s.clickhouse.enabled => None,
+                ForecastRows::None => None,
+                ForecastRows::Served => Some(f.clickhouse_shadow_sample),
+                ForecastRows::All => Some(1.0),
+            },
         }))
     }
 
@@ -176,6 +178,25 @@ impl ForecastConfig {
     pub fn model_name(&self, m: Model) -> String {
         format!("{}:{}", m.name(), self.model.version)
     }
+
+    /// Whether every version of (sku, location)'s forecasts is emitted as rows (not only the
+    /// served one): `xxh3_64("rows" ‖ 0x00 ‖ sku ‖ 0x00 ‖ location) / 2⁶⁴ < share`, so the
+    /// sample is a fixed panel of keys across boundaries, restarts and processes.
+    pub fn sampled(&self, sku: &str, location: &str) -> bool {
+        let share = self.rows.unwrap_or(0.0);
+        share >= 1.0 || unit_hash("rows", sku, location) < share
+    }
+}
+
+/// `xxh3_64(salt ‖ 0x00 ‖ sku ‖ 0x00 ‖ location)` (UTF-8 bytes, seed 0) divided by 2⁶⁴: in [0, 1).
+fn unit_hash(salt: &str, sku: &str, location: &str) -> f64 {
+    let mut bytes = Vec::with_capacity(salt.len() + sku.len() + location.len() + 2);
+    bytes.extend_from_slice(salt.as_bytes());
+    bytes.push(0);
+    bytes.extend_from_slice(sku.as_bytes());
+    bytes.push(0);
+    bytes.extend_from_slice(location.as_bytes());
+    xxhash_rust::xxh3::xxh3_64(&bytes) as f64 / 18_446_744_073_709_551_616.0
 }
 
 /// One horizon of a served forecast.

@@ -8,6 +8,7 @@ use super::{AtRisk, ForecastConfig, Served, ServedHorizon};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+use stockflow_types::rows::{Change, FeatureRow, Float, ForecastRow};
 use stockflow_types::{Millis, Name};
 
 /// An input waiting for the log frontier to pass its log time.
@@ -35,37 +36,6 @@ struct SkuKeys {
     /// (ts, event_id, category) of the deciding `listed`.
     category: Option<(Millis, Box<str>, Name)>,
     locs: BTreeMap<Name, KeyState>,
-}
-
-/// A forecast as a row: issued (no label yet) or scored.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct ForecastRow {
-    /// The SKU.
-    pub sku: Name,
-    /// The location.
-    pub location: Name,
-    /// Index in [`Model::ALL`].
-    pub model: u8,
-    /// The key's arm.
-    pub arm: u8,
-    /// The boundary it was issued at, epoch ms.
-    pub issued_at: Millis,
-    /// Horizon in buckets.
-    pub buckets: u32,
-    /// Mean.
-    pub mean: f64,
-    /// Quantiles 0.5, 0.9, 0.95, 0.99.
-    pub q: [u32; 4],
-    /// Stock-out probability.
-    pub stockout: f64,
-    /// `available` when issued.
-    pub available: i64,
-    /// The key was cold when issued.
-    pub cold_start: bool,
-    /// The label, once final.
-    pub actual: Option<u64>,
-    /// The label is censored (a bucket of it out of stock): not scored.
-    pub censored: bool,
 }
 
 /// What an advance of the frontier produced, for the views.
@@ -102,9 +72,10 @@ pub struct Forecaster {
     frontier: Millis,
     /// The evaluation so far.
     pub eval: Evaluation,
-    /// Rows issued and scored since the last take (when `keep_rows`).
+    /// Row changes of forecasts issued and scored, and of their features, since the last take
+    /// (when [`ForecastConfig::rows`] is set).
     #[serde(skip)]
-    pub rows: Vec<ForecastRow>,
+    pub rows: Vec<(Change, i64)>,
 }
 
 impl Forecaster {
@@ -347,6 +318,7 @@ impl Forecaster {
         let at = k as u64 * b;
         let mut at_risk: Vec<BTreeMap<Name, Vec<AtRisk>>> =
             vec![BTreeMap::new(); cfg.horizons.len()];
+        let names = cfg.rows.map(|_| RowNames::new(&cfg));
         for (sku, keys) in self.skus.iter_mut() {
             let category = keys.category.as_ref().map_or("", |c| &*c.2);
             // Forget keys quiet for `key_retention` buckets with nothing awaiting a label.
@@ -376,14 +348,23 @@ impl Forecaster {
                     .collect();
                 forecast_sku(&cfg, sku, category, &inputs)
             };
-            for ((loc, key), x) in keys.locs.iter_mut().zip(issues) {
-                let (arm, cold, segment, scale) =
-                    (x.arm, x.segment == Segment::ColdStart, x.segment, x.scale);
+            for (((loc, key), x), h) in keys.locs.iter_mut().zip(issues).zip(&hs) {
+                let (arm, segment, scale) = (x.arm, x.segment, x.scale);
                 let served_model = cfg
                     .experiment
                     .arms
                     .get(arm)
                     .map_or(Model::Pooled, |a| a.model);
+                let every = names.is_some() && cfg.sampled(sku, loc);
+                if names.is_some() {
+                    // Written once: emitted and forgotten at once (the sinks keep it).
+                    let f = features(sku, loc, at, category, key.available, h);
+                    self.rows.extend([
+                        (f.clone(), 1),
+                        (f.clone(), -1),
+                        (Change::Forgotten(Box::new(f)), 1),
+                    ]);
+                }
                 for (mi, (m, p)) in Model::ALL.into_iter().zip(&x.predictions).enumerate() {
                     for (hi, pr) in p.horizons.iter().enumerate() {
                         let open = super::key::Open {
@@ -397,18 +378,9 @@ impl Forecaster {
                             available: key.available,
                             scale: scale as f32,
                         };
-                        if cfg.keep_rows {
-                            self.rows.push(row(
-                                sku,
-                                loc,
-                                &open,
-                                arm,
-                                cfg.horizons[hi],
-                                at,
-                                cold,
-                                None,
-                                false,
-                            ));
+                        if let Some(names) = names.as_ref().filter(|_| every || m == served_model) {
+                            let r = names.row(&cfg, sku, loc, &open, arm, None, false);
+                            self.rows.push((Change::Forecast(Box::new(r)), 1));
                         }
                         key.open.push(open);
                     }
@@ -504,6 +476,7 @@ impl Forecaster {
         let b = cfg.bucket_ms;
         let r = cfg.window_retention_ms;
         let n = Model::ALL.len();
+        let names = cfg.rows.map(|_| RowNames::new(&cfg));
         for (sku, keys) in self.skus.iter_mut() {
             for (loc, key) in keys.locs.iter_mut() {
                 if key.open.is_empty() {
@@ -511,6 +484,12 @@ impl Forecaster {
                 }
                 key.advance(at, b);
                 let arm = cfg.experiment.arm_of(sku, loc) as u8;
+                let served_model = cfg
+                    .experiment
+                    .arms
+                    .get(arm as usize)
+                    .map_or(Model::Pooled, |a| a.model);
+                let every = names.is_some() && cfg.sampled(sku, loc);
                 let mut losses: BTreeMap<(i64, u8), Vec<Option<f64>>> = BTreeMap::new();
                 let open = std::mem::take(&mut key.open);
                 for o in open {
@@ -525,19 +504,20 @@ impl Forecaster {
                         (o.k..o.k + h).any(|j| key.exposure_at(j, b) >= cfg.censor_share);
                     let ek = (o.model, arm, o.horizon, o.segment);
                     let sums = self.eval.sums.entry(ek).or_default();
-                    if cfg.keep_rows {
-                        let cold = o.segment == Segment::ColdStart as u8;
-                        self.rows.push(row(
-                            sku,
-                            loc,
-                            &o,
-                            arm as usize,
-                            h as u32,
-                            o.k as u64 * b,
-                            cold,
-                            Some(actual),
-                            censored,
-                        ));
+                    let kept = every || Model::ALL[o.model as usize] == served_model;
+                    if let Some(names) = names.as_ref().filter(|_| kept) {
+                        // The issued row becomes the scored one, which the pipeline then
+                        // forgets (the sinks keep it as history).
+                        let a = arm as usize;
+                        let issued = names.row(&cfg, sku, loc, &o, a, None, false);
+                        let scored = names.row(&cfg, sku, loc, &o, a, Some(actual), censored);
+                        let scored = Change::Forecast(Box::new(scored));
+                        self.rows.extend([
+                            (Change::Forecast(Box::new(issued)), -1),
+                            (scored.clone(), 1),
+                            (scored.clone(), -1),
+                            (Change::Forgotten(Box::new(scored)), 1),
+                        ]);
                     }
                     if censored {
                         sums.censored += 1;
@@ -575,33 +555,84 @@ impl Forecaster {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn row(
+/// The names a row carries, made once per boundary.
+struct RowNames {
+    models: Vec<Name>,
+    arms: Vec<Name>,
+    segments: Vec<Name>,
+}
+
+impl RowNames {
+    fn new(cfg: &ForecastConfig) -> Self {
+        RowNames {
+            models: Model::ALL.map(|m| Name::from(cfg.model_name(m))).to_vec(),
+            arms: cfg
+                .experiment
+                .arms
+                .iter()
+                .map(|a| Name::from(&*a.name))
+                .collect(),
+            segments: Segment::ALL.map(|s| Name::from(s.name())).to_vec(),
+        }
+    }
+
+    /// The row of open forecast `o` of (`sku`, `loc`), issued or (with `actual`) scored.
+    #[allow(clippy::too_many_arguments)]
+    fn row(
+        &self,
+        cfg: &ForecastConfig,
+        sku: &Name,
+        loc: &Name,
+        o: &super::key::Open,
+        arm: usize,
+        actual: Option<u64>,
+        censored: bool,
+    ) -> ForecastRow {
+        let buckets = cfg.horizons[o.horizon as usize];
+        let issued_at = o.k as u64 * cfg.bucket_ms;
+        ForecastRow {
+            sku: Arc::clone(sku),
+            location: Arc::clone(loc),
+            model: Arc::clone(&self.models[o.model as usize]),
+            arm: self
+                .arms
+                .get(arm)
+                .map_or_else(|| Name::from("A"), Arc::clone),
+            segment: Arc::clone(&self.segments[o.segment as usize]),
+            issued_at,
+            end: issued_at + u64::from(buckets) * cfg.bucket_ms,
+            buckets,
+            mean: Float(o.mean),
+            q: o.q,
+            stockout: Float(o.stockout),
+            available: o.available,
+            scale: Float(f64::from(o.scale)),
+            actual,
+            censored,
+        }
+    }
+}
+
+/// The features row of (`sku`, `loc`) at boundary `at`.
+fn features(
     sku: &Name,
     loc: &Name,
-    o: &super::key::Open,
-    arm: usize,
-    buckets: u32,
-    issued_at: Millis,
-    cold_start: bool,
-    actual: Option<u64>,
-    censored: bool,
-) -> ForecastRow {
-    ForecastRow {
+    at: Millis,
+    category: &str,
+    available: i64,
+    h: &History,
+) -> Change {
+    Change::Features(Box::new(FeatureRow {
         sku: Arc::clone(sku),
         location: Arc::clone(loc),
-        model: o.model,
-        arm: arm as u8,
-        issued_at,
-        buckets,
-        mean: o.mean,
-        q: o.q,
-        stockout: o.stockout,
-        available: o.available,
-        cold_start,
-        actual,
-        censored,
-    }
+        issued_at: at,
+        category: Name::from(category),
+        available,
+        age: h.age as u32,
+        demand: h.y.clone(),
+        out_of_stock: h.exposure.iter().map(|e| Float(*e)).collect(),
+        censored: h.censored.clone(),
+    }))
 }
 
 /// What one key is issued at a boundary.
@@ -776,7 +807,7 @@ mod tests {
 
     fn cfg() -> Arc<ForecastConfig> {
         let mut c = ForecastConfig::daily(0);
-        c.keep_rows = true;
+        c.rows = Some(1.0);
         Arc::new(c)
     }
 
@@ -815,9 +846,64 @@ mod tests {
         let labelled = f
             .rows
             .iter()
-            .filter(|r| r.actual == Some(3) && r.buckets == 1)
+            .filter(|(c, d)| {
+                matches!(c, Change::Forecast(r) if r.actual == Some(3) && r.buckets == 1 && *d > 0)
+            })
             .count();
         assert_eq!(labelled, 3 * 39);
+    }
+
+    /// The rows a forecaster emitted: forecasts inserted (issued or scored) per model, features
+    /// inserted, and the net count of rows still present (issued, not yet scored).
+    fn row_counts(rows: &[(Change, i64)]) -> (BTreeMap<String, usize>, usize, i64) {
+        let (mut models, mut features, mut net) = (BTreeMap::new(), 0, 0);
+        for (c, d) in rows {
+            match c {
+                Change::Forecast(r) if *d > 0 => {
+                    *models.entry(r.model.to_string()).or_default() += 1
+                }
+                Change::Features(_) if *d > 0 => features += 1,
+                _ => {}
+            }
+            if !matches!(c, Change::Forgotten(_)) {
+                net += d;
+            }
+        }
+        (models, features, net)
+    }
+
+    #[test]
+    fn rows_are_the_served_version_plus_a_stable_sample_of_keys_with_every_version() {
+        let run = |share: f64, keys: u32| {
+            let mut c = ForecastConfig::daily(0);
+            c.rows = Some(share);
+            let mut f = Forecaster::new(Arc::new(c));
+            for i in 0..keys {
+                let (s, l) = (name(&format!("S{i}")), name("L"));
+                f.available(&s, &l, 10, 0);
+                f.demand(&s, &l, DAY / 2, 1, DAY / 2);
+            }
+            f.advance(3 * DAY); // issued at days 1, 2, 3; day 1's 1-day label final at 2
+            row_counts(&f.rows)
+        };
+        // Served only: the pooled version (everyone's arm), issued 3 times and scored twice
+        // (days 1 and 2's 1-day labels); one features row per key and boundary.
+        let (models, features, net) = run(0.0, 1);
+        assert_eq!(models.keys().collect::<Vec<_>>(), ["pooled:builtin-1"]);
+        assert_eq!(models["pooled:builtin-1"], 3 * 2 + 2);
+        assert_eq!(features, 3);
+        // What stays: the open forecasts (day 3's two, day 1 and 2's 7-day ones).
+        assert_eq!(net, 4);
+        // Every version of every key.
+        let (models, _, _) = run(1.0, 1);
+        assert_eq!(models.len(), 3);
+        // A 30% sample of 200 keys: the shadows of about 60 of them.
+        let (models, features, _) = run(0.3, 200);
+        assert_eq!(features, 3 * 200);
+        let shadow_keys = models["tsb:builtin-1"] / 8;
+        assert!((40..=80).contains(&shadow_keys), "{shadow_keys}");
+        assert_eq!(models["snaive:builtin-1"], models["tsb:builtin-1"]);
+        assert_eq!(models["pooled:builtin-1"], 200 * 8);
     }
 
     #[test]

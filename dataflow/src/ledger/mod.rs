@@ -62,8 +62,6 @@ pub struct LedgerIo {
     /// Times of the checkpoints begun since the worker last looked: their state is fixed, and
     /// the worker notes where its sources stand at each before it lets them forget.
     pub begun: Vec<Time>,
-    /// Forecasts issued and scored since the worker last took them (when rows are kept).
-    pub forecast_rows: Vec<crate::forecast::ForecastRow>,
 }
 
 /// Builds the ledger on `events`, steered by `control`. `worker` is this worker's index in the
@@ -171,9 +169,7 @@ pub fn ledger<'s>(
                         let checkpoint = state.process(next, &mut records, &controls, &mut changes);
                         empty = records;
                         if let Some(f) = state.forecast.as_mut() {
-                            if !f.rows.is_empty() {
-                                io.borrow_mut().forecast_rows.append(&mut f.rows);
-                            }
+                            changes.append(&mut f.rows); // forecasts and features as rows
                         }
                         if !changes.is_empty() {
                             output

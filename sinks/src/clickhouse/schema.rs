@@ -2,7 +2,7 @@
 
 use clickhouse::Row;
 use serde::{Deserialize, Serialize};
-use stockflow_types::rows::{ReservationRow, StockRow, WindowRow};
+use stockflow_types::rows::{FeatureRow, ForecastRow, ReservationRow, StockRow, WindowRow};
 use stockflow_types::Millis;
 
 /// The server's version, as `SELECT version()` prints it (`18.16.1`, `24.8.4.13`).
@@ -49,6 +49,25 @@ pub fn ddl(database: &str, modern: bool) -> Vec<String> {
              version UInt64, deleted UInt8) \
              ENGINE = {engine} ORDER BY (window, sku, location, window_start)"
         ),
+        // Contract §5: one row per forecast issued, per model version written (the
+        // `forecast.clickhouse` choice); `actual` once its label is final.
+        format!(
+            "CREATE TABLE IF NOT EXISTS {database}.forecasts (\
+             sku String, location {few}, model {few}, arm {few}, segment {few}, \
+             issued_at {time}, buckets UInt16, start {time}, `end` {time}, \
+             mean Float64, q50 Float64, q90 Float64, q95 Float64, q99 Float64, \
+             stockout_probability Float64, available Int64, scale Float64, \
+             actual Nullable(Int64), censored UInt8, version UInt64, deleted UInt8) \
+             ENGINE = {engine} ORDER BY (model, sku, location, issued_at, buckets)"
+        ),
+        // What each key's forecasts at a boundary were computed from (point in time).
+        format!(
+            "CREATE TABLE IF NOT EXISTS {database}.forecast_features (\
+             sku String, location {few}, issued_at {time}, category {few}, available Int64, \
+             age UInt16, demand Array(UInt32), out_of_stock Array(Float64), \
+             censored Array(UInt8), version UInt64, deleted UInt8) \
+             ENGINE = {engine} ORDER BY (sku, location, issued_at)"
+        ),
     ];
     // The current values, without `FINAL ... deleted = 0` in every query.
     for (view, table, columns) in [
@@ -67,14 +86,53 @@ pub fn ddl(database: &str, modern: bool) -> Vec<String> {
             "sales_windows",
             "window, window_start, sku, location, units_sold, units_received, units_reserved, orders, version",
         ),
+        (
+            "forecasts_current",
+            "forecasts",
+            "sku, location, model, arm, segment, issued_at, buckets, start, `end`, mean, q50, q90, \
+             q95, q99, stockout_probability, available, scale, actual, censored, version",
+        ),
     ] {
         out.push(format!(
             "CREATE VIEW IF NOT EXISTS {database}.{view} AS \
              SELECT {columns} FROM {database}.{table} FINAL WHERE deleted = 0"
         ));
     }
+    // The evaluation of what was written, scored as the dataflow scores it (docs/forecasting.md):
+    // uncensored final labels; RMSSE from the squared error over the key's scale.
+    out.push(format!(
+        "CREATE VIEW IF NOT EXISTS {database}.forecast_evaluation AS \
+         SELECT model, arm, buckets, segment, count() AS scored, \
+         sqrt(avgIf((actual - mean) * (actual - mean) / (buckets * buckets * scale), scale > 0)) \
+         AS rmsse, \
+         sum(abs(actual - mean)) / sum(actual) AS wape, \
+         sum(mean - actual) / sum(actual) AS bias, \
+         {pinball}, {coverage}, \
+         avg((stockout_probability - (actual > available)) \
+         * (stockout_probability - (actual > available))) AS brier \
+         FROM {database}.forecasts FINAL \
+         WHERE deleted = 0 AND isNotNull(actual) AND censored = 0 \
+         GROUP BY model, arm, buckets, segment",
+        pinball = QUANTILES
+            .map(|(q, l, u)| format!(
+                "avg(greatest({l} * (actual - {q}), {u} * ({q} - actual))) AS pinball_{q}"
+            ))
+            .join(", "),
+        coverage = QUANTILES
+            .map(|(q, ..)| format!("avg(actual <= {q}) AS coverage_{q}"))
+            .join(", "),
+    ));
     out
 }
+
+/// The quantile columns of `forecasts` and their levels.
+/// (column, level, 1 − level).
+const QUANTILES: [(&str, &str, &str); 4] = [
+    ("q50", "0.5", "0.5"),
+    ("q90", "0.9", "0.1"),
+    ("q95", "0.95", "0.05"),
+    ("q99", "0.99", "0.01"),
+];
 
 /// A time column: `DateTime` (whole seconds, `UInt32` in RowBinary) or `DateTime64(3)`
 /// (milliseconds, `Int64`), as the table has it.
@@ -188,6 +246,95 @@ impl<'a> SalesWindow<'a> {
             units_received: r.figures.units_received,
             units_reserved: r.figures.units_reserved,
             orders: r.figures.orders,
+            version,
+            deleted: u8::from(deleted),
+        }
+    }
+}
+
+/// A `forecasts` row.
+#[derive(Debug, Row, Serialize)]
+pub(crate) struct Forecast<'a> {
+    pub sku: &'a str,
+    pub location: &'a str,
+    pub model: &'a str,
+    pub arm: &'a str,
+    pub segment: &'a str,
+    pub issued_at: TimeCol,
+    pub buckets: u16,
+    pub start: TimeCol,
+    pub end: TimeCol,
+    pub mean: f64,
+    pub q50: f64,
+    pub q90: f64,
+    pub q95: f64,
+    pub q99: f64,
+    pub stockout_probability: f64,
+    pub available: i64,
+    pub scale: f64,
+    pub actual: Option<i64>,
+    pub censored: u8,
+    pub version: u64,
+    pub deleted: u8,
+}
+
+impl<'a> Forecast<'a> {
+    pub fn new(r: &'a ForecastRow, version: u64, deleted: bool, precise: bool) -> Self {
+        let q = r.q.map(f64::from);
+        Forecast {
+            sku: &r.sku,
+            location: &r.location,
+            model: &r.model,
+            arm: &r.arm,
+            segment: &r.segment,
+            issued_at: TimeCol::new(r.issued_at, precise),
+            buckets: u16::try_from(r.buckets).unwrap_or(u16::MAX),
+            start: TimeCol::new(r.issued_at, precise),
+            end: TimeCol::new(r.end, precise),
+            mean: r.mean.0,
+            q50: q[0],
+            q90: q[1],
+            q95: q[2],
+            q99: q[3],
+            stockout_probability: r.stockout.0,
+            available: r.available,
+            scale: r.scale.0,
+            actual: r.actual.map(|a| i64::try_from(a).unwrap_or(i64::MAX)),
+            censored: u8::from(r.censored),
+            version,
+            deleted: u8::from(deleted),
+        }
+    }
+}
+
+/// A `forecast_features` row.
+#[derive(Debug, Row, Serialize)]
+pub(crate) struct Features<'a> {
+    pub sku: &'a str,
+    pub location: &'a str,
+    pub issued_at: TimeCol,
+    pub category: &'a str,
+    pub available: i64,
+    pub age: u16,
+    pub demand: &'a [u32],
+    pub out_of_stock: Vec<f64>,
+    pub censored: Vec<u8>,
+    pub version: u64,
+    pub deleted: u8,
+}
+
+impl<'a> Features<'a> {
+    pub fn new(r: &'a FeatureRow, version: u64, deleted: bool, precise: bool) -> Self {
+        Features {
+            sku: &r.sku,
+            location: &r.location,
+            issued_at: TimeCol::new(r.issued_at, precise),
+            category: &r.category,
+            available: r.available,
+            age: u16::try_from(r.age).unwrap_or(u16::MAX),
+            demand: &r.demand,
+            out_of_stock: r.out_of_stock.iter().map(|e| e.0).collect(),
+            censored: r.censored.iter().map(|c| u8::from(*c)).collect(),
             version,
             deleted: u8::from(deleted),
         }

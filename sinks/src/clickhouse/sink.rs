@@ -1,7 +1,7 @@
 //! The operator that hands changes over, and the task that writes them.
 
 use super::lease::Lease;
-use super::schema::{ddl, Reservation, SalesWindow, StockLevel};
+use super::schema::{ddl, Features, Forecast, Reservation, SalesWindow, StockLevel};
 use clickhouse::Client;
 use differential_dataflow::{AsCollection, VecCollection};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -184,6 +184,9 @@ enum Key {
     Stock(Name, Name),
     Reservation(Name),
     Window(Millis, Millis, Name, Name),
+    /// (model, sku, location, issued_at, buckets): the table's order key.
+    Forecast(Name, Name, Name, Millis, u32),
+    Features(Name, Name, Millis),
 }
 
 fn key(c: &Change) -> Key {
@@ -196,6 +199,14 @@ fn key(c: &Change) -> Key {
             r.sku.clone(),
             r.location.clone(),
         ),
+        Change::Forecast(r) => Key::Forecast(
+            r.model.clone(),
+            r.sku.clone(),
+            r.location.clone(),
+            r.issued_at,
+            r.buckets,
+        ),
+        Change::Features(r) => Key::Features(r.sku.clone(), r.location.clone(), r.issued_at),
         Change::Forgotten(row) => key(row),
     }
 }
@@ -524,6 +535,8 @@ impl Writer {
             .insert::<SalesWindow<'_>>("sales_windows")
             .await?
             .with_timeouts(timeouts, timeouts);
+        // Forecast rows only when forecasting writes them: no empty inserts otherwise.
+        let (mut forecasts, mut features) = (None, None);
         let mut rows = 0;
         for staged in self.staged.values() {
             let Some((change, deleted)) = staged.outcome() else {
@@ -553,6 +566,34 @@ impl Writer {
                         .write(&SalesWindow::new(r, name, v, deleted, times.window_start))
                         .await?
                 }
+                Change::Forecast(r) => {
+                    let insert = match &mut forecasts {
+                        Some(i) => i,
+                        None => forecasts.insert(
+                            self.client
+                                .insert::<Forecast<'_>>("forecasts")
+                                .await?
+                                .with_timeouts(timeouts, timeouts),
+                        ),
+                    };
+                    insert
+                        .write(&Forecast::new(r, v, deleted, times.forecasts))
+                        .await?
+                }
+                Change::Features(r) => {
+                    let insert = match &mut features {
+                        Some(i) => i,
+                        None => features.insert(
+                            self.client
+                                .insert::<Features<'_>>("forecast_features")
+                                .await?
+                                .with_timeouts(timeouts, timeouts),
+                        ),
+                    };
+                    insert
+                        .write(&Features::new(r, v, deleted, times.features))
+                        .await?
+                }
                 Change::Forgotten(_) => unreachable!("markers are not staged as rows"),
             }
             rows += 1;
@@ -560,6 +601,12 @@ impl Writer {
         stock.end().await?;
         reservations.end().await?;
         windows.end().await?;
+        if let Some(i) = forecasts {
+            i.end().await?;
+        }
+        if let Some(i) = features {
+            i.end().await?;
+        }
         Ok(rows)
     }
 }
@@ -622,7 +669,13 @@ impl Writer {
     /// The highest version any writer has written.
     async fn highest_version(&self) -> Result<Millis, clickhouse::error::Error> {
         let mut highest = 0;
-        for table in ["stock_levels", "reservations", "sales_windows"] {
+        for table in [
+            "stock_levels",
+            "reservations",
+            "sales_windows",
+            "forecasts",
+            "forecast_features",
+        ] {
             let v = self
                 .client
                 .query(&format!("SELECT max(version) FROM {table}"))
@@ -756,7 +809,8 @@ impl Writer {
                 "SELECT table, toUInt8(startsWith(type, 'DateTime64')) AS precise \
                  FROM system.columns WHERE database = ? AND \
                  ((table = 'reservations' AND name = 'expires_at') \
-                 OR (table = 'sales_windows' AND name = 'window_start'))",
+                 OR (table = 'sales_windows' AND name = 'window_start') \
+                 OR (table IN ('forecasts', 'forecast_features') AND name = 'issued_at'))",
             )
             .bind(&self.cfg.database)
             .fetch_all::<Column>()
@@ -765,6 +819,8 @@ impl Writer {
         Ok(TimeTypes {
             expires_at: precise("reservations"),
             window_start: precise("sales_windows"),
+            forecasts: precise("forecasts"),
+            features: precise("forecast_features"),
         })
     }
 
@@ -802,6 +858,10 @@ impl Writer {
 struct TimeTypes {
     expires_at: bool,
     window_start: bool,
+    /// `forecasts.issued_at`, `start` and `end`.
+    forecasts: bool,
+    /// `forecast_features.issued_at`.
+    features: bool,
 }
 
 /// An error with its chain of causes: "network error: client error (Connect)" alone hides

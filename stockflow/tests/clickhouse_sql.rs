@@ -33,6 +33,21 @@ fn inserts(db: &str) -> Vec<String> {
              ('1h', toStartOfHour(now()), 'sku-00001', 'loc-01', 2, 0, 2, 2, 10, 0), \
              ('1h', toStartOfHour(now()), 'sku-00001', 'loc-01', 3, 0, 2, 3, 20, 0)"
         ),
+        // A forecast as issued, then as scored (its label: 6), and its features.
+        format!(
+            "INSERT INTO {db}.forecasts VALUES \
+             ('sku-00001', 'loc-01', 'pooled:1', 'A', 'smooth', toStartOfDay(now()), 1, \
+              toStartOfDay(now()), toStartOfDay(now()) + 86400, 3, 3, 5, 6, 8, 0.5, 5, 4, \
+              NULL, 0, 10, 0), \
+             ('sku-00001', 'loc-01', 'pooled:1', 'A', 'smooth', toStartOfDay(now()), 1, \
+              toStartOfDay(now()), toStartOfDay(now()) + 86400, 3, 3, 5, 6, 8, 0.5, 5, 4, \
+              6, 0, 20, 0)"
+        ),
+        format!(
+            "INSERT INTO {db}.forecast_features VALUES \
+             ('sku-00001', 'loc-01', toStartOfDay(now()), 'FOODS', 5, 3, [0, 2, 4], \
+              [1, 0, 0], [1, 0, 0], 10, 0)"
+        ),
     ]
 }
 
@@ -67,6 +82,16 @@ fn checks(db: &str) -> Vec<(String, Value)> {
         (
             format!("SELECT window, sku, units_sold, orders FROM {db}.sales_windows_current"),
             json!([{"window": "1h", "sku": "sku-00001", "units_sold": 3, "orders": 3}]),
+        ),
+        (
+            format!("SELECT model, actual FROM {db}.forecasts_current"),
+            json!([{"model": "pooled:1", "actual": 6}]),
+        ),
+        // |6 − 3| / 6; (3 − 6) / 6; √((6 − 3)² / 4); 6 > q90 = 5; (0.5 − 1)², 6 > 5 available.
+        (
+            format!("SELECT model, scored, wape, bias, rmsse, coverage_q90, brier FROM {db}.forecast_evaluation"),
+            json!([{"model": "pooled:1", "scored": 1, "wape": 0.5, "bias": -0.5, "rmsse": 1.5,
+                    "coverage_q90": 0, "brier": 0.25}]),
         ),
     ]
 }

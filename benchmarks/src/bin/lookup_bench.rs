@@ -9,6 +9,9 @@
 //! - **HTTP ceiling**: a warp server (one thread) answering a constant body of the same size.
 //! - **key-lookup ceiling**: Redis GET (Debian's `redis-server`, installed if missing) of the same
 //!   body under the same keys, one request at a time per connection (no pipelining).
+//! - **forecast lookups**: a second stockflow process with 5-second forecast buckets (so that
+//!   forecasts are issued within the run), `GET /v1/forecast/{sku}/loc-01` beside
+//!   `GET /v1/stock/{sku}` on the same process, at 20,000 req/s and at the maximum.
 //!
 //! The load generator is this program's own (a thread per keep-alive connection): open
 //! loop at a constant offered rate, each request scheduled at a fixed time and its latency taken
@@ -37,6 +40,7 @@ const REDIS_PORT: u16 = 16379;
 #[derive(Clone, Copy, PartialEq)]
 enum Target {
     Stock,
+    Forecast,
     Reservation,
     Handwritten,
     Constant,
@@ -47,6 +51,7 @@ impl Target {
     fn name(self) -> &'static str {
         match self {
             Target::Stock => "stockflow GET /v1/stock/{sku}",
+            Target::Forecast => "stockflow GET /v1/forecast/{sku}/{location}",
             Target::Reservation => "stockflow GET /v1/reservations/{id}",
             Target::Handwritten => "hand-written HashMap + warp GET /v1/stock/{sku}",
             Target::Constant => "warp, constant body (HTTP ceiling)",
@@ -59,6 +64,10 @@ impl Target {
         match self {
             Target::Stock | Target::Handwritten | Target::Constant => {
                 format!("GET /v1/stock/{sku} HTTP/1.1\r\nHost: bench\r\n\r\n").into_bytes()
+            }
+            Target::Forecast => {
+                format!("GET /v1/forecast/{sku}/loc-01 HTTP/1.1\r\nHost: bench\r\n\r\n")
+                    .into_bytes()
             }
             Target::Reservation => format!(
                 "GET /v1/reservations/res-0-{} HTTP/1.1\r\nHost: bench\r\n\r\n",
@@ -197,42 +206,12 @@ fn main() {
         Target::Redis,
     ] {
         let addr = match target {
-            Target::Stock | Target::Reservation => stockflow_addr.clone(),
+            Target::Stock | Target::Reservation | Target::Forecast => stockflow_addr.clone(),
             Target::Handwritten => handwritten_addr.clone(),
             Target::Constant => constant_addr.clone(),
             Target::Redis => format!("127.0.0.1:{REDIS_PORT}"),
         };
-        for rate in rates.iter().copied().map(Some).chain([None]) {
-            let skus = Zipf::new(SKUS as f64, 1.1).unwrap();
-            let res = Zipf::new(RESERVATIONS as f64, 1.1).unwrap();
-            let request: Request =
-                Arc::new(move |rng: &mut SmallRng| target.request(rng, &skus, &res));
-            let o = load(
-                &addr,
-                CONNECTIONS,
-                request,
-                target == Target::Redis,
-                rate,
-                secs,
-            );
-            let achieved = o.done as f64 / o.secs;
-            if rate.is_none() {
-                maxima.push((target, achieved));
-            }
-            if rate == Some(20_000.0) {
-                p99_at_20k.push((target, o.hist.value_at_quantile(0.99)));
-            }
-            println!(
-                "| {} | {} | {:.0} | {} | {} | {} | {} |",
-                target.name(),
-                rate.map_or("max (closed loop)".to_string(), |r| format!("{r:.0}")),
-                achieved,
-                o.hist.value_at_quantile(0.5),
-                o.hist.value_at_quantile(0.99),
-                o.hist.value_at_quantile(0.999),
-                o.not_found + o.failed
-            );
-        }
+        measure(target, &addr, rates, secs, &mut maxima, &mut p99_at_20k);
     }
     let redis_max = maxima
         .iter()
@@ -290,5 +269,91 @@ fn main() {
     for c in [&mut stockflow, &mut handwritten, &mut constant, &mut redis] {
         let _ = c.kill();
         let _ = c.wait();
+    }
+    forecast_lookups(ingest, secs);
+}
+
+/// Forecast lookups beside stock lookups on one process whose forecasts are issued every 5 s.
+fn forecast_lookups(ingest: u64, secs: f64) {
+    let (mut stockflow, addr) = {
+        let mut cmd = Command::new(sibling("stockflow"));
+        cmd.args(["run", "--http", "127.0.0.1:0", "--set"])
+            .arg(format!("generator.rate={ingest}"))
+            .args(["--set", "dead_letter.path=/dev/null"])
+            .args(["--set", "forecast.bucket=5s"])
+            .args(["--set", "pipeline.windows=[\"5s\"]"])
+            .args(["--set", "pipeline.window_retention=5s"]);
+        start_serving(cmd)
+    };
+    // Two boundaries: every key seen in the first bucket has a forecast.
+    std::thread::sleep(Duration::from_secs(12));
+    println!();
+    println!("forecast lookups (5-s buckets, same process as the stock lookups below)");
+    println!();
+    println!("| target | offered/s | achieved/s | p50 µs | p99 µs | p99.9 µs | not found |");
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    let (mut maxima, mut p99) = (Vec::new(), Vec::new());
+    for target in [Target::Stock, Target::Forecast] {
+        measure(target, &addr, &[20_000.0], secs, &mut maxima, &mut p99);
+    }
+    let of = |v: &[(Target, f64)], t: Target| v.iter().find(|x| x.0 == t).map_or(f64::NAN, |x| x.1);
+    let p99: Vec<(Target, f64)> = p99.iter().map(|(t, v)| (*t, *v as f64)).collect();
+    summary::record(
+        "max lookups/s, GET /v1/forecast/{sku}/{location} vs GET /v1/stock/{sku} (same process)",
+        &format!("{:.0}", of(&maxima, Target::Forecast)),
+        &format!("{:.0}", of(&maxima, Target::Stock)),
+        of(&maxima, Target::Forecast) / of(&maxima, Target::Stock),
+        "≥ 0.9x",
+    );
+    summary::record(
+        "p99 at 20,000 req/s during ingest, forecast vs stock lookups (same process)",
+        &format!("{:.2} ms", of(&p99, Target::Forecast) / 1e3),
+        &format!("{:.2} ms", of(&p99, Target::Stock) / 1e3),
+        of(&p99, Target::Forecast) / of(&p99, Target::Stock),
+        "",
+    );
+    let _ = stockflow.kill();
+    let _ = stockflow.wait();
+}
+
+/// Loads `target` at `addr` at each of `rates` (open loop) and at the maximum (closed loop),
+/// prints a row each, and notes the maximum and the p99 at 20,000 req/s.
+fn measure(
+    target: Target,
+    addr: &str,
+    rates: &[f64],
+    secs: f64,
+    maxima: &mut Vec<(Target, f64)>,
+    p99_at_20k: &mut Vec<(Target, u64)>,
+) {
+    for rate in rates.iter().copied().map(Some).chain([None]) {
+        let skus = Zipf::new(SKUS as f64, 1.1).unwrap();
+        let res = Zipf::new(RESERVATIONS as f64, 1.1).unwrap();
+        let request: Request = Arc::new(move |rng: &mut SmallRng| target.request(rng, &skus, &res));
+        let o = load(
+            addr,
+            CONNECTIONS,
+            request,
+            target == Target::Redis,
+            rate,
+            secs,
+        );
+        let achieved = o.done as f64 / o.secs;
+        if rate.is_none() {
+            maxima.push((target, achieved));
+        }
+        if rate == Some(20_000.0) {
+            p99_at_20k.push((target, o.hist.value_at_quantile(0.99)));
+        }
+        println!(
+            "| {} | {} | {:.0} | {} | {} | {} | {} |",
+            target.name(),
+            rate.map_or("max (closed loop)".to_string(), |r| format!("{r:.0}")),
+            achieved,
+            o.hist.value_at_quantile(0.5),
+            o.hist.value_at_quantile(0.99),
+            o.hist.value_at_quantile(0.999),
+            o.not_found + o.failed
+        );
     }
 }

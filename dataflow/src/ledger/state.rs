@@ -95,8 +95,8 @@ pub(crate) struct Sku {
     pub evict_windows: bool,
     /// This time's units sold for the forecaster: (location, business time, units, log time).
     pub demand: Vec<(LocId, Millis, i64, Millis)>,
-    /// The latest log time of this time's records of the SKU.
-    pub max_lt: Millis,
+    /// The earliest log time of this time's records of the SKU, if any.
+    pub first_lt: Option<Millis>,
 }
 
 impl Sku {
@@ -117,7 +117,7 @@ impl Sku {
             window_deltas: Vec::new(),
             evict_windows: false,
             demand: Vec::new(),
-            max_lt: 0,
+            first_lt: None,
         }
     }
 
@@ -401,7 +401,7 @@ impl LedgerState {
             sku,
         };
         let s = &mut self.skus[sku as usize];
-        s.max_lt = s.max_lt.max(lt);
+        s.first_lt = Some(s.first_lt.map_or(lt, |f| f.min(lt)));
         let fulfilled = matches!(ev.kind, EventKind::Fulfilled { .. });
         match ev.kind {
             EventKind::Listed { category } => {
@@ -547,10 +547,14 @@ impl LedgerState {
         if stock_changed {
             store.publish_stock(&sku_name, &s.loc_names, &s.figures, t);
         }
-        // The forecaster hears this time's demand and stock changes, stamped with the latest log
-        // time of the SKU's records now (or the frontier, for an expiry).
+        // The forecaster hears this time's demand (each at its record's log time) and the
+        // stock as it is at the end of this time, from the log time of the SKU's first record
+        // in it (the frontier for a change without records, an expiry). Within one time the
+        // ledger does not allocate per record: the end state counts from the first record, so
+        // a key that appears in a long replayed batch is not taken as out of stock until the
+        // batch's last record (docs/forecasting.md, section 2).
         if let Some(f) = self.forecast.as_mut() {
-            let lt = s.max_lt.max(self.frontier);
+            let lt = s.first_lt.take().unwrap_or(self.frontier);
             for loc_id in &dirty_locs {
                 let loc = &s.locs[*loc_id as usize];
                 if let Some((on_hand, reserved)) = loc.published {
@@ -561,7 +565,7 @@ impl LedgerState {
                 f.demand(&sku_name, &s.locs[loc as usize].name, ts, units, lt);
             }
         }
-        s.max_lt = 0;
+        s.first_lt = None;
 
         // 3. Reservation rows: statuses after allocation; tombstones and removals.
         if !bracketed && !emit_res.is_empty() {

@@ -36,6 +36,7 @@ pub mod clock;
 pub mod forecast;
 pub mod ids;
 pub mod ledger;
+pub mod quality;
 pub mod topk;
 pub mod views;
 

@@ -11,6 +11,7 @@
 
 use crate::forecast::eval::Evaluation;
 use crate::forecast::{AtRisk, ForecastConfig, Forecaster, Issued, Served};
+use crate::quality::Quality;
 use crate::Time;
 use dashmap::DashMap;
 use parking_lot::RwLock;
@@ -176,6 +177,8 @@ pub struct ViewStore {
     windows: DashMap<Name, Arc<RwLock<SkuWindows>>, Hasher>,
     top: DashMap<(Millis, Millis), Arc<TopList>, Hasher>,
     forecast: ForecastViews,
+    /// Per local worker: the data-quality signals of its rows.
+    quality: Vec<RwLock<Quality>>,
 }
 
 /// What forecasting publishes: the served forecast per key, the at-risk rankings and the
@@ -190,6 +193,8 @@ pub struct ForecastViews {
     evaluation: Vec<RwLock<Evaluation>>,
     /// Per local worker: keys kept, inputs pending, bytes the keys hold.
     sizes: Vec<(AtomicU64, AtomicU64, AtomicU64)>,
+    /// Per local worker: stale keys per location.
+    stale: Vec<RwLock<BTreeMap<Name, u64>>>,
 }
 
 impl ForecastViews {
@@ -198,8 +203,21 @@ impl ForecastViews {
             at_risk: (0..workers).map(|_| RwLock::default()).collect(),
             evaluation: (0..workers).map(|_| RwLock::default()).collect(),
             sizes: (0..workers).map(|_| Default::default()).collect(),
+            stale: (0..workers).map(|_| RwLock::default()).collect(),
             ..Default::default()
         }
+    }
+
+    /// Per location, the keys whose features are stale (no event for a season of buckets) as
+    /// of the latest boundary, over the local workers.
+    pub fn stale(&self) -> BTreeMap<Name, u64> {
+        let mut all: BTreeMap<Name, u64> = BTreeMap::new();
+        for w in &self.stale {
+            for (loc, n) in w.read().iter() {
+                *all.entry(Name::clone(loc)).or_default() += n;
+            }
+        }
+        all
     }
 
     /// The configuration forecasts run with (`None`: forecasting is off).
@@ -276,6 +294,9 @@ impl ForecastViews {
         if let Some(at_risk) = issued.at_risk {
             *self.at_risk[w].write() = at_risk;
         }
+        if let Some(stale) = issued.stale {
+            *self.stale[w].write() = stale;
+        }
         if issued.scored || issued.late {
             self.evaluation[w].write().clone_from(&f.eval);
         }
@@ -298,11 +319,26 @@ impl ViewStore {
             reservations: DashMap::with_hasher_and_shard_amount(Hasher::default(), 256),
             by_sku: DashMap::default(),
             forgotten: DashMap::default(),
+            quality: (0..workers).map(|_| RwLock::default()).collect(),
             registry: Registry::default(),
             windows: DashMap::default(),
             top: DashMap::default(),
             forecast: ForecastViews::new(workers),
         }
+    }
+
+    /// The data-quality signals of every local worker's rows, per location (docs/data-quality.md).
+    pub fn quality(&self) -> Quality {
+        let mut q = Quality::default();
+        for w in &self.quality {
+            q.merge(&w.read());
+        }
+        q
+    }
+
+    /// Publishes local worker `w`'s data-quality signals.
+    pub(crate) fn publish_quality(&self, w: usize, q: &Quality) {
+        self.quality[w].write().clone_from(q);
     }
 
     /// What forecasting publishes.

@@ -160,6 +160,27 @@ fn rows_of(v: &Views) -> BTreeMap<Change, i64> {
     m
 }
 
+/// The data-quality signals of some views, per location, from scratch: keys with `on_hand`
+/// below zero and their shortfall, reservations expired and their units.
+fn quality_of(v: &Views) -> BTreeMap<String, [i64; 4]> {
+    let mut m: BTreeMap<String, [i64; 4]> = BTreeMap::new();
+    for ((_, loc), (on_hand, _)) in &v.stock {
+        if *on_hand < 0 {
+            let q = m.entry(loc.clone()).or_default();
+            q[0] += 1;
+            q[1] -= on_hand;
+        }
+    }
+    for r in v.reservations.values() {
+        if r.status == Status::Expired {
+            let q = m.entry(r.location.to_string()).or_default();
+            q[2] += 1;
+            q[3] += r.qty;
+        }
+    }
+    m
+}
+
 // ------------------------------------------------------------------------------------------
 // Runs: a log read in one run or several, with checkpoints and restarts.
 // ------------------------------------------------------------------------------------------
@@ -418,6 +439,26 @@ fn one_run(
                     *f.lock().unwrap() = Some(format!("top as_of {top_at} at t={t}"));
                 }
                 let rows = rows_of(&want);
+                let quality = quality_of(&want);
+                let got_quality: BTreeMap<String, [i64; 4]> = s
+                    .quality()
+                    .locs
+                    .iter()
+                    .map(|(l, q)| {
+                        let q = [
+                            q.negative_keys,
+                            q.negative_units,
+                            q.expired_holds,
+                            q.expired_units,
+                        ];
+                        (l.to_string(), q)
+                    })
+                    .collect();
+                if got_quality != quality {
+                    *f.lock().unwrap() = Some(format!(
+                        "data quality differs at t={t}:\n got {got_quality:?}\nwant {quality:?}"
+                    ));
+                }
                 want.top = want_top.top;
                 let mut accumulated: BTreeMap<Change, i64> = BTreeMap::new();
                 for (ch, at, r) in c.lock().unwrap().iter() {

@@ -176,6 +176,7 @@ pub struct Health {
         crate::forecast_api::forecast,
         crate::forecast_api::at_risk,
         crate::forecast_api::evaluation,
+        crate::quality_api::quality,
         healthz,
         readyz
     ),
@@ -197,6 +198,8 @@ pub struct Health {
         crate::forecast_api::EvaluationResponse,
         crate::forecast_api::EvaluationRow,
         crate::forecast_api::Comparison,
+        crate::quality_api::QualityResponse,
+        crate::quality_api::QualityRow,
         Health,
         Problem
     ))

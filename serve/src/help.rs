@@ -67,6 +67,10 @@ pub fn describe_metrics() {
         ("stockflow_forecast_key_bytes", "Bytes the forecaster's keys hold (counted from its structures at the latest bucket boundary)."),
         ("stockflow_forecast_rmsse", "Running RMSSE of the scored forecasts, by model and horizon (all arms and segments)."),
         ("stockflow_forecast_wape", "Running WAPE of the scored forecasts, by model and horizon (all arms and segments)."),
+        ("stockflow_quality_negative_on_hand_keys", "(sku, location) keys whose on_hand is below zero (GET /v1/quality per location)."),
+        ("stockflow_quality_negative_on_hand_units", "Units below zero over the keys whose on_hand is below zero."),
+        ("stockflow_quality_expired_holds", "Reservations that expired without a release or a fulfilment, among those retained."),
+        ("stockflow_quality_stale_forecast_keys", "Forecast keys with no event for 7 buckets before the latest boundary."),
         (
             "stockflow_clickhouse_buffered_changes",
             "Changes waiting for ClickHouse; past clickhouse.buffer_rows Kafka is read no further.",

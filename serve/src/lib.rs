@@ -17,6 +17,7 @@ pub mod cluster;
 pub mod forecast_api;
 mod help;
 pub mod problem;
+pub mod quality_api;
 
 pub use help::describe_metrics;
 
@@ -426,7 +427,22 @@ pub fn routes(
         .or(top)
         .unify()
         .boxed();
-    let forecasts = at_risk.or(evaluation).unify().or(forecast).unify().boxed();
+    let quality = warp::path!("v1" / "quality")
+        .and(lookup())
+        .then(|l: Lookup| async move {
+            l.answer("/v1/quality", None, |s, q| {
+                quality_api::quality(&s.store, q, s.routing.cluster.is_some())
+            })
+            .await
+        });
+    let forecasts = at_risk
+        .or(evaluation)
+        .unify()
+        .or(forecast)
+        .unify()
+        .or(quality)
+        .unify()
+        .boxed();
     warp::get()
         .and(
             lookups
@@ -475,6 +491,7 @@ fn render_metrics(s: &ServeState) -> String {
     metrics::gauge!("stockflow_view_skus").set(s.store.sku_count() as f64);
     metrics::gauge!("stockflow_view_reservations").set(s.store.reservation_count() as f64);
     forecast_api::record_metrics(&s.store);
+    quality_api::record_metrics(&s.store);
     match &s.metrics {
         Some(h) => {
             static PROCESS: std::sync::OnceLock<metrics_process::Collector> =

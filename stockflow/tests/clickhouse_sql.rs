@@ -20,13 +20,16 @@ fn inserts(db: &str) -> Vec<String> {
         format!(
             "INSERT INTO {db}.stock_levels VALUES \
              ('sku-00001', 'loc-01', 5, 1, 4, 10, 0), ('sku-00001', 'loc-01', 7, 2, 5, 20, 0), \
-             ('sku-00002', 'loc-01', 3, 0, 3, 10, 0), ('sku-00002', 'loc-01', 0, 0, 0, 20, 1)"
+             ('sku-00002', 'loc-01', 3, 0, 3, 10, 0), ('sku-00002', 'loc-01', 0, 0, 0, 20, 1), \
+             ('sku-00003', 'loc-02', -4, 0, -4, 10, 0)"
         ),
         format!(
             "INSERT INTO {db}.reservations VALUES \
              ('r1', 'sku-00001', 'loc-01', 2, 'held', now() + 600, 20, 0), \
              ('r2', 'sku-00001', 'loc-01', 1, 'held', now() + 600, 10, 0), \
-             ('r2', 'sku-00001', 'loc-01', 1, 'released', now() + 600, 20, 0)"
+             ('r2', 'sku-00001', 'loc-01', 1, 'released', now() + 600, 20, 0), \
+             ('r3', 'sku-00001', 'loc-01', 3, 'held', now() - 600, 10, 0), \
+             ('r3', 'sku-00001', 'loc-01', 3, 'expired', now() - 600, 20, 0)"
         ),
         format!(
             "INSERT INTO {db}.sales_windows VALUES \
@@ -73,15 +76,22 @@ fn checks(db: &str) -> Vec<(String, Value)> {
     vec![
         (
             format!("SELECT sku, location, on_hand, reserved, available FROM {db}.stock_levels_current ORDER BY sku"),
-            json!([{"sku": "sku-00001", "location": "loc-01", "on_hand": 7, "reserved": 2, "available": 5}]),
+            json!([{"sku": "sku-00001", "location": "loc-01", "on_hand": 7, "reserved": 2, "available": 5},
+                   {"sku": "sku-00003", "location": "loc-02", "on_hand": -4, "reserved": 0, "available": -4}]),
         ),
         (
             format!("SELECT reservation_id, status FROM {db}.reservations_current ORDER BY reservation_id"),
-            json!([{"reservation_id": "r1", "status": "held"}, {"reservation_id": "r2", "status": "released"}]),
+            json!([{"reservation_id": "r1", "status": "held"}, {"reservation_id": "r2", "status": "released"},
+                   {"reservation_id": "r3", "status": "expired"}]),
         ),
         (
             format!("SELECT window, sku, units_sold, orders FROM {db}.sales_windows_current"),
             json!([{"window": "1h", "sku": "sku-00001", "units_sold": 3, "orders": 3}]),
+        ),
+        (
+            format!("SELECT * FROM {db}.data_quality ORDER BY location"),
+            json!([{"location": "loc-01", "negative_on_hand_keys": 0, "negative_on_hand_units": 0, "expired_holds": 1, "expired_units": 3},
+                   {"location": "loc-02", "negative_on_hand_keys": 1, "negative_on_hand_units": 4, "expired_holds": 0, "expired_units": 0}]),
         ),
         (
             format!("SELECT model, actual FROM {db}.forecasts_current"),

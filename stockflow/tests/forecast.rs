@@ -2,7 +2,8 @@
 //! starts: events on Kafka, forecasts issued at each bucket boundary the log frontier passes
 //! (1-second buckets here), served over HTTP, scored once their labels are final, in `/metrics`
 //! and in ClickHouse (every version's rows, their features, and an evaluation view that agrees
-//! with the dataflow's); and a restart from the checkpoint brings the forecaster's state back.
+//! with the dataflow's); the data-quality view over HTTP, `/metrics` and ClickHouse; and a
+//! restart from the checkpoint brings the forecaster's state back.
 
 #[path = "e2e/mod.rs"]
 mod e2e;
@@ -10,6 +11,7 @@ mod e2e;
 use e2e::*;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
+use stockflow_types::timefmt::format_rfc3339;
 
 fn wait_for(p: &Pipeline, path: &str, within: Duration, ok: impl Fn(&Value) -> bool) -> Value {
     let deadline = Instant::now() + within;
@@ -57,6 +59,30 @@ fn forecasts_are_issued_served_scored_and_restored() {
             ),
             ev(
                 json!({"event_id":"r1","type":"received","sku":"S1","ts":now,"location":"L0","qty":1}),
+            ),
+            // For the data-quality view, at L9: a hold left to expire, and (below, on the
+            // orders topic with it) a sale without stock.
+            ev(
+                json!({"event_id":"h0","type":"received","sku":"H","ts":now,"location":"L9","qty":5}),
+            ),
+        ],
+    );
+    let order = |v: Value| {
+        (
+            true,
+            v["sku"].as_str().unwrap().to_string(),
+            v.to_string().into_bytes(),
+        )
+    };
+    produce(
+        &names,
+        &[
+            order(
+                json!({"event_id":"n1","type":"sold","sku":"NEG","ts":now,"location":"L9","qty":3}),
+            ),
+            order(
+                json!({"event_id":"h1","type":"reserved","sku":"H","ts":now,"location":"L9","qty":2,
+                "reservation_id":"hold-1","expires_at":format_rfc3339(now + 1_000)}),
             ),
         ],
     );
@@ -144,6 +170,19 @@ fn forecasts_are_issued_served_scored_and_restored() {
     }
     let (s, _) = p.get("/v1/forecast/S9/L0");
     assert_eq!(s, 404);
+    // Data quality: NEG is 3 below zero, hold-1 expired unreleased.
+    let q = wait_for(
+        &p,
+        "/v1/quality?location=L9",
+        Duration::from_secs(30),
+        |b| b["locations"][0]["expired_holds"] == 1,
+    );
+    assert_eq!(q["locations"][0]["negative_on_hand_keys"], 1, "{q}");
+    assert_eq!(q["locations"][0]["negative_on_hand_units"], 3, "{q}");
+    assert_eq!(q["locations"][0]["expired_units"], 2, "{q}");
+    assert_eq!(q["total"]["negative_on_hand_keys"], 1, "{q}");
+    assert!(p.metric("stockflow_quality_negative_on_hand_keys") >= 1.0);
+    assert!(p.metric("stockflow_quality_expired_holds") >= 1.0);
     assert!(p.metric("stockflow_forecast_keys") >= 2.0);
     assert!(p.metric("stockflow_forecast_scored_total") > 0.0);
     p.lint_metrics();
@@ -200,6 +239,19 @@ fn check_clickhouse(db: &str, evaluation: &Value) {
     assert_eq!(num(&features[0]["l"]), Some(28.0), "{features:?}");
     assert!(num(&features[0]["sold"]) > Some(0.0), "{features:?}");
     assert_eq!(features[0]["category"], "FOODS");
+    let quality = clickhouse(&format!(
+        "SELECT * FROM {db}.data_quality WHERE location = 'L9'"
+    ))
+    .expect("data quality");
+    assert_eq!(quality.len(), 1, "{quality:?}");
+    for (col, want) in [
+        ("negative_on_hand_keys", 1.0),
+        ("negative_on_hand_units", 3.0),
+        ("expired_holds", 1.0),
+        ("expired_units", 2.0),
+    ] {
+        assert_eq!(num(&quality[0][col]), Some(want), "{col}: {quality:?}");
+    }
     let rows = clickhouse(&format!(
         "SELECT model, arm, buckets, segment, scored, rmsse, wape, bias, pinball_q90, \
          coverage_q90, brier FROM {db}.forecast_evaluation"

@@ -47,6 +47,9 @@ pub struct Issued {
     pub at_risk: Option<Vec<BTreeMap<Name, Vec<AtRisk>>>>,
     /// Keys forgotten.
     pub forgotten: Vec<(Name, Name)>,
+    /// When issued: per location, the keys whose features are stale (no event for a season of
+    /// buckets before the boundary).
+    pub stale: Option<BTreeMap<Name, u64>>,
     /// Some forecast was scored.
     pub scored: bool,
     /// Some demand arrived for a final bucket.
@@ -319,6 +322,7 @@ impl Forecaster {
         let mut at_risk: Vec<BTreeMap<Name, Vec<AtRisk>>> =
             vec![BTreeMap::new(); cfg.horizons.len()];
         let names = cfg.rows.map(|_| RowNames::new(&cfg));
+        let mut stale: BTreeMap<Name, u64> = BTreeMap::new();
         for (sku, keys) in self.skus.iter_mut() {
             let category = keys.category.as_ref().map_or("", |c| &*c.2);
             // Forget keys quiet for `key_retention` buckets with nothing awaiting a label.
@@ -349,6 +353,9 @@ impl Forecaster {
                 forecast_sku(&cfg, sku, category, &inputs)
             };
             for (((loc, key), x), h) in keys.locs.iter_mut().zip(issues).zip(&hs) {
+                if key.last_event + SEASON as u64 * b <= at {
+                    *stale.entry(Arc::clone(loc)).or_default() += 1;
+                }
                 let (arm, segment, scale) = (x.arm, x.segment, x.scale);
                 let served_model = cfg
                     .experiment
@@ -401,6 +408,7 @@ impl Forecaster {
                 .insert((k as u64 + h as u64) * b + cfg.window_retention_ms);
         }
         out.at_risk = Some(ranked(at_risk, cfg.at_risk_keep));
+        out.stale = Some(stale);
     }
 
     /// What the views show as of the latest boundary issued at, rebuilt from the forecasts
@@ -416,8 +424,13 @@ impl Forecaster {
         };
         let cfg = self.cfg();
         let mut at_risk = vec![BTreeMap::new(); cfg.horizons.len()];
+        let mut stale: BTreeMap<Name, u64> = BTreeMap::new();
+        let at = k as u64 * cfg.bucket_ms;
         for (sku, keys) in &self.skus {
             for (loc, key) in &keys.locs {
+                if key.last_event + SEASON as u64 * cfg.bucket_ms <= at {
+                    *stale.entry(Arc::clone(loc)).or_default() += 1;
+                }
                 if let Some(served) = served(&cfg, sku, loc, key, k) {
                     rank(&mut at_risk, sku, loc, &served);
                     out.served.push((Arc::clone(sku), Arc::clone(loc), served));
@@ -425,6 +438,7 @@ impl Forecaster {
             }
         }
         out.at_risk = Some(ranked(at_risk, cfg.at_risk_keep));
+        out.stale = Some(stale);
         out
     }
 

@@ -23,6 +23,7 @@ mod windows;
 pub use snapshot::{decode_part, route, Item, Part, SkuState, SnapshotError, WorkerRestore};
 pub use state::{LedgerState, LedgerStats};
 
+use crate::quality::Quality;
 use crate::views::ViewStore;
 use crate::{Control, Diff, EngineConfig, Record, Time};
 use differential_dataflow::{AsCollection, VecCollection};
@@ -113,9 +114,15 @@ pub fn ledger<'s>(
                 let mut timer_cap: Option<Capability<Time>> = None;
                 let mut changes = Vec::new();
                 let mut empty = Vec::new();
+                // The data-quality signals of this worker's rows, folded as they are emitted.
+                let mut quality = Quality::default();
                 move |(events_in, events_frontier), (control_in, control_frontier), output| {
                     if let Some((cap, rows)) = restored.take() {
                         let at = *cap.time();
+                        for (c, d) in &rows {
+                            quality.apply(c, *d);
+                        }
+                        store.publish_quality(local_worker, &quality);
                         output
                             .session(&cap)
                             .give_iterator(rows.into_iter().map(|(c, d)| (c, at, d)));
@@ -170,6 +177,13 @@ pub fn ledger<'s>(
                         empty = records;
                         if let Some(f) = state.forecast.as_mut() {
                             changes.append(&mut f.rows); // forecasts and features as rows
+                        }
+                        let mut moved = false;
+                        for (c, d) in &changes {
+                            moved |= quality.apply(c, *d);
+                        }
+                        if moved {
+                            store.publish_quality(local_worker, &quality);
                         }
                         if !changes.is_empty() {
                             output

@@ -98,6 +98,21 @@ pub fn ddl(database: &str, modern: bool) -> Vec<String> {
              SELECT {columns} FROM {database}.{table} FINAL WHERE deleted = 0"
         ));
     }
+    // Data quality (docs/data-quality.md), from the current rows: keys below zero, and every
+    // expired hold in the history (the pipeline serves those it still retains).
+    let int = "toInt64";
+    out.push(format!(
+        "CREATE VIEW IF NOT EXISTS {database}.data_quality AS \
+         SELECT location, sum(nk) AS negative_on_hand_keys, sum(nu) AS negative_on_hand_units, \
+         sum(eh) AS expired_holds, sum(eu) AS expired_units FROM (\
+         SELECT location, {int}(on_hand < 0) AS nk, {int}(if(on_hand < 0, -on_hand, 0)) AS nu, \
+         {int}(0) AS eh, {int}(0) AS eu FROM {database}.stock_levels FINAL WHERE deleted = 0 \
+         UNION ALL \
+         SELECT location, {int}(0) AS nk, {int}(0) AS nu, {int}(status = 'expired') AS eh, \
+         {int}(if(status = 'expired', qty, 0)) AS eu \
+         FROM {database}.reservations FINAL WHERE deleted = 0) \
+         GROUP BY location HAVING negative_on_hand_keys + expired_holds > 0"
+    ));
     // The evaluation of what was written, scored as the dataflow scores it (docs/forecasting.md):
     // uncensored final labels; RMSSE from the squared error over the key's scale.
     out.push(format!(

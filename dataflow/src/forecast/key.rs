@@ -124,6 +124,12 @@ impl KeyState {
         self.reach((to.saturating_sub(1) / bucket_ms) as i64);
     }
 
+    /// Whether the key's features are stale at boundary `at`: no event for a season of
+    /// buckets before it (docs/data-quality.md).
+    pub fn stale_at(&self, at: Millis, bucket_ms: u64) -> bool {
+        self.last_event + SEASON as u64 * bucket_ms <= at
+    }
+
     /// `available` changed at log time `lt`.
     pub fn set_available(&mut self, lt: Millis, available: i64, bucket_ms: u64) {
         self.advance(lt, bucket_ms);

@@ -58,6 +58,11 @@ impl Default for Experiment {
 }
 
 impl Experiment {
+    /// The model arm `arm` is served (the pooled model for an arm that is not configured).
+    pub fn model_of(&self, arm: usize) -> Model {
+        self.arms.get(arm).map_or(Model::Pooled, |a| a.model)
+    }
+
     /// The arm of (sku, location): `xxh3_64(salt ‖ 0x00 ‖ sku ‖ 0x00 ‖ location)` (UTF-8 bytes,
     /// seed 0) divided by 2⁶⁴ gives `u` in [0, 1); the arm is the first whose cumulative share
     /// exceeds `u` (the last one if rounding leaves `u` above them all).

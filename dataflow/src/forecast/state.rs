@@ -353,15 +353,11 @@ impl Forecaster {
                 forecast_sku(&cfg, sku, category, &inputs)
             };
             for (((loc, key), x), h) in keys.locs.iter_mut().zip(issues).zip(&hs) {
-                if key.last_event + SEASON as u64 * b <= at {
+                if key.stale_at(at, b) {
                     *stale.entry(Arc::clone(loc)).or_default() += 1;
                 }
                 let (arm, segment, scale) = (x.arm, x.segment, x.scale);
-                let served_model = cfg
-                    .experiment
-                    .arms
-                    .get(arm)
-                    .map_or(Model::Pooled, |a| a.model);
+                let served_model = cfg.experiment.model_of(arm);
                 let every = names.is_some() && cfg.sampled(sku, loc);
                 if names.is_some() {
                     // Written once: emitted and forgotten at once (the sinks keep it).
@@ -428,7 +424,7 @@ impl Forecaster {
         let at = k as u64 * cfg.bucket_ms;
         for (sku, keys) in &self.skus {
             for (loc, key) in &keys.locs {
-                if key.last_event + SEASON as u64 * cfg.bucket_ms <= at {
+                if key.stale_at(at, cfg.bucket_ms) {
                     *stale.entry(Arc::clone(loc)).or_default() += 1;
                 }
                 if let Some(served) = served(&cfg, sku, loc, key, k) {
@@ -498,11 +494,7 @@ impl Forecaster {
                 }
                 key.advance(at, b);
                 let arm = cfg.experiment.arm_of(sku, loc) as u8;
-                let served_model = cfg
-                    .experiment
-                    .arms
-                    .get(arm as usize)
-                    .map_or(Model::Pooled, |a| a.model);
+                let served_model = cfg.experiment.model_of(arm as usize);
                 let every = names.is_some() && cfg.sampled(sku, loc);
                 let mut losses: BTreeMap<(i64, u8), Vec<Option<f64>>> = BTreeMap::new();
                 let open = std::mem::take(&mut key.open);
@@ -725,11 +717,7 @@ pub fn forecast_sku(
 /// issued there, if it has them.
 fn served(cfg: &ForecastConfig, sku: &Name, loc: &Name, key: &KeyState, k: i64) -> Option<Served> {
     let arm = cfg.experiment.arm_of(sku, loc);
-    let m = cfg
-        .experiment
-        .arms
-        .get(arm)
-        .map_or(Model::Pooled, |a| a.model);
+    let m = cfg.experiment.model_of(arm);
     let mi = Model::ALL.iter().position(|x| *x == m)? as u8;
     let at = k as u64 * cfg.bucket_ms;
     let mut horizons = Vec::with_capacity(cfg.horizons.len());

@@ -198,6 +198,8 @@ pub struct Health {
         crate::forecast_api::EvaluationResponse,
         crate::forecast_api::EvaluationRow,
         crate::forecast_api::Comparison,
+        crate::forecast_api::ArmComparison,
+        crate::forecast_api::ArmLoss,
         crate::quality_api::QualityResponse,
         crate::quality_api::QualityRow,
         Health,

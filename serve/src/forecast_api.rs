@@ -5,7 +5,7 @@
 use crate::problem::Problem;
 use serde::Serialize;
 use std::collections::HashMap;
-use stockflow_dataflow::forecast::eval::{Segment, Sums, Verdict};
+use stockflow_dataflow::forecast::eval::{unpaired, Readout, Segment, Sums, Verdict};
 use stockflow_dataflow::forecast::model::Model;
 use stockflow_dataflow::forecast::ForecastConfig;
 use stockflow_dataflow::views::ViewStore;
@@ -156,13 +156,53 @@ pub struct Comparison {
     pub summary: String,
 }
 
+/// One arm of an unpaired comparison: its served model on its own keys.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ArmLoss {
+    /// The arm.
+    pub arm: String,
+    /// The model it serves.
+    pub model: String,
+    /// Forecasts scored with a scale.
+    pub scored: u64,
+    /// Mean squared scaled error per bucket.
+    pub loss: Option<f64>,
+    /// 95% confidence interval of the mean loss (fixed-sample normal; for a decision read the
+    /// comparison's always-valid interval).
+    pub interval: Option<[f64; 2]>,
+}
+
+/// Two arms compared on their own keys (unpaired): the always-valid test of the difference of
+/// their served models' mean losses.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ArmComparison {
+    /// The horizon, in buckets.
+    pub buckets: u32,
+    /// Arm A.
+    pub a: ArmLoss,
+    /// Arm B.
+    pub b: ArmLoss,
+    /// Mean loss of A minus that of B: positive means B is better.
+    pub mean_difference: Option<f64>,
+    /// Always-valid p-value.
+    pub p_value: f64,
+    /// Always-valid 95% confidence interval of the difference.
+    pub interval: Option<[f64; 2]>,
+    /// `not_yet`, `a_better` or `b_better`.
+    pub verdict: String,
+    /// The readout in words.
+    pub summary: String,
+}
+
 /// The online evaluation and the experiment's readout.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct EvaluationResponse {
     /// Per model, arm, horizon and segment.
     pub items: Vec<EvaluationRow>,
-    /// Every pair of models, per horizon.
+    /// Every pair of models, per horizon, on the same labels (paired).
     pub comparisons: Vec<Comparison>,
+    /// Every pair of arms, per horizon, each on its own keys (unpaired): the experiment.
+    pub arms: Vec<ArmComparison>,
     /// Demand that arrived after its bucket was final: in no label.
     pub late_labels: u64,
     /// `process` in a cluster: the keys of this process only.
@@ -331,25 +371,7 @@ pub fn evaluation(store: &ViewStore, cluster: bool) -> Result<EvaluationResponse
         .map(|((h, a, b), p)| {
             let r = p.readout(ALPHA, TAU2);
             let (ma, mb) = (model(*a), model(*b));
-            let verdict = match r.verdict {
-                Verdict::NotYet => "not_yet",
-                Verdict::ABetter => "a_better",
-                Verdict::BBetter => "b_better",
-            };
-            let summary = match r.verdict {
-                Verdict::NotYet => format!(
-                    "no difference yet between {ma} and {mb} ({} pairs, p = {:.3})",
-                    r.n, r.p_value
-                ),
-                Verdict::ABetter => format!(
-                    "{ma} forecasts better than {mb} ({} pairs, p = {:.3})",
-                    r.n, r.p_value
-                ),
-                Verdict::BBetter => format!(
-                    "{mb} forecasts better than {ma} ({} pairs, p = {:.3})",
-                    r.n, r.p_value
-                ),
-            };
+            let (verdict, summary) = words(&r, &ma, &mb, "pairs");
             Comparison {
                 buckets: cfg.horizons[*h as usize],
                 a: ma,
@@ -358,18 +380,88 @@ pub fn evaluation(store: &ViewStore, cluster: bool) -> Result<EvaluationResponse
                 mean_difference: r.mean,
                 p_value: r.p_value,
                 interval: r.interval.map(|(lo, hi)| [lo, hi]),
-                verdict: verdict.into(),
+                verdict,
                 summary,
             }
         })
         .collect();
+    // Each arm's served model on the arm's keys, over every segment.
+    let arm_sums = |arm: usize, h: u8| {
+        let m = Model::ALL
+            .iter()
+            .position(|x| *x == cfg.experiment.model_of(arm))
+            .unwrap_or(0) as u8;
+        let mut total = Sums::default();
+        for ((mi, ai, hi, _), s) in &e.sums {
+            if (*mi, *ai as usize, *hi) == (m, arm, h) {
+                total.merge(s);
+            }
+        }
+        (m, total)
+    };
+    let arm_loss = |arm: usize, m: u8, s: &Sums| ArmLoss {
+        arm: cfg.experiment.arms[arm].name.clone(),
+        model: model(m),
+        scored: s.n_scaled,
+        loss: s.loss().map(|l| l.0),
+        interval: s
+            .loss()
+            .map(|(l, v)| [l - 1.96 * v.sqrt(), l + 1.96 * v.sqrt()]),
+    };
+    let mut arms = Vec::new();
+    let n_arms = cfg.experiment.arms.len();
+    for h in 0..cfg.horizons.len() as u8 {
+        for a in 0..n_arms {
+            for b in a + 1..n_arms {
+                let ((ma, sa), (mb, sb)) = (arm_sums(a, h), arm_sums(b, h));
+                let r = unpaired(&sa, &sb, ALPHA, TAU2);
+                let (la, lb) = (arm_loss(a, ma, &sa), arm_loss(b, mb, &sb));
+                let (verdict, summary) = words(
+                    &r,
+                    &format!("arm {} ({})", la.arm, la.model),
+                    &format!("arm {} ({})", lb.arm, lb.model),
+                    "forecasts in the smaller arm",
+                );
+                arms.push(ArmComparison {
+                    buckets: cfg.horizons[h as usize],
+                    a: la,
+                    b: lb,
+                    mean_difference: r.mean,
+                    p_value: r.p_value,
+                    interval: r.interval.map(|(lo, hi)| [lo, hi]),
+                    verdict,
+                    summary,
+                });
+            }
+        }
+    }
     Ok(EvaluationResponse {
         items,
         comparisons,
+        arms,
         late_labels: e.late_labels,
         scope: scope(cluster),
         as_of,
     })
+}
+
+/// A readout's verdict and its sentence, `a` and `b` naming what was compared over `r.n` `unit`.
+fn words(r: &Readout, a: &str, b: &str, unit: &str) -> (String, String) {
+    let tail = format!("({} {unit}, p = {:.3})", r.n, r.p_value);
+    match r.verdict {
+        Verdict::NotYet => (
+            "not_yet".into(),
+            format!("no difference yet between {a} and {b} {tail}"),
+        ),
+        Verdict::ABetter => (
+            "a_better".into(),
+            format!("{a} forecasts better than {b} {tail}"),
+        ),
+        Verdict::BBetter => (
+            "b_better".into(),
+            format!("{b} forecasts better than {a} {tail}"),
+        ),
+    }
 }
 
 /// Sets the forecast metrics of `/metrics` (docs/forecasting.md): sizes, late labels, and per

@@ -125,9 +125,12 @@ pub enum Change {
     Reservation(ReservationRow),
     /// A window row.
     Window(WindowRow),
-    /// A forecast issued, or scored once its label is final (contract §5).
+    /// A forecast issued, or scored once its label is final (contract §5). Appended, not
+    /// maintained: emitted with `+1` when issued and again, with its label, when scored, never
+    /// retracted; sinks write each as it is and keep the latest per key (model, sku, location,
+    /// boundary, horizon). The pipeline keeps no collection of them.
     Forecast(Box<ForecastRow>),
-    /// The features a key's forecasts were issued from.
+    /// The features a key's forecasts were issued from: appended once, like [`Change::Forecast`].
     Features(Box<FeatureRow>),
     /// Not a row: the retraction of this row at the same time is the pipeline *forgetting* it
     /// (a window final and evicted, a reservation forgotten `retention` after it ended), not the

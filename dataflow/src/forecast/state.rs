@@ -75,8 +75,8 @@ pub struct Forecaster {
     frontier: Millis,
     /// The evaluation so far.
     pub eval: Evaluation,
-    /// Row changes of forecasts issued and scored, and of their features, since the last take
-    /// (when [`ForecastConfig::rows`] is set).
+    /// Rows appended since the last take (when [`ForecastConfig::rows`] is set): each forecast
+    /// as issued and again as scored, and the features of each key at each boundary.
     #[serde(skip)]
     pub rows: Vec<(Change, i64)>,
 }
@@ -360,13 +360,8 @@ impl Forecaster {
                 let served_model = cfg.experiment.model_of(arm);
                 let every = names.is_some() && cfg.sampled(sku, loc);
                 if names.is_some() {
-                    // Written once: emitted and forgotten at once (the sinks keep it).
                     let f = features(sku, loc, at, category, key.available, h);
-                    self.rows.extend([
-                        (f.clone(), 1),
-                        (f.clone(), -1),
-                        (Change::Forgotten(Box::new(f)), 1),
-                    ]);
+                    self.rows.push((f, 1));
                 }
                 for (mi, (m, p)) in Model::ALL.into_iter().zip(&x.predictions).enumerate() {
                     for (hi, pr) in p.horizons.iter().enumerate() {
@@ -512,18 +507,10 @@ impl Forecaster {
                     let sums = self.eval.sums.entry(ek).or_default();
                     let kept = every || Model::ALL[o.model as usize] == served_model;
                     if let Some(names) = names.as_ref().filter(|_| kept) {
-                        // The issued row becomes the scored one, which the pipeline then
-                        // forgets (the sinks keep it as history).
+                        // Appended again with its label: the sinks keep the latest per key.
                         let a = arm as usize;
-                        let issued = names.row(&cfg, sku, loc, &o, a, None, false);
                         let scored = names.row(&cfg, sku, loc, &o, a, Some(actual), censored);
-                        let scored = Change::Forecast(Box::new(scored));
-                        self.rows.extend([
-                            (Change::Forecast(Box::new(issued)), -1),
-                            (scored.clone(), 1),
-                            (scored.clone(), -1),
-                            (Change::Forgotten(Box::new(scored)), 1),
-                        ]);
+                        self.rows.push((Change::Forecast(Box::new(scored)), 1));
                     }
                     if censored {
                         sums.censored += 1;
@@ -848,30 +835,25 @@ mod tests {
         let labelled = f
             .rows
             .iter()
-            .filter(|(c, d)| {
-                matches!(c, Change::Forecast(r) if r.actual == Some(3) && r.buckets == 1 && *d > 0)
-            })
+            .filter(
+                |(c, _)| matches!(c, Change::Forecast(r) if r.actual == Some(3) && r.buckets == 1),
+            )
             .count();
         assert_eq!(labelled, 3 * 39);
     }
 
-    /// The rows a forecaster emitted: forecasts inserted (issued or scored) per model, features
-    /// inserted, and the net count of rows still present (issued, not yet scored).
-    fn row_counts(rows: &[(Change, i64)]) -> (BTreeMap<String, usize>, usize, i64) {
-        let (mut models, mut features, mut net) = (BTreeMap::new(), 0, 0);
+    /// The rows a forecaster appended: forecasts (issued or scored) per model, and features.
+    fn row_counts(rows: &[(Change, i64)]) -> (BTreeMap<String, usize>, usize) {
+        let (mut models, mut features) = (BTreeMap::new(), 0);
         for (c, d) in rows {
+            assert_eq!(*d, 1, "rows are appended, never retracted");
             match c {
-                Change::Forecast(r) if *d > 0 => {
-                    *models.entry(r.model.to_string()).or_default() += 1
-                }
-                Change::Features(_) if *d > 0 => features += 1,
-                _ => {}
-            }
-            if !matches!(c, Change::Forgotten(_)) {
-                net += d;
+                Change::Forecast(r) => *models.entry(r.model.to_string()).or_default() += 1,
+                Change::Features(_) => features += 1,
+                other => panic!("not a forecast row: {other:?}"),
             }
         }
-        (models, features, net)
+        (models, features)
     }
 
     #[test]
@@ -890,17 +872,15 @@ mod tests {
         };
         // Served only: the pooled version (everyone's arm), issued 3 times and scored twice
         // (days 1 and 2's 1-day labels); one features row per key and boundary.
-        let (models, features, net) = run(0.0, 1);
+        let (models, features) = run(0.0, 1);
         assert_eq!(models.keys().collect::<Vec<_>>(), ["pooled:builtin-1"]);
         assert_eq!(models["pooled:builtin-1"], 3 * 2 + 2);
         assert_eq!(features, 3);
-        // What stays: the open forecasts (day 3's two, day 1 and 2's 7-day ones).
-        assert_eq!(net, 4);
         // Every version of every key.
-        let (models, _, _) = run(1.0, 1);
+        let (models, _) = run(1.0, 1);
         assert_eq!(models.len(), 3);
         // A 30% sample of 200 keys: the shadows of about 60 of them.
-        let (models, features, _) = run(0.3, 200);
+        let (models, features) = run(0.3, 200);
         assert_eq!(features, 3 * 200);
         let shadow_keys = models["tsb:builtin-1"] / 8;
         assert!((40..=80).contains(&shadow_keys), "{shadow_keys}");

@@ -242,6 +242,12 @@ impl Staged {
             self.forgotten = true;
             return;
         }
+        if matches!(c, Change::Forecast(_) | Change::Features(_)) {
+            // Appended rows: the latest is written as it is, and nothing is kept of it after.
+            self.forgotten = true;
+            self.last_inserted = Some(c);
+            return;
+        }
         if diff > 0 {
             self.last_inserted = Some(c.clone());
         }
@@ -917,6 +923,37 @@ mod tests {
         let mut s = Staged::default();
         s.add(stock(1), -1, 10);
         assert_eq!(s.outcome(), Some((&stock(1), true)));
+    }
+
+    #[test]
+    fn appended_rows_write_their_latest_and_are_not_kept() {
+        use stockflow_types::rows::{Float, ForecastRow};
+        let forecast = |actual: Option<u64>| {
+            Change::Forecast(Box::new(ForecastRow {
+                sku: "A".into(),
+                location: "L".into(),
+                model: "pooled:1".into(),
+                arm: "A".into(),
+                segment: "smooth".into(),
+                issued_at: 1000,
+                end: 2000,
+                buckets: 1,
+                mean: Float(1.5),
+                q: [1, 3, 4, 5],
+                stockout: Float(0.1),
+                available: 9,
+                scale: Float(1.0),
+                actual,
+                censored: false,
+            }))
+        };
+        // Issued, then scored in the same batch: the scored row, not a deletion.
+        let mut s = Staged::default();
+        s.add(forecast(None), 1, 10);
+        s.add(forecast(Some(2)), 1, 11);
+        assert_eq!(s.outcome(), Some((&forecast(Some(2)), false)));
+        assert_eq!(s.version, 11);
+        assert!(s.forgotten, "a takeover has nothing to write again for it");
     }
 
     #[test]
